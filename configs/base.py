@@ -1,0 +1,135 @@
+"""Every setting of ired-cd with its default.
+
+Field names are the guide's JSON keys (``mining_opt_steps``, ``batch_size``,
+``rank``, ...), so ``--config.<key>=...`` overrides read like the guide's
+configs. Experiment configs (q202/q203/q204, baselines) start from
+``get_config()`` and change what their JSON changes.
+
+Config-file argument: ``--config=configs/q204.py:cpu`` applies ``cpu_variant``
+(batch 256, a few thousand steps: minutes on a 2-core laptop CPU).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+
+  # Bookkeeping (carried from the guide's JSON; not read by training).
+  c.experiment_name = "ired"
+  c.description = ""
+  c.investigation = "ired-cd"
+  c.ablation_stage = ""
+  c.notes = ""
+  c.output_dir = "results/ired"
+
+  # Task: inverse | addition | lowrank, on rank x rank matrices.
+  c.task = "inverse"
+  c.rank = 20
+  c.ood = False  # train on the harder distribution (the original --ood flag)
+
+  # Energy model and diffusion.
+  c.hidden_dim = 512
+  c.time_embedding_dim = 128
+  c.diffusion_steps = 10
+
+  # Optimisation: clip_by_global_norm then Adam; EMA with ema-pytorch semantics.
+  c.seed = 0
+  c.batch_size = 2048
+  c.train_steps = 100_000
+  c.learning_rate = 1e-4
+  c.adam_b1 = 0.9
+  c.adam_b2 = 0.99
+  c.grad_clip_norm = 1.0
+  c.ema_decay = 0.995
+  c.ema_update_every = 10
+  c.ema_update_after_step = 100
+  c.ema_power = 2.0 / 3.0
+
+  # Energy-landscape supervision: none | nce_random | ired | cd_langevin |
+  # cd_langevin_replay | cd_full.
+  c.mining_strategy = "ired"
+  # ired / nce_random (the original's NCE): negatives from q_sample(x0, t, 3 eps),
+  # 2 (ired) or 0 (nce_random) energy-descent steps, softplus loss weighted 0.5.
+  c.ired_noise_scale = 3.0
+  c.ired_descent_steps = 2
+  c.nce_loss_weight = 0.5
+  # CD (guide sections A-F).
+  c.use_langevin = True
+  c.use_cd_loss = True
+  c.mining_opt_steps = 10
+  c.mining_noise_scale = 1.5
+  c.langevin_sigma_multiplier = 1.0
+  c.langevin_grad_clip = 0.0  # > 0: clip each sample's score norm (stabiliser; off)
+  c.energy_reg_weight = 0.0  # alpha (E_pos^2 + E_neg^2), Du & Mordatch 2019 (off)
+  c.energy_loss_weight = 0.05
+  c.use_replay_buffer = False
+  c.replay_buffer_size = 10_000  # per bucket
+  c.replay_buffer_buckets = 16
+  c.replay_sample_prob = 0.95
+  c.replay_mixing = "sample"  # sample: per-sample replay-or-fresh | batch: the guide's all-or-nothing
+  c.replay_store_condition = False  # replayed negatives keep their own input A
+  c.use_residual_filter = False
+  c.residual_filter_quantile = 0.3
+  c.residual_tau = config_dict.placeholder(float)  # fixed threshold; None: batch quantile
+  c.use_energy_schedule = False
+  c.energy_loss_warmup_steps = 20_000
+  c.energy_loss_max_weight = 0.05
+  c.use_timestep_range = False
+  c.energy_loss_timestep_range = (0.2, 0.8)
+
+  # Evaluation: EMA params, fixed seeded sets (in-distribution and harder).
+  c.eval_every = 5_000
+  c.eval_size = 1024
+  c.eval_seed = 1234
+  c.eval_inner_steps = (5,)
+  c.eval_chunk = 1024
+  c.eval_return_x0 = False
+
+  # Logging and checkpoints.
+  c.log_every = 100
+  c.checkpoint_every = 5_000
+  c.keep_checkpoints = 3
+
+  if arg:
+    apply_variant(c, arg)
+  return c
+
+
+def cpu_variant(c):
+  """Batch 256 and a few thousand steps: a laptop-CPU run of minutes."""
+  c.batch_size = 256
+  c.train_steps = 3_000
+  c.eval_every = 500
+  c.eval_size = 512
+  c.log_every = 50
+  c.checkpoint_every = 1_000
+  c.energy_loss_warmup_steps = min(c.energy_loss_warmup_steps, 600)
+  c.output_dir = c.output_dir + "_cpu"
+
+
+def tiny_variant(c):
+  """Seconds-long smoke run (tests, quick checks): rank 4, batch 32, hidden 64."""
+  c.rank = 4
+  c.hidden_dim = 64
+  c.time_embedding_dim = 16
+  c.batch_size = 32
+  c.train_steps = 40
+  c.eval_every = 20
+  c.eval_size = 64
+  c.eval_chunk = 64
+  c.log_every = 10
+  c.checkpoint_every = 20
+  c.replay_buffer_size = 64
+  c.energy_loss_warmup_steps = min(c.energy_loss_warmup_steps, 20)
+  c.output_dir = c.output_dir + "_tiny"
+
+
+VARIANTS = {"cpu": cpu_variant, "tiny": tiny_variant}
+
+
+def apply_variant(c, arg):
+  if arg not in VARIANTS:
+    raise ValueError(f"config argument must be one of {sorted(VARIANTS)}, got {arg!r}")
+  VARIANTS[arg](c)

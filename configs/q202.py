@@ -1,0 +1,33 @@
+"""q202_cd_langevin: IRED-CD stage 1 (CD loss + short-run Langevin negatives)."""
+
+from configs import base
+
+
+def get_config(arg=None):
+  c = base.get_config()
+  c.experiment_name = "q202_cd_langevin"
+  c.description = "IRED-CD Stage 1: CD loss + Langevin sampling"
+  c.investigation = "ired-cd"
+  c.ablation_stage = "cd_langevin"
+  c.mining_strategy = "cd_langevin"
+  c.rank = 20
+  c.ood = False
+  c.diffusion_steps = 10
+  c.batch_size = 2048
+  c.train_steps = 100_000
+  c.learning_rate = 1e-4
+  c.mining_opt_steps = 10
+  c.mining_noise_scale = 1.5
+  c.langevin_sigma_multiplier = 1.0
+  c.use_langevin = True
+  c.use_replay_buffer = False
+  c.use_cd_loss = True
+  c.use_residual_filter = False
+  c.use_energy_schedule = False
+  c.energy_loss_weight = 0.05
+  c.output_dir = "results/ds_inverse/cd_langevin"
+  c.notes = ("Corrected CD loss (detach x_neg, not energy_neg). Langevin sigma=sqrt(2*eta). "
+             "k=10 steps. No replay buffer yet.")
+  if arg:
+    base.apply_variant(c, arg)
+  return c

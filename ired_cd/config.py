@@ -1,0 +1,127 @@
+"""Config validation and the ablation stages' presets.
+
+``validate(config, defaults)`` runs before anything is compiled or written and
+raises ``ConfigError`` naming the bad field and what it may be.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ired_cd import tasks
+
+STRATEGIES = ("none", "nce_random", "ired", "cd_langevin", "cd_langevin_replay", "cd_full")
+CD_STRATEGIES = ("cd_langevin", "cd_langevin_replay", "cd_full")
+REPLAY_MIXING = ("sample", "batch")
+
+# The switches each CD stage of the guide turns on (q202, q203, q204).
+STAGE_PRESETS = {
+    "cd_langevin": dict(use_replay_buffer=False, use_residual_filter=False,
+                        use_energy_schedule=False, use_timestep_range=False),
+    "cd_langevin_replay": dict(use_replay_buffer=True, use_residual_filter=False,
+                               use_energy_schedule=False, use_timestep_range=False),
+    "cd_full": dict(use_replay_buffer=True, use_residual_filter=True,
+                    use_energy_schedule=True, use_timestep_range=True),
+}
+
+
+class ConfigError(ValueError):
+  """A config field with a value it may not take."""
+
+
+def apply_strategy(config, strategy: str):
+  """Sets ``mining_strategy`` and, for a CD stage, the switches of that stage."""
+  if strategy not in STRATEGIES:
+    raise ConfigError(f"mining_strategy must be one of {STRATEGIES}, got {strategy!r}")
+  config.mining_strategy = strategy
+  for key, value in STAGE_PRESETS.get(strategy, {}).items():
+    setattr(config, key, value)
+  return config
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise ConfigError(f"config.{field}: {message}")
+
+
+def validate(config, defaults=None):
+  """Raises ConfigError on the first bad field. ``defaults``: the known keys."""
+  if defaults is not None:
+    unknown = sorted(set(config.keys()) - set(defaults.keys()))
+    _check(not unknown, unknown[0] if unknown else "",
+           f"unknown key(s) {unknown}; known keys: {sorted(defaults.keys())}")
+  c = config
+  _check(c.mining_strategy in STRATEGIES, "mining_strategy",
+         f"must be one of {STRATEGIES}, got {c.mining_strategy!r}")
+  _check(c.task in tasks.TASK_NAMES, "task", f"must be one of {tasks.TASK_NAMES}, got {c.task!r}")
+  for field in ("rank", "batch_size", "train_steps", "diffusion_steps", "hidden_dim",
+                "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
+                "checkpoint_every", "keep_checkpoints", "replay_buffer_size",
+                "replay_buffer_buckets", "ema_update_every"):
+    value = c[field]
+    _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+           f"must be a positive integer, got {value!r}")
+  _check(c.time_embedding_dim % 2 == 0 and c.time_embedding_dim >= 4, "time_embedding_dim",
+         f"must be even and >= 4, got {c.time_embedding_dim}")
+  _check(c.eval_every >= 0, "eval_every", f"must be >= 0 (0: only at the end), got {c.eval_every}")
+  for field in ("learning_rate", "grad_clip_norm"):
+    _check(c[field] > 0, field, f"must be > 0, got {c[field]!r}")
+  for field in ("adam_b1", "adam_b2", "ema_decay"):
+    _check(0.0 <= c[field] < 1.0, field, f"must lie in [0, 1), got {c[field]!r}")
+  for field in ("mining_opt_steps", "ired_descent_steps", "energy_loss_warmup_steps",
+                "ema_update_after_step"):
+    _check(isinstance(c[field], int) and c[field] >= 0, field,
+           f"must be a non-negative integer, got {c[field]!r}")
+  inner = tuple(c.eval_inner_steps)
+  _check(len(inner) > 0 and all(isinstance(k, int) and k >= 0 for k in inner),
+         "eval_inner_steps", f"must be a non-empty tuple of integers >= 0, got {inner!r}")
+  for field in ("mining_noise_scale", "langevin_sigma_multiplier", "langevin_grad_clip",
+                "energy_reg_weight", "energy_loss_weight", "energy_loss_max_weight",
+                "nce_loss_weight", "ired_noise_scale"):
+    _check(c[field] >= 0, field, f"must be >= 0, got {c[field]!r}")
+
+  strategy = c.mining_strategy
+  if strategy in CD_STRATEGIES:
+    for field in ("use_langevin", "use_cd_loss"):
+      _check(c[field], field, f"must be True for {strategy} (it defines the CD strategies); "
+             "for negatives without a Langevin chain use mining_strategy='nce_random'")
+    _check(c.mining_opt_steps >= 1, "mining_opt_steps",
+           f"must be >= 1 for {strategy}, got {c.mining_opt_steps}")
+    preset = STAGE_PRESETS[strategy]
+    differ = {k: c[k] for k, v in preset.items() if c[k] != v}
+    if differ:
+      logging.warning("%s with switches %s that differ from the stage's preset %s: "
+                      "running as configured.", strategy, differ, preset)
+  if strategy in CD_STRATEGIES and c.use_replay_buffer:
+    _check(0.0 <= c.replay_sample_prob <= 1.0, "replay_sample_prob",
+           f"must lie in [0, 1], got {c.replay_sample_prob}")
+    _check(c.replay_mixing in REPLAY_MIXING, "replay_mixing",
+           f"must be one of {REPLAY_MIXING}, got {c.replay_mixing!r}")
+  if strategy in CD_STRATEGIES and c.use_residual_filter:
+    has_oracle = tasks.get_task(c.task, c.rank).residual is not None
+    _check(has_oracle, "use_residual_filter",
+           f"task {c.task!r} has no oracle residual; the filter needs one of "
+           f"{[n for n in tasks.TASK_NAMES if tasks.get_task(n, 2).residual is not None]}")
+    if c.residual_tau is None:
+      _check(0.0 <= c.residual_filter_quantile <= 1.0, "residual_filter_quantile",
+             f"must lie in [0, 1], got {c.residual_filter_quantile}")
+    else:
+      _check(c.residual_tau >= 0, "residual_tau", f"must be >= 0 or None, got {c.residual_tau}")
+  if strategy in CD_STRATEGIES and c.use_energy_schedule:
+    _check(c.energy_loss_warmup_steps >= 1, "energy_loss_warmup_steps",
+           f"must be >= 1 with use_energy_schedule, got {c.energy_loss_warmup_steps}")
+  if strategy in CD_STRATEGIES and c.use_timestep_range:
+    bounds = tuple(c.energy_loss_timestep_range)
+    _check(len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] <= 1.0,
+           "energy_loss_timestep_range", f"must be (lo, hi) with 0 <= lo <= hi <= 1, got {bounds}")
+    lo, hi = timestep_range(bounds, c.diffusion_steps)
+    _check(lo <= hi, "energy_loss_timestep_range",
+           f"{bounds} selects no timestep with diffusion_steps={c.diffusion_steps} "
+           f"(t from {lo} to {hi})")
+  return config
+
+
+def timestep_range(bounds, num_timesteps: int):
+  """The guide's integer range: (int(lo (T-1)), int(hi (T-1))), both ends included."""
+  lo, hi = bounds
+  return int(lo * (num_timesteps - 1)), int(hi * (num_timesteps - 1))

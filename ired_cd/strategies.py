@@ -1,0 +1,240 @@
+"""Training losses of every mining strategy, as one pure function of (params, batch, key).
+
+  none               denoising MSE only: mean((dE/dy(inp, x_t, t) - eps)^2)
+  nce_random         + the original NCE on random negatives q_sample(x0, t, 3 eps')
+  ired               + 2 energy-descent steps on those negatives (the paper)
+  cd_langevin        + CD loss E_pos - E_neg on short-run Langevin negatives (q202)
+  cd_langevin_replay + timestep-bucketed persistent replay buffer (q203)
+  cd_full            + residual filter, warm-up and timestep-range mask (q204)
+
+Choices where the guide is open (each tested, each in the README):
+  * The JSON keys ``mining_opt_steps``/``mining_noise_scale`` are what the chain
+    reads (the guide's code reads ``opt_steps``/``noise_scale`` and would fall
+    back to 10 / 1.0).
+  * Warm-up reads the optimiser steps completed before this one (the train
+    state's step); the guide's ``global_step`` is never set, so read literally
+    the weight would stay 0.
+  * Replay-or-fresh is decided per sample with probability replay_sample_prob
+    where the sample's bucket is non-empty (Du & Mordatch's 95/5 mixing);
+    ``replay_mixing='batch'`` is the guide's all-or-nothing per batch (replay
+    only if every requested bucket is non-empty).
+  * ``energy_reg_weight`` alpha adds alpha (E_pos^2 + E_neg^2) to each sample's
+    energy loss before the filter, mask and weight are applied.
+  * Energy descent in training clamps each sample with its own bound
+    2 sqrt(abar_t) (the original used sample 0's bound for the whole batch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from ired_cd import config as config_lib
+from ired_cd import langevin, replay
+from ired_cd import model as model_lib
+from ired_cd.descent import energy_descent
+from ired_cd.diffusion import Schedule, take
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+  """The static (Python) settings the loss of one strategy reads."""
+
+  strategy: str
+  noise_scale: float = 1.5  # CD chain start q_sample(x0, t, noise_scale eps)
+  chain_steps: int = 10
+  sigma_multiplier: float = 1.0
+  langevin_grad_clip: Optional[float] = None
+  energy_loss_weight: float = 0.05
+  energy_reg_weight: float = 0.0
+  use_replay: bool = False
+  replay_sample_prob: float = 0.95
+  replay_mixing: str = "sample"
+  replay_store_condition: bool = False
+  use_residual_filter: bool = False
+  residual_filter_quantile: float = 0.3
+  residual_tau: Optional[float] = None
+  use_energy_schedule: bool = False
+  warmup_steps: int = 20_000
+  max_weight: float = 0.05
+  timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
+  nce_noise_scale: float = 3.0
+  nce_descent_steps: int = 2
+  nce_loss_weight: float = 0.5
+
+  @classmethod
+  def from_config(cls, c) -> "LossSettings":
+    cd = c.mining_strategy in config_lib.CD_STRATEGIES
+    return cls(
+        strategy=c.mining_strategy,
+        noise_scale=c.mining_noise_scale,
+        chain_steps=c.mining_opt_steps,
+        sigma_multiplier=c.langevin_sigma_multiplier,
+        langevin_grad_clip=c.langevin_grad_clip or None,
+        energy_loss_weight=c.energy_loss_weight,
+        energy_reg_weight=c.energy_reg_weight,
+        use_replay=cd and c.use_replay_buffer,
+        replay_sample_prob=c.replay_sample_prob,
+        replay_mixing=c.replay_mixing,
+        replay_store_condition=c.replay_store_condition,
+        use_residual_filter=cd and c.use_residual_filter,
+        residual_filter_quantile=c.residual_filter_quantile,
+        residual_tau=c.residual_tau,
+        use_energy_schedule=cd and c.use_energy_schedule,
+        warmup_steps=c.energy_loss_warmup_steps,
+        max_weight=c.energy_loss_max_weight,
+        timestep_range=(config_lib.timestep_range(c.energy_loss_timestep_range, c.diffusion_steps)
+                        if cd and c.use_timestep_range else None),
+        nce_noise_scale=c.ired_noise_scale,
+        nce_descent_steps=c.ired_descent_steps if c.mining_strategy == "ired" else 0,
+        nce_loss_weight=c.nce_loss_weight,
+    )
+
+
+def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps):
+  """Per-sample MSE between the score at x_t = q_sample(x0, t, eps) and eps.
+
+  Returns (loss_mse (B,), score (B, D), x_t (B, D)); differentiable w.r.t.
+  params through the score (a gradient of a gradient).
+  """
+  x_t = schedule.q_sample(x0, t, eps)
+  pred = model_lib.score(energy_fn, params, inp, x_t, t)
+  return jnp.mean(jnp.square(pred - eps), axis=-1), pred, x_t
+
+
+def energy_weight(settings: LossSettings, step):
+  """Scalar weight of the energy loss at ``step`` optimiser steps completed."""
+  if not settings.use_energy_schedule:
+    return jnp.asarray(settings.energy_loss_weight, jnp.float32)
+  progress = jnp.minimum(1.0, step.astype(jnp.float32) / settings.warmup_steps)
+  return settings.max_weight * progress
+
+
+def timestep_mask(settings: LossSettings, t):
+  """1.0 where tmin <= t <= tmax (the guide's integer range), else 0.  (B,)."""
+  if settings.timestep_range is None:
+    return jnp.ones(t.shape, jnp.float32)
+  lo, hi = settings.timestep_range
+  return ((t >= lo) & (t <= hi)).astype(jnp.float32)
+
+
+def residual_keep(residuals, quantile: float, tau: Optional[float]):
+  """Keeps negatives whose residual is >= tau (fixed, or the batch quantile).  (B,) float."""
+  threshold = jnp.quantile(residuals, quantile) if tau is None else jnp.asarray(tau)
+  return (residuals >= threshold).astype(jnp.float32)
+
+
+def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0):
+  """Per-sample CD loss E_pos - E_neg (+ alpha (E_pos^2 + E_neg^2)).  (B,) each."""
+  out = e_pos - e_neg
+  if reg_weight:
+    out = out + reg_weight * (jnp.square(e_pos) + jnp.square(e_neg))
+  return out
+
+
+def _paired_energies(energy_fn, params, inp_pos, x_pos, inp_neg, x_neg, t):
+  """E_pos, E_neg in one batched call.  Returns two (B,) arrays."""
+  energies = energy_fn(params, jnp.concatenate([inp_pos, inp_neg]),
+                       jnp.concatenate([x_pos, x_neg]), jnp.concatenate([t, t]))[:, 0]
+  return jnp.split(energies, 2)
+
+
+def _nce_energy_loss(energy_fn, params, schedule, settings, inp, x0, t, key):
+  """The original's NCE: softplus(E_pos - E_neg), negatives from 3x noise (+ descent)."""
+  eps = jax.random.normal(key, x0.shape)
+  x_pos = schedule.q_sample(x0, t, eps)
+  x_neg = schedule.q_sample(x0, t, settings.nce_noise_scale * eps)
+  if settings.nce_descent_steps:
+    x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.nce_descent_steps,
+                           take(schedule.opt_step_size, t), schedule.clamp_bound(t))
+  x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
+  e_pos, e_neg = _paired_energies(energy_fn, params, inp, x_pos, inp, x_neg, t)
+  loss = jax.nn.softplus(e_pos - e_neg)
+  if settings.energy_reg_weight:
+    loss = loss + settings.energy_reg_weight * (jnp.square(e_pos) + jnp.square(e_neg))
+  metrics = dict(energy_pos=jnp.mean(e_pos), energy_neg=jnp.mean(e_neg))
+  return loss, settings.nce_loss_weight, metrics
+
+
+def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, x0, t, key, step,
+                    buffer):
+  """Guide sections A-F. Returns (per-sample loss (B,), weight, metrics, buffer)."""
+  k_pos, k_init, k_mix, k_replay, k_chain = jax.random.split(key, 5)
+  x_pos = schedule.q_sample(x0, t, jax.random.normal(k_pos, x0.shape))
+  x_init = schedule.q_sample(x0, t, settings.noise_scale * jax.random.normal(k_init, x0.shape))
+  inp_neg = inp
+  metrics = {}
+  if settings.use_replay:
+    x_replay, inp_replay, available = replay.sample(buffer, k_replay, t)
+    if settings.replay_mixing == "sample":
+      use = jax.random.bernoulli(k_mix, settings.replay_sample_prob, t.shape) & available
+    else:
+      use = jax.random.bernoulli(k_mix, settings.replay_sample_prob) & jnp.all(available)
+      use = jnp.broadcast_to(use, t.shape)
+    x_init = jnp.where(use[:, None], x_replay, x_init)
+    if settings.replay_store_condition:
+      inp_neg = jnp.where(use[:, None], inp_replay, inp)
+    metrics["replay_use"] = jnp.mean(use.astype(jnp.float32))
+
+  x_neg, chain = langevin.sample_negatives(
+      energy_fn, params, inp_neg, x_init, t, k_chain, settings.chain_steps, schedule,
+      settings.sigma_multiplier, settings.langevin_grad_clip)
+  if settings.use_replay:
+    buffer = replay.add(buffer, x_neg, t, inp_neg if settings.replay_store_condition else None)
+    metrics["replay_fill"] = replay.fill_fraction(buffer)
+
+  # D) the sample is stopped (inside the chain); the energy of the negative is not.
+  e_pos, e_neg = _paired_energies(energy_fn, params, inp, x_pos, inp_neg, x_neg, t)
+  loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight)
+  if settings.use_residual_filter:
+    residuals = residual_fn(inp_neg, schedule.x0_estimate(x_neg, t))
+    keep = residual_keep(residuals, settings.residual_filter_quantile, settings.residual_tau)
+    loss = loss * keep
+    metrics["filter_keep"] = jnp.mean(keep)
+  loss = loss * timestep_mask(settings, t)
+  metrics.update(energy_pos=jnp.mean(e_pos), energy_neg=jnp.mean(e_neg),
+                 langevin_displacement=chain.displacement,
+                 langevin_grad_norm=chain.last_grad_norm)
+  return loss, energy_weight(settings, step), metrics, buffer
+
+
+def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings,
+                 residual_fn: Optional[Callable] = None):
+  """Builds ``loss_fn(params, inp, x0, key, step, buffer) -> (loss, (metrics, buffer))``.
+
+  inp: (B, inp_dim), x0: (B, D) targets, step: int32 scalar (optimiser steps
+  done), buffer: ReplayBuffer or None. Metrics are device scalars.
+  """
+  num_timesteps = schedule.num_timesteps
+
+  def loss_fn(params, inp, x0, key, step, buffer):
+    k_t, k_eps, k_neg = jax.random.split(key, 3)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, num_timesteps)
+    eps = jax.random.normal(k_eps, x0.shape)
+    loss_mse, pred, x_t = denoising_loss(energy_fn, params, schedule, inp, x0, t, eps)
+    x0_hat = jnp.clip(schedule.predict_start_from_noise(x_t, t, pred), -2.0, 2.0)
+    metrics = dict(
+        loss_mse=jnp.mean(loss_mse),
+        score_norm=jnp.mean(jnp.linalg.norm(pred, axis=-1)),
+        pred_norm=jnp.mean(jnp.linalg.norm(x0_hat, axis=-1)),
+        target_norm=jnp.mean(jnp.linalg.norm(x0, axis=-1)),
+    )
+    if settings.strategy == "none":
+      loss = jnp.mean(loss_mse)
+      return loss, (dict(metrics, loss=loss), buffer)
+    if settings.strategy in ("ired", "nce_random"):
+      energy_loss, weight, extra = _nce_energy_loss(
+          energy_fn, params, schedule, settings, inp, x0, t, k_neg)
+    else:
+      energy_loss, weight, extra, buffer = _cd_energy_loss(
+          energy_fn, params, schedule, settings, residual_fn, inp, x0, t, k_neg, step, buffer)
+    loss = jnp.mean(loss_mse) + weight * jnp.mean(energy_loss)
+    metrics.update(extra)
+    metrics.update(loss=loss, loss_energy=jnp.mean(energy_loss), energy_weight=weight,
+                   energy_gap=extra["energy_neg"] - extra["energy_pos"])
+    return loss, (metrics, buffer)
+
+  return loss_fn

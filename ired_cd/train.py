@@ -1,0 +1,144 @@
+"""Train state and the jitted train step.
+
+``train_step(state) -> (state, metrics)`` is one XLA computation with the state
+donated: it draws the batch on device, draws negatives, computes the loss,
+updates params (clip_by_global_norm then Adam), the EMA and the replay buffer.
+``train_steps(state, n)`` runs n of them in a lax.scan so the host is touched
+once per n steps (metrics are averaged over the n steps).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from ired_cd import replay as replay_lib
+from ired_cd import strategies, tasks
+from ired_cd.diffusion import Schedule, cosine_schedule
+from ired_cd.model import EnergyMLP, init_params
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jnp.ndarray  # int32 scalar: optimiser steps completed
+  params: Any
+  opt_state: Any
+  ema_params: Any
+  replay: Optional[replay_lib.ReplayBuffer]
+  key: jnp.ndarray  # uint32[2] PRNG key
+
+
+def ema_decay(call_index, beta: float = 0.995, every: int = 10, after: int = 100,
+              power: float = 2.0 / 3.0):
+  """Decay of the s-th EMA update call (s = optimiser steps done - 1), ema-pytorch semantics.
+
+  0.0 copies the online weights (s = 0, and every ``every``-th call up to
+  ``after``), 1.0 leaves the EMA unchanged (calls off the ``every`` grid), else
+  min(beta, 1 - (1 + s - after)^-power).  ema <- d ema + (1 - d) params.
+  """
+  s = jnp.asarray(call_index)
+  on_grid = s % every == 0
+  copy = (s == 0) | (on_grid & (s <= after))
+  k = jnp.maximum(1 + s - after, 1).astype(jnp.float32)
+  decay = jnp.clip(1.0 - k ** (-power), 0.0, beta)
+  return jnp.where(copy, 0.0, jnp.where(on_grid, decay, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything static that a run is built from: model, task, schedule, optimiser, loss."""
+
+  config: Any
+  task: tasks.Task
+  model: EnergyMLP
+  schedule: Schedule
+  optimizer: optax.GradientTransformation
+  loss_settings: strategies.LossSettings
+
+  @property
+  def energy_fn(self) -> Callable:
+    model = self.model
+    return lambda params, inp, y, t: model.apply({"params": params}, inp, y, t)
+
+
+def build_experiment(config) -> Experiment:
+  """Validates nothing (call config.validate first); builds the static pieces."""
+  task = tasks.get_task(config.task, config.rank)
+  model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
+                    emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps)
+  optimizer = optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm),
+      optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2))
+  return Experiment(config, task, model, cosine_schedule(config.diffusion_steps), optimizer,
+                    strategies.LossSettings.from_config(config))
+
+
+def init_state(exp: Experiment, seed: Optional[int] = None) -> TrainState:
+  """A fresh train state: torch-style init, EMA = params, empty replay buffer."""
+  c = exp.config
+  key = jax.random.PRNGKey(c.seed if seed is None else seed)
+  k_init, k_train = jax.random.split(key)
+  params = init_params(exp.model, k_init, exp.task.inp_dim)
+  buffer = None
+  if exp.loss_settings.use_replay:
+    buffer = replay_lib.create(
+        c.diffusion_steps, c.replay_buffer_buckets, c.replay_buffer_size, exp.task.out_dim,
+        exp.task.inp_dim if c.replay_store_condition else None)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    opt_state=exp.optimizer.init(params),
+                    ema_params=jax.tree_util.tree_map(jnp.copy, params), replay=buffer,
+                    key=k_train)
+
+
+def make_train_step(exp: Experiment) -> Callable:
+  """The un-jitted ``train_step(state) -> (state, metrics)``."""
+  c = exp.config
+  loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, exp.loss_settings,
+                                    exp.task.residual)
+  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+  def train_step(state: TrainState):
+    key, k_data, k_loss = jax.random.split(state.key, 3)
+    inp, x0 = exp.task.sample(k_data, c.batch_size, c.ood)
+    (_, (metrics, buffer)), grads = grad_fn(state.params, inp, x0, k_loss, state.step,
+                                            state.replay)
+    updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    decay = ema_decay(state.step, c.ema_decay, c.ema_update_every, c.ema_update_after_step,
+                      c.ema_power)
+    ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
+                                 state.ema_params, params)
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                         ema_params=ema, replay=buffer, key=key), metrics
+
+  return train_step
+
+
+def make_multi_step(exp: Experiment, num_steps: int) -> Callable:
+  """Jitted ``run(state) -> (state, metrics)`` doing ``num_steps`` steps on device.
+
+  The state is donated. Metrics are the mean over the steps, plus
+  ``nonfinite_steps``: how many of them had a non-finite loss.
+  """
+  train_step = make_train_step(exp)
+
+  def run(state):
+    state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
+    metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
+    metrics["nonfinite_steps"] = jnp.sum(~jnp.isfinite(stacked["loss"]))
+    return state, metrics
+
+  return jax.jit(run, donate_argnums=0)
+
+
+def jit_train_step(exp: Experiment) -> Callable:
+  """``make_train_step`` jitted with the state donated."""
+  return jax.jit(make_train_step(exp), donate_argnums=0)
+
+
