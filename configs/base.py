@@ -91,6 +91,9 @@ def get_config(arg=None):
   c.log_every = 100
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
+  # Training health: warn once when ||dE/dy|| collapses while the MSE sits near 1,
+  # from this step on (a fresh model starts with a flat landscape).
+  c.collapse_after_steps = 1_000
 
   if arg:
     apply_variant(c, arg)
@@ -105,6 +108,7 @@ def cpu_variant(c):
   c.eval_size = 512
   c.log_every = 50
   c.checkpoint_every = 1_000
+  c.collapse_after_steps = 500
   c.energy_loss_warmup_steps = min(c.energy_loss_warmup_steps, 600)
   c.output_dir = c.output_dir + "_cpu"
 
@@ -121,6 +125,7 @@ def tiny_variant(c):
   c.eval_chunk = 64
   c.log_every = 10
   c.checkpoint_every = 20
+  c.collapse_after_steps = 20
   c.replay_buffer_size = 64
   c.energy_loss_warmup_steps = min(c.energy_loss_warmup_steps, 20)
   c.output_dir = c.output_dir + "_tiny"

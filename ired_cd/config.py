@@ -64,6 +64,12 @@ def validate(config, defaults=None):
   _check(c.time_embedding_dim % 2 == 0 and c.time_embedding_dim >= 4, "time_embedding_dim",
          f"must be even and >= 4, got {c.time_embedding_dim}")
   _check(c.eval_every >= 0, "eval_every", f"must be >= 0 (0: only at the end), got {c.eval_every}")
+  for field in ("eval_every", "checkpoint_every"):
+    _check(c[field] % c.log_every == 0, field,
+           f"must be a multiple of log_every={c.log_every} (the host sees the state only "
+           f"every log_every steps), got {c[field]}")
+  _check(c.collapse_after_steps >= 0, "collapse_after_steps",
+         f"must be >= 0, got {c.collapse_after_steps}")
   for field in ("learning_rate", "grad_clip_norm"):
     _check(c[field] > 0, field, f"must be > 0, got {c[field]!r}")
   for field in ("adam_b1", "adam_b2", "ema_decay"):

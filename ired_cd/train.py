@@ -123,15 +123,20 @@ def make_train_step(exp: Experiment) -> Callable:
 def make_multi_step(exp: Experiment, num_steps: int) -> Callable:
   """Jitted ``run(state) -> (state, metrics)`` doing ``num_steps`` steps on device.
 
-  The state is donated. Metrics are the mean over the steps, plus
-  ``nonfinite_steps``: how many of them had a non-finite loss.
+  The state is donated. Metrics are the mean over the steps, plus health
+  flags: ``nonfinite_steps`` (steps with a non-finite loss), ``first_nonfinite``
+  (index of the first, or num_steps) and ``params_finite``.
   """
   train_step = make_train_step(exp)
 
   def run(state):
     state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
     metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
-    metrics["nonfinite_steps"] = jnp.sum(~jnp.isfinite(stacked["loss"]))
+    bad = ~jnp.isfinite(stacked["loss"])
+    metrics["nonfinite_steps"] = jnp.sum(bad)
+    metrics["first_nonfinite"] = jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps)
+    metrics["params_finite"] = jnp.all(jnp.stack(
+        [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(state.params)]))
     return state, metrics
 
   return jax.jit(run, donate_argnums=0)

@@ -1,0 +1,74 @@
+r"""Train or evaluate one IRED / IRED-CD run.
+
+  python -m experiments.run --config=configs/q204.py:cpu
+  python -m experiments.run --config=configs/q204.py --config.batch_size=256 --workdir=/tmp/q204
+  python -m experiments.run --config=configs/q204.py --workdir=/tmp/q204 --mode=eval \
+      --eval_inner_steps=5,10,20 --eval_size=4096
+
+Any config field can be overridden with --config.<field>=<value>. Rerunning a
+command with the same --workdir resumes from its latest checkpoint.
+"""
+
+import logging as pylogging
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from configs import base
+from ired_cd import config as config_lib
+from ired_cd import experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
+                                          "Config file (and :variant), e.g. configs/q204.py:cpu.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (default: config.output_dir).")
+_MODE = flags.DEFINE_enum("mode", "train", ["train", "eval"], "Train (or resume), or evaluate.")
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a workdir even though its config.json differs.")
+_STEP = flags.DEFINE_integer("checkpoint_step", None, "eval mode: checkpoint step (default latest).")
+_INNER = flags.DEFINE_list("eval_inner_steps", None,
+                           "eval mode: inner descent steps per timestep, e.g. 5,10,20.")
+_SIZE = flags.DEFINE_integer("eval_size", None, "eval mode: problems per evaluation set.")
+_ONLINE = flags.DEFINE_bool("eval_online", False, "eval mode: online params instead of the EMA.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or config.output_dir
+  try:
+    config_lib.validate(config, base.get_config())
+    inner = [int(k) for k in _INNER.value] if _INNER.value else None
+    if inner is not None and (not inner or min(inner) < 0):
+      raise config_lib.ConfigError(f"--eval_inner_steps: integers >= 0, got {_INNER.value}")
+    if _SIZE.value is not None and _SIZE.value <= 0:
+      raise config_lib.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
+    if _MODE.value == "train":
+      experiment.check_workdir(config, workdir, _ALLOW_CHANGE.value)
+  except (config_lib.ConfigError, ValueError) as err:
+    sys.exit(f"error: {err}")
+  logging.info("workdir: %s", workdir)
+  if _MODE.value == "eval":
+    result = experiment.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
+                                            use_ema=not _ONLINE.value)
+    print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in result.items()))
+    return
+  try:
+    summary = experiment.train_and_evaluate(config, workdir, _ALLOW_CHANGE.value,
+                                            progress=_PROGRESS.value)
+  except experiment.TrainingDiverged as err:
+    sys.exit(f"error: training diverged: {err}")
+  if summary.get("status") == "completed":
+    print(f"done: steps={summary['steps']} eval/mse={summary['eval/mse']:.5f} "
+          f"eval/mse_ood={summary['eval/mse_ood']:.5f} "
+          f"(mean predictor {summary['eval/mse_mean_predictor']:.5f} / "
+          f"{summary['eval/mse_ood_mean_predictor']:.5f}) "
+          f"steps/s={summary['train/steps_per_sec'] or float('nan'):.1f} -> {workdir}")
+
+
+if __name__ == "__main__":
+  # Library chatter (orbax, XLA) only from WARNING on; --verbosity=0 shows it all.
+  flags.FLAGS.set_default("verbosity", pylogging.WARNING - pylogging.INFO - 1)
+  app.run(main)

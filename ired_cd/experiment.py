@@ -1,0 +1,243 @@
+"""The training loop around the jitted step: evaluation, metrics, checkpoints, resume, health.
+
+``train_and_evaluate(config, workdir)`` trains (or resumes) a run in
+``workdir`` and returns its summary; ``evaluate_checkpoint`` scores a saved
+run. Outputs in the workdir:
+
+  config.json      the resolved config (a restart with other settings is refused)
+  metrics.jsonl    one row per logged step: "step", "train/..." and "eval/..." keys
+  tensorboard/     the same scalars as TensorBoard events
+  checkpoints/     orbax checkpoints of the full train state
+  summary.json     final eval/mse, eval/mse_ood, train/steps_per_sec, steps, wall clock
+  eval.json        written by evaluate_checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Dict, Optional
+
+import jax
+import tqdm
+
+from ired_cd import checkpoint, evaluation, metrics_io, train
+from ired_cd import config as config_lib
+
+# Fields a resumed run may change: they steer logging and evaluation, not the
+# trajectory of the train state.
+RESUMABLE_FIELDS = frozenset({
+    "train_steps", "eval_every", "eval_size", "eval_seed", "eval_inner_steps", "eval_chunk",
+    "eval_return_x0", "log_every", "checkpoint_every", "keep_checkpoints", "output_dir",
+    "notes", "description", "collapse_after_steps"})
+
+COLLAPSE_SCORE_FRACTION = 0.05  # ||dE/dy|| below this fraction of sqrt(D) ...
+COLLAPSE_MSE = 0.9  # ... while the denoising MSE stays near its null value 1.
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss or the parameters became non-finite."""
+
+
+def _config_dict(config) -> Dict:
+  return json.loads(config.to_json_best_effort())
+
+
+def check_workdir(config, workdir: str, allow_config_change: bool = False):
+  """Refuses a workdir that holds a run of a different config (differing fields named)."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  current = _config_dict(config)
+  differ = sorted(k for k in set(saved) | set(current)
+                  if saved.get(k) != current.get(k) and k not in RESUMABLE_FIELDS)
+  if differ and not allow_config_change:
+    details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+    raise config_lib.ConfigError(
+        f"workdir {workdir} holds a run of a different config ({details}). Use another "
+        "--workdir, or pass --allow_config_change to resume it with the new values.")
+
+
+class _StopSignal:
+  """Turns SIGTERM / SIGINT into a flag the loop checks between host calls."""
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.received is not None:  # a second signal: stop now
+      signal.signal(signum, self._previous[signum])
+      signal.raise_signal(signum)
+    self.received = signal.Signals(signum).name
+    logging.warning("%s received: saving a checkpoint and stopping.", self.received)
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _collapsed(metrics, out_dim: int) -> bool:
+  return (metrics["score_norm"] < COLLAPSE_SCORE_FRACTION * math.sqrt(out_dim)
+          and metrics["loss_mse"] > COLLAPSE_MSE)
+
+
+def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
+                       progress: bool = True, defaults=None) -> Dict:
+  """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
+  config_lib.validate(config, defaults)
+  os.makedirs(workdir, exist_ok=True)
+  check_workdir(config, workdir, allow_config_change)
+  start_wall = time.time()
+  exp = train.build_experiment(config)
+  state = train.init_state(exp)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  restored, restored_step = store.restore(state)
+  step = 0
+  if restored is not None:
+    state, step = restored, restored_step
+    logging.info("Resuming from the checkpoint at step %d in %s.", step, store.directory)
+    tqdm.tqdm.write(f"Resuming from the checkpoint at step {step} ({store.directory}).")
+  metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
+  writer = metrics_io.MetricsWriter(workdir, resume_step=step)
+  evaluator = evaluation.Evaluator(exp)
+  baselines = evaluation.mean_predictor_mse(exp.task, evaluator.sets, evaluator.seed)
+  inner_steps = tuple(config.eval_inner_steps)
+  runners = {}
+  train_time, timed_steps = 0.0, 0
+  collapse_step = None
+  status = "completed"
+  last_eval = None
+
+  def evaluate(at_step):
+    result = {f"eval/{k}": v for k, v in evaluator(state.ema_params, inner_steps).items()}
+    result.update({f"eval/{k}": v for k, v in baselines.items()})
+    return result
+
+  bar = tqdm.tqdm(total=config.train_steps, initial=step, disable=not progress,
+                  dynamic_ncols=True, desc=config.mining_strategy)
+  try:
+    with _StopSignal() as stop:
+      while step < config.train_steps and stop.received is None:
+        chunk = min(config.log_every - step % config.log_every, config.train_steps - step)
+        compiling = chunk not in runners
+        if compiling:
+          runners[chunk] = train.make_multi_step(exp, chunk)
+        tic = time.perf_counter()
+        state, metrics = runners[chunk](state)
+        metrics = jax.device_get(metrics)
+        elapsed = time.perf_counter() - tic
+        if not compiling:
+          train_time += elapsed
+          timed_steps += chunk
+        if metrics["nonfinite_steps"] or not metrics["params_finite"]:
+          first = step + int(metrics["first_nonfinite"]) + 1
+          good = store.steps()
+          status = "diverged"
+          message = (f"non-finite loss or parameters at step {first} (steps {step + 1}-"
+                     f"{step + chunk}); last good checkpoint: "
+                     f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. "
+                     "Consider energy_reg_weight > 0, langevin_grad_clip, or a smaller "
+                     "energy_loss_weight.")
+          writer.write(step + chunk, {"train/nonfinite_steps": metrics["nonfinite_steps"]})
+          _write_summary(workdir, config, step, last_eval, train_time, timed_steps,
+                         start_wall, status, collapse_step, baselines, message)
+          raise TrainingDiverged(message)
+        step += chunk
+        row = {f"train/{k}": v for k, v in metrics.items()
+               if k not in ("nonfinite_steps", "params_finite", "first_nonfinite")}
+        row["train/steps_per_sec"] = chunk / elapsed
+        if (collapse_step is None and step >= config.collapse_after_steps
+            and _collapsed(metrics, exp.task.out_dim)):
+          collapse_step = step
+          warning = (f"COLLAPSE at step {step}: ||dE/dy|| = {metrics['score_norm']:.3g} "
+                     f"(healthy ~{math.sqrt(exp.task.out_dim):.0f}) while the denoising MSE is "
+                     f"{metrics['loss_mse']:.3f}: the energy landscape has gone flat "
+                     "(null predictor).")
+          logging.warning(warning)
+          tqdm.tqdm.write("WARNING " + warning)
+        if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
+          last_eval = evaluate(step)
+          row.update(last_eval)
+        writer.write(step, row)
+        if step % config.checkpoint_every == 0:
+          store.save(state)
+        bar.update(chunk)
+        postfix = dict(loss=f"{metrics['loss']:.4f}", sps=f"{chunk / elapsed:.1f}")
+        if "energy_gap" in metrics:
+          postfix["gap"] = f"{metrics['energy_gap']:.3g}"
+        if last_eval:
+          postfix["mse"] = f"{last_eval['eval/mse']:.4f}"
+        if collapse_step is not None:
+          postfix["COLLAPSED"] = collapse_step
+        bar.set_postfix(postfix)
+      store.save(state, wait=True)
+      if stop.received is not None:
+        status = "interrupted"
+        tqdm.tqdm.write(f"{stop.received}: checkpoint saved at step {step}; rerun the same "
+                        "command to resume.")
+        return {"status": status, "steps": step}
+    if last_eval is None or step != config.train_steps:
+      last_eval = evaluate(step)
+      writer.write(step, last_eval)
+    return _write_summary(workdir, config, step, last_eval, train_time, timed_steps, start_wall,
+                          status, collapse_step, baselines)
+  finally:
+    bar.close()
+    writer.close()
+    store.close()
+
+
+def _write_summary(workdir, config, step, last_eval, train_time, timed_steps, start_wall,
+                   status, collapse_step, baselines, message=None) -> Dict:
+  summary = {
+      "status": status,
+      "steps": step,
+      "mining_strategy": config.mining_strategy,
+      "seed": config.seed,
+      "batch_size": config.batch_size,
+      "train/steps_per_sec": timed_steps / train_time if train_time else None,
+      "wall_clock_sec": time.time() - start_wall,
+      "collapse_step": collapse_step,
+  }
+  summary.update({f"eval/{k}": v for k, v in baselines.items()})
+  if last_eval:
+    summary.update(last_eval)
+  if message:
+    summary["message"] = message
+  metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+  return summary
+
+
+def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
+                        inner_steps=None, eval_size: Optional[int] = None,
+                        use_ema: bool = True) -> Dict:
+  """Evaluates the latest (or the given) checkpoint of ``workdir``; writes eval.json."""
+  exp = train.build_experiment(config)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  state, restored_step = store.restore(train.init_state(exp), step=step)
+  store.close()
+  if state is None:
+    raise FileNotFoundError(f"no checkpoint in {store.directory}")
+  inner_steps = tuple(inner_steps or config.eval_inner_steps)
+  evaluator = evaluation.Evaluator(exp, size=eval_size)
+  params = state.ema_params if use_ema else state.params
+  result = {f"eval/{k}": v for k, v in evaluator(params, inner_steps).items()}
+  result.update({f"eval/{k}": v for k, v in
+                 evaluation.mean_predictor_mse(exp.task, evaluator.sets, evaluator.seed).items()})
+  result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
+                params="ema" if use_ema else "online")
+  metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+  return result
+

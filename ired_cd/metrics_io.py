@@ -1,0 +1,82 @@
+"""Metric sinks of a run: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard.
+
+Rows look like ``{"step": 500, "train/loss": ..., "eval/mse": ...}``. A row is
+flushed as soon as it is written, so a killed run loses no logged row; a
+partial last line (a kill mid-write) is dropped when the file is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List
+
+import tensorboardX
+
+
+def read_jsonl(path: str) -> List[Dict]:
+  """The complete rows of a metrics file (a truncated last line is ignored)."""
+  rows = []
+  if not os.path.exists(path):
+    return rows
+  with open(path) as f:
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except json.JSONDecodeError:
+        continue
+  return rows
+
+
+def write_json_atomic(path: str, obj) -> None:
+  """Writes JSON to ``path`` through a temporary file and a rename."""
+  tmp = f"{path}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=2, sort_keys=True)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+class MetricsWriter:
+  """Appends rows to WORKDIR/metrics.jsonl and scalars to WORKDIR/tensorboard."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    rows = read_jsonl(self.path)
+    kept = [r for r in rows if r.get("step", 0) <= resume_step]
+    if len(kept) != len(rows) or _has_partial_line(self.path):
+      # Rows past the restored checkpoint are recomputed by this run: drop them.
+      with open(f"{self.path}.tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(f"{self.path}.tmp", self.path)
+    self._file = open(self.path, "a")
+    self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tensorboard"),
+                                          purge_step=resume_step + 1 if resume_step else None)
+
+  def write(self, step: int, scalars: Dict[str, float]) -> None:
+    row = {"step": int(step)}
+    row.update({k: _jsonable(v) for k, v in scalars.items()})
+    self._file.write(json.dumps(row) + "\n")
+    self._file.flush()
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, float(value), int(step))
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._file.close()
+    self._tb.close()
+
+
+def _jsonable(value):
+  value = float(value)
+  return value if math.isfinite(value) else str(value)
+
+
+def _has_partial_line(path: str) -> bool:
+  if not os.path.exists(path) or os.path.getsize(path) == 0:
+    return False
+  with open(path, "rb") as f:
+    f.seek(-1, os.SEEK_END)
+    return f.read(1) != b"\n"

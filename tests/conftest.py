@@ -1,0 +1,43 @@
+"""Shared fixtures: golden arrays of the PyTorch reference and the model loaded with its weights."""
+
+import os
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+jax.config.update("jax_default_matmul_precision", "highest")
+
+GOLDEN = pathlib.Path(os.environ.get(
+    "IRED_GOLDEN_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"))
+
+
+def golden(name):
+  path = GOLDEN / f"{name}.npz"
+  if not path.exists():
+    pytest.skip(f"golden arrays not found at {path} (set IRED_GOLDEN_DIR)")
+  return dict(np.load(path))
+
+
+@pytest.fixture(scope="session")
+def golden_params():
+  weights = golden("weights")
+  params = {}
+  for name, value in weights.items():
+    layer, leaf = name.split("/")
+    params.setdefault(layer, {})[leaf] = jax.numpy.asarray(value)
+  return params
+
+
+@pytest.fixture(scope="session")
+def energy_fn():
+  from ired_cd.model import EnergyMLP
+  model = EnergyMLP(out_dim=400, num_timesteps=10)
+  return lambda params, inp, y, t: model.apply({"params": params}, inp, y, t)
+
+
+@pytest.fixture(scope="session")
+def schedule():
+  from ired_cd.diffusion import cosine_schedule
+  return cosine_schedule(10)
