@@ -9,7 +9,6 @@ Any config field can be overridden with --config.<field>=<value>. Rerunning a
 command with the same --workdir resumes from its latest checkpoint.
 """
 
-import logging as pylogging
 import sys
 
 from absl import app, flags, logging
@@ -70,5 +69,5 @@ def main(argv):
 
 if __name__ == "__main__":
   # Library chatter (orbax, XLA) only from WARNING on; --verbosity=0 shows it all.
-  flags.FLAGS.set_default("verbosity", pylogging.WARNING - pylogging.INFO - 1)
+  flags.FLAGS.set_default("verbosity", logging.WARNING)
   app.run(main)

@@ -21,8 +21,12 @@ class CheckpointStore:
 
   def __init__(self, directory: str, keep: int = 3):
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+    self.keep = keep
+    self.manager = self._open()
+
+  def _open(self):
+    return ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=self.keep, create=True))
 
   def steps(self):
     return sorted(self.manager.all_steps())
@@ -57,6 +61,8 @@ class CheckpointStore:
           raise
         logging.warning("Checkpoint at step %d in %s is unreadable (%s: %s); skipping it.",
                         candidate, self.directory, type(err).__name__, err)
+        self.manager.close()  # a failed read can leave the manager's item registry wrong
+        self.manager = self._open()
     return None, None
 
   def close(self):

@@ -113,7 +113,7 @@ def make_train_step(exp: Experiment) -> Callable:
                       c.ema_power)
     ema = jax.tree_util.tree_map(lambda e, p: decay * e + (1.0 - decay) * p,
                                  state.ema_params, params)
-    metrics = dict(metrics, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, grad_norm=optax.tree.norm(grads))
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                          ema_params=ema, replay=buffer, key=key), metrics
 

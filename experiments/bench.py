@@ -1,0 +1,148 @@
+r"""Speed and memory of the train step of each strategy, the sampler and the machine's matmul.
+
+  python -m experiments.bench --config=configs/q204.py --config.batch_size=2048
+  python -m experiments.bench --config=configs/q204.py --strategies=cd_full --what=train
+
+Prints one JSON object per line:
+  {"what": "device", ...}   device kind and count
+  {"what": "matmul", ...}   measured fp32 GFLOP/s of a large jnp.dot (the hardware's rate)
+  {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
+   "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
+   "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
+  {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
+"""
+
+import json
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
+
+from configs import base
+from ired_cd import config as config_lib
+from ired_cd import flops, sampler, train
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
+_STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
+_WHAT = flags.DEFINE_list("what", ["matmul", "train", "sampler"], "What to measure.")
+_STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (or sampler calls) after compile.")
+_INNER = flags.DEFINE_integer("inner_steps", 5, "Sampler inner descent steps.")
+_MATMUL_N = flags.DEFINE_integer("matmul_size", 4096, "Square size of the matmul probe.")
+
+
+def emit(**record):
+  print(json.dumps(record), flush=True)
+
+
+def _time_calls(fn, n):
+  times = []
+  for _ in range(n):
+    tic = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append((time.perf_counter() - tic) * 1e3)
+  return times
+
+
+def _peak_memory(compiled):
+  """Device peak where the backend reports it, else XLA's buffer sizes for the program."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    return stats["peak_bytes_in_use"], "device_peak_bytes_in_use"
+  mem = compiled.memory_analysis()
+  total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+           - mem.alias_size_in_bytes)
+  return int(total), "xla_temp+arguments+outputs"
+
+
+def _xla_flops(compiled):
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def bench_matmul(n, reps):
+  a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, a))
+  times = _time_calls(lambda: dot(a, a), reps)
+  gflops = 2 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
+  emit(what="matmul", size=n, median_ms=statistics.median(times), gflops_per_s=gflops,
+       precision=str(jax.config.jax_default_matmul_precision))
+  return gflops
+
+
+def bench_train(config, strategy, steps, peak):
+  c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
+  config_lib.validate(c, base.get_config())
+  exp = train.build_experiment(c)
+  state = train.init_state(exp)
+  step_fn = train.make_train_step(exp)
+  flops_analytic = flops.count_matmul_flops(step_fn, state)
+  tic = time.perf_counter()
+  compiled = jax.jit(step_fn, donate_argnums=0).lower(state).compile()
+  compile_s = time.perf_counter() - tic
+  for _ in range(3):  # warm-up; also fills the replay buffer so replay paths are exercised
+    state, metrics = compiled(state)
+  jax.block_until_ready(state)
+  times = []
+  for _ in range(steps):
+    tic = time.perf_counter()
+    state, metrics = compiled(state)
+    jax.block_until_ready(state)
+    times.append((time.perf_counter() - tic) * 1e3)
+  median = statistics.median(times)
+  memory, memory_kind = _peak_memory(compiled)
+  emit(what="train", strategy=strategy, batch_size=c.batch_size, steps=steps,
+       median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
+       flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
+       gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
+       fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None,
+       peak_memory_bytes=memory, memory_kind=memory_kind,
+       loss=float(metrics["loss"]))
+
+
+def bench_sampler(config, inner_steps, reps, peak):
+  exp = train.build_experiment(config)
+  params = train.init_state(exp).ema_params
+  sample = sampler.make_sampler(exp.energy_fn, exp.schedule, exp.task.out_dim)
+  inp, _ = exp.task.sample(jax.random.PRNGKey(1), config.batch_size, False)
+  key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
+  tic = time.perf_counter()
+  compiled = sample.lower(params, inp, key, k).compile()
+  compile_s = time.perf_counter() - tic
+  jax.block_until_ready(compiled(params, inp, key, k))
+  times = _time_calls(lambda: compiled(params, inp, key, k), reps)
+  median = statistics.median(times)
+  flops_analytic = flops.count_matmul_flops(sample, params, inp, key, k,
+                                            while_trip_count=inner_steps)
+  emit(what="sampler", batch_size=config.batch_size, timesteps=config.diffusion_steps,
+       inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,
+       flops_analytic=flops_analytic, gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
+       fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None)
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  for s in _STRATEGIES.value:
+    if s not in config_lib.STRATEGIES:
+      raise app.UsageError(f"--strategies: {s!r} is not one of {config_lib.STRATEGIES}")
+  devices = jax.devices()
+  emit(what="device", platform=devices[0].platform, device_kind=devices[0].device_kind,
+       device_count=len(devices), jax_version=jax.__version__)
+  peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2)) if "matmul" in _WHAT.value \
+      else None
+  if "train" in _WHAT.value:
+    for strategy in _STRATEGIES.value:
+      bench_train(config, strategy, _STEPS.value, peak)
+  if "sampler" in _WHAT.value:
+    bench_sampler(config, _INNER.value, max(3, _STEPS.value // 4), peak)
+  emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,57 @@
+"""Small models, configs and cached jitted train steps shared by the unit tests.
+
+Compiling a train step costs seconds on a laptop CPU, so each strategy's jitted
+step is built once per session and shared by every test that needs it. The
+steps donate their state: always start from a fresh ``train.init_state``.
+"""
+
+import functools
+
+import jax
+
+from configs import base
+from ired_cd import config as config_lib
+from ired_cd import train
+from ired_cd.diffusion import cosine_schedule
+from ired_cd.model import EnergyMLP, init_params
+
+T = 10
+RANK = 4
+DIM = RANK * RANK
+
+
+def small_model(num_timesteps=T):
+  """EnergyMLP for rank-4 tasks: out 16, hidden 32, embedding 16."""
+  return EnergyMLP(out_dim=DIM, hidden=32, emb_dim=16, num_timesteps=num_timesteps)
+
+
+@functools.lru_cache(maxsize=None)
+def small_energy(inp_dim=DIM, seed=0, num_timesteps=T):
+  """(energy_fn, params) of a small model with torch-style init (cached: treat as read-only)."""
+  m = small_model(num_timesteps)
+  params = init_params(m, jax.random.PRNGKey(seed), inp_dim)
+  return (lambda p, inp, y, t: m.apply({"params": p}, inp, y, t)), params
+
+
+@functools.lru_cache(maxsize=None)
+def schedule():
+  return cosine_schedule(T)
+
+
+def tiny_config(strategy, **overrides):
+  """configs/base.py 'tiny' with the stage switches of ``strategy``."""
+  c = config_lib.apply_strategy(base.get_config("tiny"), strategy)
+  for key, value in overrides.items():
+    c[key] = value
+  return config_lib.validate(c, defaults=base.get_config())
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_experiment(strategy):
+  return train.build_experiment(tiny_config(strategy))
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_step(strategy):
+  """``train.jit_train_step`` of the tiny experiment (state donated)."""
+  return train.jit_train_step(tiny_experiment(strategy))

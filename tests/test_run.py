@@ -1,0 +1,162 @@
+"""The experiment runner end to end: outputs, resume, signals, damaged checkpoints, eval, errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from configs import base, q204
+from ired_cd import checkpoint, config as config_lib, experiment, metrics_io, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny(strategy="cd_full", **overrides):
+  c = q204.get_config("tiny")
+  config_lib.apply_strategy(c, strategy)
+  c.update(overrides)
+  return c
+
+
+def run_cli(*args, timeout=240):
+  return subprocess.run([sys.executable, "-m", "experiments.run", "--progress=false", *args],
+                        cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def restored(config, workdir, step=None):
+  exp = train.build_experiment(config)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"))
+  state, at = store.restore(train.init_state(exp), step=step)
+  store.close()
+  return state, at
+
+
+def test_end_to_end_outputs(tmp_path):
+  workdir = str(tmp_path / "run")
+  summary = experiment.train_and_evaluate(tiny(), workdir, progress=False)
+  for name in ("config.json", "metrics.jsonl", "summary.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [10, 20, 30, 40]
+  for key in ("train/loss", "train/loss_mse", "train/energy_gap", "train/score_norm",
+              "train/langevin_displacement", "train/filter_keep", "train/replay_fill",
+              "train/energy_weight", "train/steps_per_sec"):
+    assert all(np.isfinite(r[key]) for r in rows), key
+  evals = [r for r in rows if "eval/mse" in r]
+  assert [r["step"] for r in evals] == [20, 40]
+  assert all("eval/mse_ood" in r and "eval/residual" in r for r in evals)
+  on_disk = json.load(open(os.path.join(workdir, "summary.json")))
+  assert on_disk == json.loads(json.dumps(summary))
+  for key in ("eval/mse", "eval/mse_ood", "train/steps_per_sec", "steps", "wall_clock_sec"):
+    assert key in on_disk
+  assert on_disk["steps"] == 40 and on_disk["status"] == "completed"
+  assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [20, 40]
+  assert json.load(open(os.path.join(workdir, "config.json")))["mining_strategy"] == "cd_full"
+
+
+def test_resume_is_exact(tmp_path):
+  """20 steps + restart + 20 steps gives the state of 40 steps straight (replay buffer too)."""
+  straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
+  experiment.train_and_evaluate(tiny(eval_every=0), straight, progress=False)
+  experiment.train_and_evaluate(tiny(eval_every=0, train_steps=20), split, progress=False)
+  experiment.train_and_evaluate(tiny(eval_every=0), split, progress=False)
+  a, _ = restored(tiny(), straight, 40)
+  b, _ = restored(tiny(), split, 40)
+  for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  rows = metrics_io.read_jsonl(os.path.join(split, "metrics.jsonl"))
+  assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30, 40]
+
+
+def test_damaged_checkpoints_are_skipped(tmp_path, caplog):
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
+  ckpts = os.path.join(workdir, "checkpoints")
+  # A write killed midway leaves a temporary directory: never taken for a checkpoint.
+  shutil.copytree(os.path.join(ckpts, "40"), os.path.join(ckpts, "60.orbax-checkpoint-tmp-1"))
+  # A finalised checkpoint whose data is gone: skipped with a warning.
+  shutil.rmtree(os.path.join(ckpts, "40", "default"))
+  state, step = restored(tiny(), workdir)
+  assert step == 20 and int(state.step) == 20
+  assert "unreadable" in caplog.text
+  summary = experiment.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
+  assert summary["steps"] == 40
+
+
+def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
+  workdir = str(tmp_path / "run")
+  config = tiny("cd_langevin", energy_loss_weight=float("inf"), eval_every=0)
+  with pytest.raises(experiment.TrainingDiverged, match=r"non-finite .* at step \d+"):
+    experiment.train_and_evaluate(config, workdir, progress=False)
+  assert json.load(open(os.path.join(workdir, "summary.json")))["status"] == "diverged"
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  with pytest.raises(config_lib.ConfigError, match="learning_rate: 0.0001 -> 0.001"):
+    experiment.train_and_evaluate(tiny(learning_rate=1e-3), workdir, progress=False)
+  summary = experiment.train_and_evaluate(tiny(learning_rate=1e-3, train_steps=20, eval_every=0),
+                                          workdir, allow_config_change=True, progress=False)
+  assert summary["steps"] == 20
+
+
+def test_cli_sigterm_checkpoints_resume_and_eval(tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/q204.py:tiny", f"--workdir={workdir}", "--config.eval_every=0"]
+  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "--progress=false", *args,
+                           "--config.train_steps=100000"], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  deadline = time.time() + 180
+  while time.time() < deadline and len(metrics_io.read_jsonl(metrics)) < 3:
+    time.sleep(0.5)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0, out
+  assert "checkpoint saved at step" in out
+  stopped = int(out.split("checkpoint saved at step ")[1].split(";")[0])
+  assert stopped >= 30
+  _, at = restored(tiny(), workdir)
+  assert at == stopped
+  resumed = run_cli(*args, f"--config.train_steps={stopped + 10}")
+  assert resumed.returncode == 0, resumed.stderr
+  assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr + resumed.stdout
+  assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == stopped + 10
+  evaluated = run_cli(*args, "--mode=eval", "--eval_inner_steps=0,5", "--eval_size=16")
+  assert evaluated.returncode == 0, evaluated.stderr
+  result = json.load(open(os.path.join(workdir, "eval.json")))
+  assert result["step"] == stopped + 10 and result["eval_size"] == 16
+  for key in ("eval/mse_k0", "eval/mse_k5", "eval/mse_ood_k0", "eval/mse_ood_k5", "eval/mse"):
+    assert np.isfinite(result[key]), key
+  assert result["eval/mse"] == result["eval/mse_k0"]
+
+
+@pytest.mark.parametrize("override, field", [
+    ("--config.mining_strategy=cd_fast", "mining_strategy"),
+    ("--config.residual_filter_quantile=1.5", "residual_filter_quantile"),
+    ("--config.batch_size=0", "batch_size"),
+    ("--config.task=lowrank", "use_residual_filter"),
+    ("--config.energy_loss_timestep_range=(0.8,0.2)", "energy_loss_timestep_range"),
+])
+def test_cli_bad_input_names_the_field(tmp_path, override, field):
+  workdir = tmp_path / "run"
+  result = run_cli("--config=configs/q204.py:tiny", f"--workdir={workdir}", override, timeout=60)
+  assert result.returncode != 0
+  assert f"config.{field}" in result.stderr
+  assert not workdir.exists()  # nothing compiled, nothing written
+
+
+def test_unknown_key_in_config_file_is_rejected():
+  config = tiny()
+  config.mining_opt_step = 5  # a typo of mining_opt_steps
+  with pytest.raises(config_lib.ConfigError, match="mining_opt_step"):
+    config_lib.validate(config, base.get_config())
