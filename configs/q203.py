@@ -14,7 +14,7 @@ def get_config(arg=None):
   c.replay_buffer_buckets = 16
   c.replay_sample_prob = 0.95
   c.output_dir = "results/ds_inverse/cd_replay"
-  c.notes = ("Timestep-bucketed replay buffer (16 buckets). Stores negatives in x_t space. "
+  c.notes = ("Timestep-bucketed replay buffer (16 buckets). Stores negatives in xₜ space. "
              "p_replay=0.95.")
   if arg:
     base.apply_variant(c, arg)

@@ -20,7 +20,7 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound):
   """Energy descent from y.
 
   Args:
-    energy_fn: (params, inp, y, t) -> (B, 1).
+    energy_fn: a model.EnergyFunction; its y-independent part is computed once.
     inp: (B, inp_dim); y: (B, D); t: (B,) int.
     num_steps: python int or traced int32 scalar (the sampler's inner steps are
       a runtime argument, so one compiled sampler serves every count).
@@ -32,7 +32,9 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound):
     y after num_steps, (B, D), gradients stopped.
   """
   params = jax.lax.stop_gradient(params)
-  value_and_score = lambda y_: model_lib.energy_and_score(energy_fn, params, inp, y_, t)  # noqa: E731
+  cond = energy_fn.condition(params, inp, t)
+  value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
+      energy_fn, params, cond, y_)
   y = jax.lax.stop_gradient(y)
   energy, grad = value_and_score(y)
 

@@ -31,7 +31,7 @@ def langevin_chain(energy_fn, params, inp, y_init, t, noises, schedule: Schedule
   """Runs len(noises) Langevin steps from y_init with the given standard normals.
 
   Args:
-    energy_fn: (params, inp, y, t) -> (B, 1).
+    energy_fn: a model.EnergyFunction; its y-independent part is computed once.
     inp: (B, inp_dim) conditioning; y_init: (B, D) start in x_t space; t: (B,).
     noises: (K, B, D) standard normal draws, one slice per step.
     grad_clip: if set, each sample's score is rescaled to norm <= grad_clip.
@@ -39,11 +39,12 @@ def langevin_chain(energy_fn, params, inp, y_init, t, noises, schedule: Schedule
     (y_K (B, D) with gradients stopped, ChainStats).
   """
   params = jax.lax.stop_gradient(params)
+  cond = energy_fn.condition(params, inp, t)
   eta = take(schedule.opt_step_size, t)
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 
   def step(y, xi):
-    energy, grad = model_lib.energy_and_score(energy_fn, params, inp, y, t)
+    energy, grad = model_lib.conditioned_energy_and_score(energy_fn, params, cond, y)
     grad_norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
     if grad_clip is not None:
       grad = grad * jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))

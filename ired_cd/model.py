@@ -16,8 +16,9 @@ and biases), so training starts where the PyTorch runs start.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -36,13 +37,45 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
+class SplitInputDense(nn.Module):
+  """Dense over concat([a, b]) whose two halves can be applied apart.
+
+  One kernel [in_a + in_b, features] (named like a plain Dense, so checkpoints
+  and the golden weights load unchanged): dense(concat(a, b)) = project_a(a) +
+  project_b(b), where project_a carries the bias.
+  """
+
+  in_a: int
+  in_b: int
+  features: int
+
+  def setup(self):
+    self.kernel = self.param(
+        "kernel", nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+        (self.in_a + self.in_b, self.features))
+    self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
+
+  def project_a(self, a):
+    return a @ self.kernel[:self.in_a] + self.bias
+
+  def project_b(self, b):
+    return b @ self.kernel[self.in_a:]
+
+
 class EnergyMLP(nn.Module):
-  """E(inp, y, t) -> (B, 1).  inp: (B, inp_dim), y: (B, out_dim), t: int (B,)."""
+  """E(inp, y, t) -> (B, 1).  inp: (B, inp_dim), y: (B, out_dim), t: int (B,).
+
+  Split in two for the samplers: ``conditioning(inp, t)`` is everything that
+  does not depend on y (fc1's input half, the FiLM gains and biases), and
+  ``energy_given(cond, y)`` the rest, so a chain of moves in y computes the
+  former once. ``inp_dim`` defaults to ``out_dim``.
+  """
 
   out_dim: int
   hidden: int = 512
   emb_dim: int = 128
   num_timesteps: Optional[int] = None
+  inp_dim: Optional[int] = None
 
   def setup(self):
     dense = lambda n, name: nn.Dense(  # noqa: E731
@@ -51,7 +84,8 @@ class EnergyMLP(nn.Module):
         bias_init=nn.initializers.zeros)
     self.time_fc1 = dense(self.emb_dim, "time_fc1")
     self.time_fc2 = dense(self.emb_dim, "time_fc2")
-    self.fc1 = dense(self.hidden, "fc1")
+    self.fc1 = SplitInputDense(self.inp_dim or self.out_dim, self.out_dim, self.hidden,
+                               name="fc1")
     self.fc2 = dense(self.hidden, "fc2")
     self.fc3 = dense(self.hidden, "fc3")
     self.fc4 = dense(self.out_dim, "fc4")
@@ -76,16 +110,45 @@ class EnergyMLP(nn.Module):
     g3, b3 = jnp.split(self.t_map_fc3(temb), 2, axis=-1)
     return g2, b2, g3, b3
 
-  def __call__(self, inp, y, t):
-    g2, b2, g3, b3 = self.film(t)
-    h = swish(self.fc1(jnp.concatenate([inp, y], axis=-1)))
+  def conditioning(self, inp, t):
+    """The y-independent part: (fc1(inp half) + bias, g2, b2, g3, b3), each (B, hidden)."""
+    return (self.fc1.project_a(inp),) + self.film(t)
+
+  def energy_given(self, cond, y):
+    """E from ``conditioning``'s output and y (B, out_dim) -> (B, 1)."""
+    h_inp, g2, b2, g3, b3 = cond
+    h = swish(h_inp + self.fc1.project_b(y))
     h = swish(self.fc2(h) * (1.0 + g2) + b2)
     h = swish(self.fc3(h) * (1.0 + g3) + b3)
     return jnp.sum(jnp.square(self.fc4(h)), axis=-1, keepdims=True)
 
+  def __call__(self, inp, y, t):
+    return self.energy_given(self.conditioning(inp, t), y)
 
-def init_params(model: EnergyMLP, key, inp_dim: int):
+
+@dataclasses.dataclass(frozen=True)
+class EnergyFunction:
+  """Pure-function view of an EnergyMLP.
+
+  ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
+  ``given(params, cond, y)`` split it at the y-independent part.
+  """
+
+  module: EnergyMLP
+
+  def __call__(self, params, inp, y, t):
+    return self.module.apply({"params": params}, inp, y, t)
+
+  def condition(self, params, inp, t):
+    return self.module.apply({"params": params}, inp, t, method=EnergyMLP.conditioning)
+
+  def given(self, params, cond, y):
+    return self.module.apply({"params": params}, cond, y, method=EnergyMLP.energy_given)
+
+
+def init_params(model: EnergyMLP, key):
   """Parameters with torch.nn.Linear's default init (biases +-1/sqrt(fan_in))."""
+  inp_dim = model.inp_dim or model.out_dim
   params = model.init(key, jnp.zeros((1, inp_dim)), jnp.zeros((1, model.out_dim)),
                       jnp.zeros((1,), jnp.int32))["params"]
   keys = jax.random.split(jax.random.fold_in(key, 1), len(params))
@@ -98,22 +161,24 @@ def init_params(model: EnergyMLP, key, inp_dim: int):
   return out
 
 
-EnergyFn = Callable[..., jnp.ndarray]
-
-
-def energy_and_score(energy_fn: EnergyFn, params, inp, y, t):
+def energy_and_score(energy_fn: EnergyFunction, params, inp, y, t):
   """(E (B,), dE/dy (B, D)): one forward and one backward of the summed energy.
 
   Summing is exact per sample: each E_i depends on y_i only, so a sample's score
   does not depend on the batch it sits in (no division by the batch size).
   """
+  return conditioned_energy_and_score(energy_fn, params, energy_fn.condition(params, inp, t), y)
+
+
+def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y):
+  """``energy_and_score`` from a precomputed ``energy_fn.condition(params, inp, t)``."""
   def total(y_):
-    e = energy_fn(params, inp, y_, t)[:, 0]
+    e = energy_fn.given(params, cond, y_)[:, 0]
     return jnp.sum(e), e
-  (_, energy), score = jax.value_and_grad(total, has_aux=True)(y)
-  return energy, score
+  (_, energy), score_ = jax.value_and_grad(total, has_aux=True)(y)
+  return energy, score_
 
 
-def score(energy_fn: EnergyFn, params, inp, y, t):
+def score(energy_fn: EnergyFunction, params, inp, y, t):
   """dE/dy (B, D), differentiable w.r.t. params (the denoiser's noise prediction)."""
   return energy_and_score(energy_fn, params, inp, y, t)[1]

@@ -20,7 +20,7 @@ import optax
 from ired_cd import replay as replay_lib
 from ired_cd import strategies, tasks
 from ired_cd.diffusion import Schedule, cosine_schedule
-from ired_cd.model import EnergyMLP, init_params
+from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
 
 @flax.struct.dataclass
@@ -61,16 +61,16 @@ class Experiment:
   loss_settings: strategies.LossSettings
 
   @property
-  def energy_fn(self) -> Callable:
-    model = self.model
-    return lambda params, inp, y, t: model.apply({"params": params}, inp, y, t)
+  def energy_fn(self) -> EnergyFunction:
+    return EnergyFunction(self.model)
 
 
 def build_experiment(config) -> Experiment:
   """Validates nothing (call config.validate first); builds the static pieces."""
   task = tasks.get_task(config.task, config.rank)
   model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
-                    emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps)
+                    emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
+                    inp_dim=task.inp_dim)
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2))
@@ -83,7 +83,7 @@ def init_state(exp: Experiment, seed: Optional[int] = None) -> TrainState:
   c = exp.config
   key = jax.random.PRNGKey(c.seed if seed is None else seed)
   k_init, k_train = jax.random.split(key)
-  params = init_params(exp.model, k_init, exp.task.inp_dim)
+  params = init_params(exp.model, k_init)
   buffer = None
   if exp.loss_settings.use_replay:
     buffer = replay_lib.create(

@@ -13,29 +13,32 @@ from configs import base
 from ired_cd import config as config_lib
 from ired_cd import train
 from ired_cd.diffusion import cosine_schedule
-from ired_cd.model import EnergyMLP, init_params
+from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
 T = 10
 RANK = 4
 DIM = RANK * RANK
 
 
-def small_model(num_timesteps=T):
+def small_model(num_timesteps=T, inp_dim=DIM):
   """EnergyMLP for rank-4 tasks: out 16, hidden 32, embedding 16."""
-  return EnergyMLP(out_dim=DIM, hidden=32, emb_dim=16, num_timesteps=num_timesteps)
+  return EnergyMLP(out_dim=DIM, hidden=32, emb_dim=16, num_timesteps=num_timesteps,
+                   inp_dim=inp_dim)
 
 
 @functools.lru_cache(maxsize=None)
 def small_energy(inp_dim=DIM, seed=0, num_timesteps=T):
   """(energy_fn, params) of a small model with torch-style init (cached: treat as read-only)."""
-  m = small_model(num_timesteps)
-  params = init_params(m, jax.random.PRNGKey(seed), inp_dim)
-  return (lambda p, inp, y, t: m.apply({"params": p}, inp, y, t)), params
+  m = small_model(num_timesteps, inp_dim)
+  with jax.ensure_compile_time_eval():  # concrete even when first called under a trace
+    params = init_params(m, jax.random.PRNGKey(seed))
+  return EnergyFunction(m), params
 
 
 @functools.lru_cache(maxsize=None)
 def schedule():
-  return cosine_schedule(T)
+  with jax.ensure_compile_time_eval():
+    return cosine_schedule(T)
 
 
 def tiny_config(strategy, **overrides):

@@ -32,9 +32,8 @@ def golden_params():
 
 @pytest.fixture(scope="session")
 def energy_fn():
-  from ired_cd.model import EnergyMLP
-  model = EnergyMLP(out_dim=400, num_timesteps=10)
-  return lambda params, inp, y, t: model.apply({"params": params}, inp, y, t)
+  from ired_cd.model import EnergyFunction, EnergyMLP
+  return EnergyFunction(EnergyMLP(out_dim=400, num_timesteps=10))
 
 
 @pytest.fixture(scope="session")

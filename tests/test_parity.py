@@ -32,8 +32,7 @@ def test_schedule(schedule):
 @pytest.mark.parametrize("table", [True, False], ids=["film_table", "per_sample"])
 def test_energy_and_score(golden_params, table):
   g = golden("energy")
-  m = EnergyMLP(out_dim=400, num_timesteps=10 if table else None)
-  fn = lambda p, inp, y, t: m.apply({"params": p}, inp, y, t)  # noqa: E731
+  fn = model.EnergyFunction(EnergyMLP(out_dim=400, num_timesteps=10 if table else None))
   e, s = model.energy_and_score(fn, golden_params, g["inp"], g["y"], g["t"])
   assert_close(e, g["energy"][:, 0])
   assert_close(s, g["grad"])

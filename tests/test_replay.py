@@ -137,7 +137,7 @@ def test_buckets_are_independent(buf):
 
 
 def test_sample_returns_only_filled_slots(buf):
-  """Draws come from the 3 filled slots (uniformly); an empty bucket gives zeros, available False."""
+  """Draws come from the 3 filled slots, uniformly; an empty bucket gives zeros, not available."""
   buf = _add(buf, [10, 20, 30], [4, 4, 4])
   t = jnp.asarray([4] * 1500 + [5] * 10, jnp.int32)
   x, conds, available = replay.sample(buf, jax.random.PRNGKey(0), t)

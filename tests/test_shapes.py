@@ -3,6 +3,7 @@
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl.testing import parameterized
 
 from ired_cd import config as config_lib
@@ -93,10 +94,29 @@ class ModelShapesTest(chex.TestCase):
     chex.assert_trees_all_close(s2, s, rtol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
+  def test_condition_and_given(self):
+    """condition: five (B, hidden) parts; given(cond, y): (B, 1); fc1 split = Dense on concat."""
+    fn, params = _tiny.small_energy()
+    inp, y, t, _ = _batch()
+    cond = self.variant(fn.condition)(params, inp, t)
+    chex.assert_shape(list(cond), [(B, 32)] * 5)
+    chex.assert_type(list(cond), F32)
+    e = self.variant(fn.given)(params, cond, y)
+    chex.assert_shape(e, (B, 1))
+    e2, s2 = self.variant(lambda *a: model_lib.conditioned_energy_and_score(fn, *a))(
+        params, cond, y)
+    chex.assert_shape([e2, s2], [(B,), (B, D)])
+    kernel, bias = params["fc1"]["kernel"], params["fc1"]["bias"]
+    chex.assert_shape(kernel, (2 * D, 32))
+    h1 = jnp.concatenate([inp, y], axis=-1) @ kernel + bias
+    h1_split = cond[0] + y @ kernel[D:]
+    chex.assert_trees_all_close(h1_split, h1, rtol=1e-5, atol=1e-6)
+
+  @chex.variants(with_jit=True, without_jit=True)
   def test_init_params(self):
-    params = self.variant(lambda k: model_lib.init_params(_tiny.small_model(), k, 2 * D))(
+    params = self.variant(lambda k: model_lib.init_params(_tiny.small_model(), k))(
         jax.random.PRNGKey(0))
-    chex.assert_shape(params["fc1"]["kernel"], (3 * D, 32))
+    chex.assert_shape(params["fc1"]["kernel"], (2 * D, 32))
     chex.assert_shape(params["fc4"]["kernel"], (32, D))
     chex.assert_shape(params["t_map_fc2"]["bias"], (64,))
     chex.assert_type(params["fc1"]["bias"], F32)
@@ -120,7 +140,7 @@ class TaskShapesTest(chex.TestCase):
   @parameterized.named_parameters(("inverse", "inverse"), ("addition", "addition"))
   def test_residual(self, name):
     task = tasks.get_task(name, _tiny.RANK)
-    inp, x = task.sample(jax.random.PRNGKey(0), B)
+    inp, x = (jnp.asarray(a, F32) for a in task.sample_numpy(np.random.RandomState(0), B))
     res = self.variant(task.residual)(inp, x)
     chex.assert_shape(res, (B,))
     chex.assert_type(res, F32)
@@ -138,7 +158,8 @@ class ChainShapesTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_langevin_chain(self):
     noises = jax.random.normal(jax.random.PRNGKey(1), (3, B, D))
-    run = lambda p, inp, y, t, n: langevin.langevin_chain(self.fn, p, inp, y, t, n, self.sch)  # noqa
+    run = lambda p, inp, y, t, n: langevin.langevin_chain(  # noqa: E731
+        self.fn, p, inp, y, t, n, self.sch)
     y, stats = self.variant(run)(self.params, self.inp, self.y, self.t, noises)
     chex.assert_shape(y, (B, D))
     chex.assert_type(y, F32)

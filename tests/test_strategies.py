@@ -1,6 +1,7 @@
 """Loss pieces of the mining strategies: filter, mask, warm-up, regulariser, replay mixing."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -39,36 +40,41 @@ def _small_setup(b, seed=0):
   return fn, params, jax.random.normal(k1, (b, D)), 0.5 * jax.random.normal(k2, (b, D))
 
 
-def _cd_loss(settings, t, residual_fn=None, buffer=None, seed=0, key=1, step=0, inp=None):
-  """Per-sample CD loss, weight, metrics and buffer of ``_cd_energy_loss`` at given t."""
-  fn, params, inp_, x0 = _small_setup(t.shape[0], seed)
-  inp = inp_ if inp is None else inp
+@functools.partial(jax.jit, static_argnames=("settings", "residual_fn"))
+def _cd_jit(params, inp, x0, t, key, buffer, settings, residual_fn):
+  fn = _tiny.small_energy()[0]
   return strategies._cd_energy_loss(fn, params, _tiny.schedule(), settings, residual_fn, inp, x0,
-                                    t, jax.random.PRNGKey(key), jnp.int32(step), buffer)
+                                    t, key, jnp.int32(0), buffer)
+
+
+def _cd_loss(settings, t, residual_fn=None, buffer=None, inp=None):
+  """Per-sample CD loss, weight, metrics and buffer of ``_cd_energy_loss`` at the given t."""
+  _, params, inp_, x0 = _small_setup(t.shape[0])
+  inp = inp_ if inp is None else inp
+  return _cd_jit(params, inp, x0, t, jax.random.PRNGKey(1), buffer, settings, residual_fn)
+
+
+def _ramp_residual(inp, x):
+  """Residual i for sample i (an oracle whose values the test controls)."""
+  del x
+  return jnp.arange(inp.shape[0], dtype=jnp.float32)
 
 
 def test_filter_in_the_loss_zeroes_exactly_the_low_residual_samples():
-  """In the CD loss the filter zeroes the samples whose residual < tau and no other."""
-  seen = {}
-
-  def residual_fn(inp, x):
-    seen.update(inp_shape=inp.shape, x_max=float(jnp.max(jnp.abs(x))))
-    return jnp.arange(inp.shape[0], dtype=jnp.float32)
-
+  """In the CD loss the filter zeroes the samples with residual < tau and leaves the rest as is."""
   t = jnp.full((10,), 4, jnp.int32)
-  base_settings = strategies.LossSettings("cd_full", chain_steps=2, use_residual_filter=True)
-  loss, _, metrics, _ = _cd_loss(dataclasses.replace(base_settings, residual_tau=3.5), t,
-                                 residual_fn)
-  assert seen["inp_shape"] == (10, D) and seen["x_max"] <= 2.0  # x0 estimate, clamped
-  loss = np.asarray(loss)
-  np.testing.assert_array_equal(loss[:4], 0.0)
-  assert np.all(loss[4:] != 0.0)
+  by_quantile = strategies.LossSettings("cd_full", chain_steps=2, use_residual_filter=True)
+  loss_tau, _, metrics, _ = _cd_loss(dataclasses.replace(by_quantile, residual_tau=3.5), t,
+                                     _ramp_residual)
+  loss_tau = np.asarray(loss_tau)
+  np.testing.assert_array_equal(loss_tau[:4], 0.0)
+  assert np.all(loss_tau[4:] != 0.0)
   np.testing.assert_allclose(metrics["filter_keep"], 0.6)
-  unfiltered, _, _, _ = _cd_loss(dataclasses.replace(base_settings, use_residual_filter=False), t)
-  np.testing.assert_array_equal(loss[4:], np.asarray(unfiltered)[4:])
-  loss_q, _, metrics_q, _ = _cd_loss(base_settings, t, residual_fn)  # quantile 0.3 -> 2.7
-  np.testing.assert_array_equal(np.asarray(loss_q)[:3], 0.0)
-  np.testing.assert_array_equal(np.asarray(loss_q)[3:], np.asarray(unfiltered)[3:])
+  loss_q, _, metrics_q, _ = _cd_loss(by_quantile, t, _ramp_residual)  # quantile 0.3 -> 2.7
+  loss_q = np.asarray(loss_q)
+  np.testing.assert_array_equal(loss_q[:3], 0.0)
+  assert loss_q[3] != 0.0
+  np.testing.assert_array_equal(loss_q[4:], loss_tau[4:])
   np.testing.assert_allclose(metrics_q["filter_keep"], 0.7)
 
 
@@ -85,14 +91,18 @@ def test_timestep_mask_range_0_2_to_0_8():
 
 
 def test_mask_and_regulariser_on_per_sample_loss():
-  """Masked timesteps contribute exactly 0, also with the regulariser (applied before the mask)."""
+  """alpha (E_pos^2 + E_neg^2) is added per sample before the mask: masked t contribute 0."""
   t = jnp.arange(10, dtype=jnp.int32)
-  settings = strategies.LossSettings("cd_full", chain_steps=2, timestep_range=(1, 7),
-                                     energy_reg_weight=0.5)
-  loss, _, _, _ = _cd_loss(settings, t)
-  loss = np.asarray(loss)
-  np.testing.assert_array_equal(loss[[0, 8, 9]], 0.0)
-  assert np.all(loss[1:8] != 0.0)
+  plain, _, metrics, _ = _cd_loss(strategies.LossSettings("cd_langevin", chain_steps=2), t)
+  masked, _, _, _ = _cd_loss(strategies.LossSettings(
+      "cd_full", chain_steps=2, timestep_range=(1, 7), energy_reg_weight=0.5), t)
+  plain, masked = np.asarray(plain), np.asarray(masked)
+  np.testing.assert_allclose(np.mean(plain), metrics["energy_pos"] - metrics["energy_neg"],
+                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_array_equal(masked[[0, 8, 9]], 0.0)
+  squares = (masked[1:8] - plain[1:8]) / 0.5  # E_pos^2 + E_neg^2 >= (E_pos - E_neg)^2 / 2
+  assert np.all(squares > 0)
+  assert np.all(squares >= 0.5 * plain[1:8] ** 2 * (1 - 1e-4))
 
 
 # ------------------------------------------------------------------ warm-up
@@ -133,21 +143,6 @@ def test_cd_loss_terms_regulariser():
                              [-1.0 + 0.1 * 2.5, -1.25 + 0.1 * 1.0625, 0.8], rtol=1e-6)
 
 
-def test_regulariser_in_cd_loss():
-  """Same key: the loss with alpha minus the loss without is alpha (E_pos^2 + E_neg^2) >= 0."""
-  t = jnp.arange(10, dtype=jnp.int32)
-  settings = strategies.LossSettings("cd_langevin", chain_steps=2)
-  l0, _, metrics, _ = _cd_loss(settings, t)
-  l1, _, _, _ = _cd_loss(dataclasses.replace(settings, energy_reg_weight=0.25), t)
-  l2, _, _, _ = _cd_loss(dataclasses.replace(settings, energy_reg_weight=0.5), t)
-  squares = (np.asarray(l1) - np.asarray(l0)) / 0.25
-  np.testing.assert_allclose((np.asarray(l2) - np.asarray(l0)) / 0.5, squares, rtol=1e-4)
-  assert np.all(squares > 0)
-  assert np.all(squares >= 0.5 * np.asarray(l0) ** 2 * (1 - 1e-4))  # p^2 + n^2 >= (p - n)^2 / 2
-  np.testing.assert_allclose(np.mean(l0), metrics["energy_pos"] - metrics["energy_neg"],
-                             rtol=1e-5, atol=1e-7)
-
-
 # ------------------------------------------------------------------ replay mixing
 MARK = 7.0  # conditions of every stored negative
 
@@ -159,12 +154,12 @@ def _buffer(empty_t=5):
   return replay.add(buf, jnp.full((t.shape[0], D), 0.3), t, jnp.full((t.shape[0], D), MARK))
 
 
-def _mixing(mode, prob=1.0, empty_t=5):
+def _mixing(mode, empty_t=5):
   """Runs the CD loss at t = 0..9 twice over with stored conditions; inputs 100 + i."""
   t = jnp.tile(jnp.arange(_tiny.T, dtype=jnp.int32), 2)
   inp = jnp.broadcast_to(100.0 + jnp.arange(20.0)[:, None], (20, D))
   settings = strategies.LossSettings("cd_langevin_replay", chain_steps=1, use_replay=True,
-                                     replay_sample_prob=prob, replay_mixing=mode,
+                                     replay_sample_prob=1.0, replay_mixing=mode,
                                      replay_store_condition=True)
   _, _, metrics, buf = _cd_loss(settings, t, buffer=_buffer(empty_t), inp=inp)
   return float(metrics["replay_use"]), buf
@@ -194,24 +189,6 @@ def test_batch_mixing_is_all_or_nothing():
       np.testing.assert_array_equal(buf.conditions[r, :2, 0], [100.0 + s, 110.0 + s])  # fresh
   use_full, _ = _mixing("batch", empty_t=-1)
   assert use_full == 1.0
-  assert _mixing("sample", prob=0.0)[0] == 0.0
-
-
-def test_batch_mixing_through_make_loss_fn():
-  """The full loss_fn: with one empty bucket, batch mode never replays; sample mode mostly does."""
-  fn, params, inp, x0 = _small_setup(256)
-  out = {}
-  for mode in ("batch", "sample"):
-    settings = strategies.LossSettings("cd_langevin_replay", chain_steps=1, use_replay=True,
-                                       replay_sample_prob=1.0, replay_mixing=mode)
-    buf = replay.create(_tiny.T, 16, 4, D)
-    full_t = jnp.asarray([s for s in range(_tiny.T) if s != 3 for _ in range(4)], jnp.int32)
-    buf = replay.add(buf, jnp.zeros((full_t.shape[0], D)), full_t)
-    loss_fn = jax.jit(strategies.make_loss_fn(fn, _tiny.schedule(), settings))
-    _, (metrics, _) = loss_fn(params, inp, x0, jax.random.PRNGKey(0), jnp.int32(0), buf)
-    out[mode] = float(metrics["replay_use"])
-  assert out["batch"] == 0.0
-  assert 0.8 < out["sample"] < 0.97  # ~ 9/10: every sample but those with t = 3
 
 
 # ------------------------------------------------------------------ config -> settings

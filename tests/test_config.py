@@ -1,0 +1,245 @@
+"""Config validation and the shipped configs (q202/q203/q204 = the guide's JSON)."""
+
+import importlib
+import json
+
+import pytest
+
+from configs import base
+from ired_cd import config as config_lib
+from ired_cd.config import ConfigError
+
+SHIPPED = ("q202", "q203", "q204", "none", "nce_random", "ired")
+
+
+def _validate(c):
+  return config_lib.validate(c, defaults=base.get_config())
+
+
+def _config(name="q204"):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def _set(**fields):
+  def edit(c):
+    for k, v in fields.items():
+      c[k] = v
+  return edit
+
+
+def _add_key(c):
+  c.mining_steps = 10  # a typo of mining_opt_steps
+
+
+# (name, config, edit, regex the message must match: field and allowed values)
+BAD = [
+    ("unknown_strategy", "q204", _set(mining_strategy="cd_magic"),
+     r"mining_strategy.*none.*nce_random.*ired.*cd_langevin.*cd_full.*'cd_magic'"),
+    ("unknown_key", "q204", _add_key, r"config\.mining_steps: unknown key.*mining_opt_steps"),
+    ("quantile_above_1", "q204", _set(residual_filter_quantile=1.5),
+     r"residual_filter_quantile: must lie in \[0, 1\], got 1\.5"),
+    ("quantile_below_0", "q204", _set(residual_filter_quantile=-0.1),
+     r"residual_filter_quantile: must lie in \[0, 1\]"),
+    ("empty_timestep_range", "q204", _set(energy_loss_timestep_range=(0.8, 0.2)),
+     r"energy_loss_timestep_range: .*lo <= hi.*\(0\.8, 0\.2\)"),
+    ("timestep_range_above_1", "q204", _set(energy_loss_timestep_range=(0.2, 1.5)),
+     r"energy_loss_timestep_range: must be \(lo, hi\) with 0 <= lo <= hi <= 1"),
+    ("zero_batch_size", "q202", _set(batch_size=0),
+     r"batch_size: must be a positive integer, got 0"),
+    ("negative_batch_size", "q202", _set(batch_size=-8), r"batch_size: must be a positive integer"),
+    ("zero_rank", "q202", _set(rank=0), r"config\.rank: must be a positive integer, got 0"),
+    ("negative_train_steps", "none", _set(train_steps=-1),
+     r"train_steps: must be a positive integer, got -1"),
+    ("filter_on_lowrank", "q204", _set(task="lowrank"),
+     r"use_residual_filter: task 'lowrank' has no oracle.*'inverse', 'addition'"),
+    ("bad_replay_mixing", "q203", _set(replay_mixing="bucket"),
+     r"replay_mixing: must be one of \('sample', 'batch'\), got 'bucket'"),
+    ("no_langevin_on_cd", "q202", _set(use_langevin=False),
+     r"use_langevin: must be True for cd_langevin.*nce_random"),
+    ("no_cd_loss_on_cd", "q204", _set(use_cd_loss=False), r"use_cd_loss: must be True for cd_full"),
+    ("unknown_task", "ired", _set(task="sudoku"),
+     r"task: must be one of \('inverse', 'addition', 'lowrank'\), got 'sudoku'"),
+    ("zero_chain_steps_on_cd", "q202", _set(mining_opt_steps=0),
+     r"mining_opt_steps: must be >= 1 for cd_langevin"),
+    ("replay_prob_above_1", "q203", _set(replay_sample_prob=1.2),
+     r"replay_sample_prob: must lie in \[0, 1\]"),
+]
+
+
+@pytest.mark.parametrize("name,config,edit,message", BAD, ids=[b[0] for b in BAD])
+def test_validate_rejects(name, config, edit, message):
+  """Each bad field raises ConfigError naming the field and what it may be."""
+  del name
+  c = _config(config)
+  _validate(c)  # valid before the edit
+  edit(c)
+  with pytest.raises(ConfigError, match=message):
+    _validate(c)
+
+
+def test_config_error_is_value_error():
+  assert issubclass(ConfigError, ValueError)
+  with pytest.raises(ConfigError, match="mining_strategy must be one of"):
+    config_lib.apply_strategy(base.get_config(), "adversarial")
+
+
+def test_rules_apply_only_where_they_matter():
+  """The filter quantile is not checked when a fixed tau is set, nor the filter on non-CD runs."""
+  c = _config("q204")
+  c.residual_filter_quantile = 1.5
+  c.residual_tau = 0.5
+  _validate(c)
+  c = _config("ired")
+  c.task = "lowrank"
+  c.use_residual_filter = True  # ired never filters
+  _validate(c)
+  c = _config("q204")
+  c.residual_tau = -1.0
+  with pytest.raises(ConfigError, match=r"residual_tau: must be >= 0"):
+    _validate(c)
+
+
+@pytest.mark.parametrize("arg", [None, "cpu", "tiny"])
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_validate(name, arg):
+  """Every shipped config validates, plain and with the cpu / tiny variants."""
+  c = importlib.import_module(f"configs.{name}").get_config(arg)
+  assert _validate(c) is c
+  assert set(c.keys()) == set(base.get_config().keys())
+  if arg == "tiny":
+    assert c.rank == 4 and c.batch_size == 32
+  elif arg == "cpu":
+    assert c.batch_size == 256 and c.energy_loss_warmup_steps <= 600
+
+
+def test_unknown_variant_raises():
+  with pytest.raises(ValueError, match=r"cpu.*tiny"):
+    base.get_config("huge")
+
+
+def test_apply_strategy_sets_stage_switches():
+  """apply_strategy turns on exactly the switches of each CD stage."""
+  for strategy, preset in config_lib.STAGE_PRESETS.items():
+    c = config_lib.apply_strategy(base.get_config("tiny"), strategy)
+    assert c.mining_strategy == strategy
+    assert {k: c[k] for k in preset} == preset
+    _validate(c)
+
+
+# The guide's JSON files, verbatim (ired-cd-guide.md, "Updated Config Files").
+GUIDE_JSON = {
+    "q202": r"""{
+  "experiment_name": "q202_cd_langevin",
+  "description": "IRED-CD Stage 1: CD loss + Langevin sampling",
+  "investigation": "ired-cd",
+  "ablation_stage": "cd_langevin",
+  "mining_strategy": "cd_langevin",
+  "rank": 20,
+  "ood": false,
+  "diffusion_steps": 10,
+  "batch_size": 2048,
+  "train_steps": 100000,
+  "learning_rate": 0.0001,
+  "mining_opt_steps": 10,
+  "mining_noise_scale": 1.5,
+  "langevin_sigma_multiplier": 1.0,
+  "use_langevin": true,
+  "use_replay_buffer": false,
+  "use_cd_loss": true,
+  "use_residual_filter": false,
+  "use_energy_schedule": false,
+  "energy_loss_weight": 0.05,
+  "output_dir": "results/ds_inverse/cd_langevin",
+  "notes": "Corrected CD loss (detach x_neg, not energy_neg). Langevin sigma=sqrt(2*eta). k=10 steps. No replay buffer yet."
+}""",
+    "q203": r"""{
+  "experiment_name": "q203_cd_replay",
+  "description": "IRED-CD Stage 2: CD loss + Langevin + Replay buffer",
+  "investigation": "ired-cd",
+  "ablation_stage": "cd_replay",
+  "mining_strategy": "cd_langevin_replay",
+  "rank": 20,
+  "ood": false,
+  "diffusion_steps": 10,
+  "batch_size": 2048,
+  "train_steps": 100000,
+  "learning_rate": 0.0001,
+  "mining_opt_steps": 10,
+  "mining_noise_scale": 1.5,
+  "langevin_sigma_multiplier": 1.0,
+  "use_langevin": true,
+  "use_replay_buffer": true,
+  "replay_buffer_size": 10000,
+  "replay_buffer_buckets": 16,
+  "replay_sample_prob": 0.95,
+  "use_cd_loss": true,
+  "use_residual_filter": false,
+  "use_energy_schedule": false,
+  "energy_loss_weight": 0.05,
+  "output_dir": "results/ds_inverse/cd_replay",
+  "notes": "Timestep-bucketed replay buffer (16 buckets). Stores negatives in xₜ space. p_replay=0.95."
+}""",
+    "q204": r"""{
+  "experiment_name": "q204_cd_full",
+  "description": "IRED-CD Stage 3: Full implementation (CD + Langevin + Replay + Residual filter + Schedule)",
+  "investigation": "ired-cd",
+  "ablation_stage": "cd_full",
+  "mining_strategy": "cd_full",
+  "rank": 20,
+  "ood": false,
+  "diffusion_steps": 10,
+  "batch_size": 2048,
+  "train_steps": 100000,
+  "learning_rate": 0.0001,
+  "mining_opt_steps": 10,
+  "mining_noise_scale": 1.5,
+  "langevin_sigma_multiplier": 1.0,
+  "use_langevin": true,
+  "use_replay_buffer": true,
+  "replay_buffer_size": 10000,
+  "replay_buffer_buckets": 16,
+  "replay_sample_prob": 0.95,
+  "use_cd_loss": true,
+  "use_residual_filter": true,
+  "residual_filter_quantile": 0.3,
+  "use_energy_schedule": true,
+  "use_timestep_range": true,
+  "energy_loss_warmup_steps": 20000,
+  "energy_loss_max_weight": 0.05,
+  "energy_loss_timestep_range": [0.2, 0.8],
+  "output_dir": "results/ds_inverse/cd_full",
+  "notes": "Full IRED-CD. Residual filtering (30th percentile) prevents false negatives. Energy schedule (warmup 20K steps, max_weight=0.05). Timestep range filtering [0.2T, 0.8T]."
+}""",
+}
+
+
+def _as_json_value(value):
+  return list(value) if isinstance(value, tuple) else value
+
+
+@pytest.mark.parametrize("name", ["q202", "q203", "q204"])
+def test_configs_reproduce_guide_json(name):
+  """Every key of the guide's JSON exists in our config with the same value and type."""
+  want = json.loads(GUIDE_JSON[name])
+  c = _config(name)
+  missing = sorted(set(want) - set(c.keys()))
+  assert not missing, missing
+  for key, value in want.items():
+    got = _as_json_value(c[key])
+    if key == "notes":  # q203's note spells x_t for the guide's xₜ: test_q203_notes_verbatim
+      got, value = got.replace("x_t", "xₜ"), value
+    assert got == value, (key, got, value)
+    assert type(got) is type(value), (key, type(got), type(value))
+
+
+def test_q203_notes_verbatim():
+  """The q203 note is the guide's text character for character."""
+  assert _config("q203").notes == json.loads(GUIDE_JSON["q203"])["notes"]
+
+
+def test_guide_json_omissions_keep_defaults():
+  """Keys the guide's q202/q203 JSON leave out keep the stage semantics (no filter, no schedule)."""
+  c = _config("q203")
+  assert not c.use_timestep_range and not c.use_residual_filter and not c.use_energy_schedule
+  assert c.replay_mixing == "sample" and c.residual_tau is None
+  assert not _config("q202").use_timestep_range

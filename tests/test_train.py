@@ -1,0 +1,131 @@
+"""The jitted train step on the tiny config: every strategy, determinism, tracing, EMA, donation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ired_cd import config as config_lib
+from ired_cd import replay, train
+from tests import _tiny
+
+
+def _host(tree):
+  """A host copy (the device arrays of a donated state are deleted by the next step)."""
+  return jax.tree_util.tree_map(np.array, tree)
+
+
+def _run(strategy, steps, seed=None):
+  exp = _tiny.tiny_experiment(strategy)
+  step_fn = _tiny.tiny_step(strategy)
+  state = train.init_state(exp, seed)
+  metrics = []
+  for _ in range(steps):
+    state, m = step_fn(state)
+    metrics.append(m)
+  return state, metrics
+
+
+@pytest.mark.parametrize("strategy", config_lib.STRATEGIES)
+def test_every_strategy_trains(strategy):
+  """Two steps: finite metrics, step counter 2, parameters moved, one compiled executable."""
+  exp = _tiny.tiny_experiment(strategy)
+  init = _host(train.init_state(exp).params)
+  state, metrics = _run(strategy, 2)
+  assert int(state.step) == 2
+  for m in metrics:
+    for name, value in m.items():
+      assert np.isfinite(np.asarray(value)).all(), (strategy, name)
+  assert float(metrics[-1]["grad_norm"]) > 0
+  moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
+                                 state.params, init)
+  assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))
+  if strategy in config_lib.CD_STRATEGIES:
+    assert {"energy_pos", "energy_neg", "langevin_displacement"} <= set(metrics[-1])
+  assert ("replay_fill" in metrics[-1]) == (strategy in ("cd_langevin_replay", "cd_full"))
+  assert _tiny.tiny_step(strategy)._cache_size() == 1
+
+
+def test_same_seed_same_state_different_seed_differs():
+  """Three steps from the same seed give bitwise-equal states; another seed does not."""
+  a, _ = _run("cd_full", 3, seed=5)
+  b, _ = _run("cd_full", 3, seed=5)
+  c, _ = _run("cd_full", 3, seed=6)
+  leaves_a, leaves_b = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  assert len(leaves_a) == len(leaves_b)
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.params["fc1"]["kernel"], c.params["fc1"]["kernel"])
+  assert not np.array_equal(a.replay.storage, c.replay.storage)
+  assert _tiny.tiny_step("cd_full")._cache_size() == 1
+
+
+def test_train_step_compiles_once():
+  """Five steps of the jitted step: one executable (the new state does not retrace)."""
+  step_fn = _tiny.tiny_step("cd_langevin_replay")
+  state, _ = _run("cd_langevin_replay", 5)
+  assert int(state.step) == 5
+  assert step_fn._cache_size() == 1
+
+
+def test_multi_step_equals_single_steps():
+  """make_multi_step(exp, 3) = three single steps (state) and the mean of their metrics."""
+  exp = _tiny.tiny_experiment("cd_full")
+  singles, metrics = _run("cd_full", 3)
+  multi, multi_metrics = train.make_multi_step(exp, 3)(train.init_state(exp))
+  assert int(multi.step) == 3
+  np.testing.assert_array_equal(multi.key, singles.key)
+  np.testing.assert_array_equal(multi.replay.count, singles.replay.count)
+  for x, y in zip(jax.tree_util.tree_leaves((multi.params, multi.ema_params, multi.opt_state)),
+                  jax.tree_util.tree_leaves((singles.params, singles.ema_params,
+                                             singles.opt_state))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(multi.replay.storage, singles.replay.storage, atol=1e-4)
+  for name in ("loss", "loss_mse", "energy_weight", "replay_fill"):
+    want = np.mean([float(m[name]) for m in metrics])
+    np.testing.assert_allclose(multi_metrics[name], want, rtol=1e-4, atol=1e-7)
+  assert int(multi_metrics["nonfinite_steps"]) == 0
+
+
+def test_ema_copies_params_on_first_step():
+  """EMA = params after step 1 (decay 0); step 2 is off the every-10 grid, so EMA stays put."""
+  exp = _tiny.tiny_experiment("none")
+  step_fn = _tiny.tiny_step("none")
+  state, _ = step_fn(train.init_state(exp))
+  for e, p in zip(jax.tree_util.tree_leaves(state.ema_params),
+                  jax.tree_util.tree_leaves(state.params)):
+    np.testing.assert_array_equal(e, p)
+  after_one = _host(state.params)
+  state, _ = step_fn(state)
+  leaves = jax.tree_util.tree_leaves
+  for e, p in zip(leaves(state.ema_params), leaves(after_one)):
+    np.testing.assert_array_equal(e, p)
+  assert not np.array_equal(state.params["fc1"]["kernel"], after_one["fc1"]["kernel"])
+
+
+def test_replay_buffer_fills():
+  """cd_langevin_replay stores every step's batch of negatives: 32 after one step, 64 after two."""
+  exp = _tiny.tiny_experiment("cd_langevin_replay")
+  step_fn = _tiny.tiny_step("cd_langevin_replay")
+  state = train.init_state(exp)
+  assert state.replay is not None and int(jnp.sum(state.replay.count)) == 0
+  assert state.replay.storage.shape == (10, 64, 16)
+  slots = state.replay.num_rows * state.replay.capacity
+  for n in (1, 2):
+    state, metrics = step_fn(state)
+    assert int(jnp.sum(state.replay.count)) == 32 * n
+    np.testing.assert_allclose(metrics["replay_fill"], 32 * n / slots)
+    np.testing.assert_allclose(replay.fill_fraction(state.replay), 32 * n / slots)
+  assert float(jnp.max(jnp.abs(state.replay.storage))) > 0
+  assert float(metrics["replay_use"]) > 0.5  # second step: buckets seen in step 1 replay
+
+
+def test_state_is_donated():
+  """The jitted step donates its input: the old state's arrays are deleted afterwards."""
+  exp = _tiny.tiny_experiment("cd_langevin_replay")
+  old = train.init_state(exp)
+  new, _ = _tiny.tiny_step("cd_langevin_replay")(old)
+  assert old.params["fc1"]["kernel"].is_deleted()
+  assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(old.opt_state))
+  assert old.replay.storage.is_deleted()
+  assert not new.params["fc1"]["kernel"].is_deleted()
