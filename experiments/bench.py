@@ -117,8 +117,9 @@ def bench_sampler(config, inner_steps, reps, peak):
   jax.block_until_ready(compiled(params, inp, key, k))
   times = _time_calls(lambda: compiled(params, inp, key, k), reps)
   median = statistics.median(times)
+  # The descent loop runs inner_steps - 1 value_and_grad steps, then one forward.
   flops_analytic = flops.count_matmul_flops(sample, params, inp, key, k,
-                                            while_trip_count=inner_steps)
+                                            while_trip_count=max(inner_steps - 1, 0))
   emit(what="sampler", batch_size=config.batch_size, timesteps=config.diffusion_steps,
        inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,
        flops_analytic=flops_analytic, gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,

@@ -4,8 +4,9 @@ Each step: y' = clip(y - opt_step_size[t] * m * dE/dy, +-bound);
 keep y' where E(y') <= E(y), else keep y.  ``m`` is 1 on the first step and 2
 after it (QUIRK of the original, reproduced: it reassigns its step multiplier
 inside the loop). The proposal's ``value_and_grad`` is kept and reused as the
-next step's energy and score, so n steps cost n + 1 value_and_grad calls instead
-of n value_and_grad calls plus n extra forwards.
+next step's energy and score, and the last proposal needs its energy only, so
+n steps cost n value_and_grad calls and one forward, where the original spends
+n value_and_grad calls and n forwards.
 """
 
 from __future__ import annotations
@@ -32,20 +33,31 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound):
     y after num_steps, (B, D), gradients stopped.
   """
   params = jax.lax.stop_gradient(params)
-  cond = energy_fn.condition(params, inp, t)
-  value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
-      energy_fn, params, cond, y_)
   y = jax.lax.stop_gradient(y)
-  energy, grad = value_and_score(y)
 
-  def body(i, carry):
-    y, energy, grad = carry
-    multiplier = jnp.where(i == 0, 1.0, 2.0)
-    proposal = jnp.clip(y - step_size * multiplier * grad, -bound, bound)
-    new_energy, new_grad = value_and_score(proposal)
-    accept = (new_energy <= energy)[:, None]
-    return (jnp.where(accept, proposal, y), jnp.where(accept[:, 0], new_energy, energy),
-            jnp.where(accept, new_grad, grad))
+  def run(y):
+    cond = energy_fn.condition(params, inp, t)
+    value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
+        energy_fn, params, cond, y_)
 
-  y, _, _ = jax.lax.fori_loop(0, num_steps, body, (y, energy, grad))
-  return y
+    def propose(i, y, grad):
+      multiplier = jnp.where(i == 0, 1.0, 2.0)
+      return jnp.clip(y - step_size * multiplier * grad, -bound, bound)
+
+    def body(i, carry):
+      y, energy, grad = carry
+      proposal = propose(i, y, grad)
+      new_energy, new_grad = value_and_score(proposal)
+      accept = new_energy <= energy
+      return (jnp.where(accept[:, None], proposal, y), jnp.where(accept, new_energy, energy),
+              jnp.where(accept[:, None], new_grad, grad))
+
+    energy, grad = value_and_score(y)
+    y, energy, grad = jax.lax.fori_loop(0, num_steps - 1, body, (y, energy, grad))
+    proposal = propose(num_steps - 1, y, grad)
+    accept = energy_fn.given(params, cond, proposal)[:, 0] <= energy
+    return jnp.where(accept[:, None], proposal, y)
+
+  if isinstance(num_steps, int):
+    return run(y) if num_steps > 0 else y
+  return jax.lax.cond(num_steps > 0, run, lambda y_: y_, y)
