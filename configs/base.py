@@ -100,6 +100,18 @@ def get_config(arg=None):
   return c
 
 
+def baseline(strategy, arg=None):
+  """A baseline at the guide's scale: base settings with ``mining_strategy=strategy``."""
+  c = get_config()
+  c.experiment_name = f"baseline_{strategy}"
+  c.ablation_stage = strategy
+  c.mining_strategy = strategy
+  c.output_dir = f"results/ds_inverse/{strategy}"
+  if arg:
+    apply_variant(c, arg)
+  return c
+
+
 def cpu_variant(c):
   """Batch 256 and a few thousand steps: a laptop-CPU run of minutes."""
   c.batch_size = 256

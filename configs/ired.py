@@ -4,11 +4,4 @@ from configs import base
 
 
 def get_config(arg=None):
-  c = base.get_config()
-  c.experiment_name = "baseline_ired"
-  c.ablation_stage = "ired"
-  c.mining_strategy = "ired"
-  c.output_dir = "results/ds_inverse/ired"
-  if arg:
-    base.apply_variant(c, arg)
-  return c
+  return base.baseline("ired", arg)

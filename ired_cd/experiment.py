@@ -120,7 +120,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   status = "completed"
   last_eval = None
 
-  def evaluate(at_step):
+  def evaluate():
     result = {f"eval/{k}": v for k, v in evaluator(state.ema_params, inner_steps).items()}
     result.update({f"eval/{k}": v for k, v in baselines.items()})
     return result
@@ -168,7 +168,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
           logging.warning(warning)
           tqdm.tqdm.write("WARNING " + warning)
         if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
-          last_eval = evaluate(step)
+          last_eval = evaluate()
           row.update(last_eval)
         writer.write(step, row)
         if step % config.checkpoint_every == 0:
@@ -189,7 +189,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                         "command to resume.")
         return {"status": status, "steps": step}
     if last_eval is None or step != config.train_steps:
-      last_eval = evaluate(step)
+      last_eval = evaluate()
       writer.write(step, last_eval)
     return _write_summary(workdir, config, step, last_eval, train_time, timed_steps, start_wall,
                           status, collapse_step, baselines)
