@@ -34,6 +34,8 @@ _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.output_dir
   try:
@@ -47,7 +49,6 @@ def main(argv):
       experiment.check_workdir(config, workdir, _ALLOW_CHANGE.value)
   except (config_lib.ConfigError, ValueError) as err:
     sys.exit(f"error: {err}")
-  logging.info("workdir: %s", workdir)
   if _MODE.value == "eval":
     result = experiment.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
                                             use_ema=not _ONLINE.value)
@@ -68,6 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # Library chatter (orbax, XLA) only from WARNING on; --verbosity=0 shows it all.
-  flags.FLAGS.set_default("verbosity", logging.WARNING)
   app.run(main)

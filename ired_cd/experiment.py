@@ -166,7 +166,6 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                      f"{metrics['loss_mse']:.3f}: the energy landscape has gone flat "
                      "(null predictor).")
           logging.warning(warning)
-          tqdm.tqdm.write("WARNING " + warning)
         if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
           last_eval = evaluate()
           row.update(last_eval)
