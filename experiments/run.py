@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from configs import base
 from ired_cd import config as config_lib
-from ired_cd import experiment
+from ired_cd import experiment, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant), e.g. configs/q204.py:cpu.")
@@ -30,12 +30,18 @@ _INNER = flags.DEFINE_list("eval_inner_steps", None,
 _SIZE = flags.DEFINE_integer("eval_size", None, "eval mode: problems per evaluation set.")
 _ONLINE = flags.DEFINE_bool("eval_online", False, "eval mode: online params instead of the EMA.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-host: host:port of process 0 (TPU VM slices and SLURM "
+    "need none: they are detected).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 
 def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
     logging.set_verbosity(logging.WARNING)
+  parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.output_dir
   try:
@@ -46,6 +52,7 @@ def main(argv):
     if _SIZE.value is not None and _SIZE.value <= 0:
       raise config_lib.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
     if _MODE.value == "train":
+      experiment.check_devices(config, parallel.make_mesh())
       experiment.check_workdir(config, workdir, _ALLOW_CHANGE.value)
   except (config_lib.ConfigError, ValueError) as err:
     sys.exit(f"error: {err}")
@@ -60,7 +67,7 @@ def main(argv):
                                             progress=_PROGRESS.value)
   except experiment.TrainingDiverged as err:
     sys.exit(f"error: training diverged: {err}")
-  if summary.get("status") == "completed":
+  if summary.get("status") == "completed" and "eval/mse" in summary:
     print(f"done: steps={summary['steps']} eval/mse={summary['eval/mse']:.5f} "
           f"eval/mse_ood={summary['eval/mse_ood']:.5f} "
           f"(mean predictor {summary['eval/mse_mean_predictor']:.5f} / "

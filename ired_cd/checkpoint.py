@@ -3,7 +3,9 @@
 Writes are atomic (orbax writes to a temporary directory and renames it when
 complete), so a run killed mid-write leaves the previous checkpoints intact. At
 restore, a checkpoint that cannot be read is skipped with a warning and the
-next older one is tried.
+next older one is tried. Sharded states are saved and restored by every host;
+a state saved on N devices restores on M (the replay buffer's N shards are
+regrouped into M).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+
+from ired_cd import replay as replay_lib
 
 
 class CheckpointStore:
@@ -50,12 +54,10 @@ class CheckpointStore:
     are skipped with a warning. Returns (state, step) or (None, None) if there
     is nothing to restore.
     """
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     candidates = [step] if step is not None else self.steps()[::-1]
     for candidate in candidates:
       try:
-        state = self.manager.restore(candidate, args=ocp.args.StandardRestore(abstract))
-        return state, candidate
+        return self._restore(like, candidate), candidate
       except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
         if step is not None:
           raise
@@ -64,6 +66,35 @@ class CheckpointStore:
         self.manager.close()  # a failed read can leave the manager's item registry wrong
         self.manager = self._open()
     return None, None
+
+  def _restore(self, like, step: int):
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
+    saved_replay = self._saved_replay_shapes(step)
+    if like.replay is None or saved_replay["storage"] == like.replay.storage.shape:
+      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+    # Saved with another shard count: read the buffer whole, regroup it on the host.
+    whole = jax.sharding.NamedSharding(like.replay.storage.sharding.mesh,
+                                       jax.sharding.PartitionSpec()) \
+        if isinstance(like.replay.storage.sharding, jax.sharding.NamedSharding) \
+        else like.replay.storage.sharding
+    replay_target = like.replay.replace(**{
+        name: jax.ShapeDtypeStruct(shape, getattr(like.replay, name).dtype, sharding=whole)
+        for name, shape in saved_replay.items()})
+    state = self.manager.restore(
+        step, args=ocp.args.StandardRestore(abstract.replace(replay=replay_target)))
+    num_shards, capacity = like.replay.storage.shape[0], like.replay.storage.shape[2]
+    regrouped = replay_lib.reshard(jax.device_get(state.replay), num_shards,
+                                   num_shards * capacity)
+    shardings = jax.tree_util.tree_map(lambda a: a.sharding, like.replay)
+    logging.info("Replay buffer regrouped from %d to %d shards.",
+                 saved_replay["storage"][0], num_shards)
+    return state.replace(replay=jax.device_put(regrouped, shardings))
+
+  def _saved_replay_shapes(self, step: int):
+    tree = ocp.StandardCheckpointer().metadata(
+        os.path.join(self.directory, str(step), "default")).item_metadata.tree
+    replay = tree.get("replay") or {}
+    return {name: tuple(meta.shape) for name, meta in replay.items() if meta is not None}
 
   def close(self):
     self.manager.wait_until_finished()

@@ -23,9 +23,11 @@ import time
 from typing import Dict, Optional
 
 import jax
+import numpy as np
 import tqdm
+from jax.experimental import multihost_utils
 
-from ired_cd import checkpoint, evaluation, metrics_io, train
+from ired_cd import checkpoint, evaluation, metrics_io, parallel, train
 from ired_cd import config as config_lib
 
 # Fields a resumed run may change: they steer logging and evaluation, not the
@@ -93,15 +95,38 @@ def _collapsed(metrics, out_dim: int) -> bool:
           and metrics["loss_mse"] > COLLAPSE_MSE)
 
 
+def check_devices(config, mesh) -> None:
+  """The global batch must split evenly over the data axis."""
+  devices = parallel.data_size(mesh)
+  if config.batch_size % devices:
+    raise config_lib.ConfigError(
+        f"config.batch_size: {config.batch_size} does not split over {devices} devices; use a "
+        f"multiple of {devices}, e.g. {devices * max(1, config.batch_size // devices)}")
+
+
+def _any_process(flag: bool) -> bool:
+  """True on every host if ``flag`` is True on any (a stop must be taken together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+
+
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
-                       progress: bool = True, defaults=None) -> Dict:
-  """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary."""
+                       progress: bool = True, defaults=None, num_devices=None) -> Dict:
+  """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary.
+
+  Data-parallel over the first ``num_devices`` devices (default: all devices of
+  all hosts); host 0 writes metrics, config and summary, every host checkpoints.
+  """
   config_lib.validate(config, defaults)
+  mesh = parallel.make_mesh(num_devices)
+  check_devices(config, mesh)
+  main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   check_workdir(config, workdir, allow_config_change)
   start_wall = time.time()
   exp = train.build_experiment(config)
-  state = train.init_state(exp)
+  state = train.init_state(exp, mesh=mesh)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored, restored_step = store.restore(state)
   step = 0
@@ -109,8 +134,9 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     state, step = restored, restored_step
     logging.info("Resuming from the checkpoint at step %d in %s.", step, store.directory)
     tqdm.tqdm.write(f"Resuming from the checkpoint at step {step} ({store.directory}).")
-  metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
-  writer = metrics_io.MetricsWriter(workdir, resume_step=step)
+  if main_process:
+    metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
+  writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
   evaluator = evaluation.Evaluator(exp)
   baselines = evaluation.mean_predictor_mse(exp.task, evaluator.sets, evaluator.seed)
   inner_steps = tuple(config.eval_inner_steps)
@@ -121,19 +147,22 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   last_eval = None
 
   def evaluate():
-    result = {f"eval/{k}": v for k, v in evaluator(state.ema_params, inner_steps).items()}
+    if not main_process:
+      return {}
+    params = jax.device_get(state.ema_params)  # replicated: every host holds a full copy
+    result = {f"eval/{k}": v for k, v in evaluator(params, inner_steps).items()}
     result.update({f"eval/{k}": v for k, v in baselines.items()})
     return result
 
-  bar = tqdm.tqdm(total=config.train_steps, initial=step, disable=not progress,
+  bar = tqdm.tqdm(total=config.train_steps, initial=step, disable=not (progress and main_process),
                   dynamic_ncols=True, desc=config.mining_strategy)
   try:
     with _StopSignal() as stop:
-      while step < config.train_steps and stop.received is None:
+      while step < config.train_steps and not _any_process(stop.received is not None):
         chunk = min(config.log_every - step % config.log_every, config.train_steps - step)
         compiling = chunk not in runners
         if compiling:
-          runners[chunk] = train.make_multi_step(exp, chunk)
+          runners[chunk] = train.make_multi_step(exp, chunk, mesh, state)
         tic = time.perf_counter()
         state, metrics = runners[chunk](state)
         metrics = jax.device_get(metrics)
@@ -150,9 +179,10 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                      f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. "
                      "Consider energy_reg_weight > 0, langevin_grad_clip, or a smaller "
                      "energy_loss_weight.")
-          writer.write(step + chunk, {"train/nonfinite_steps": metrics["nonfinite_steps"]})
-          _write_summary(workdir, config, step, last_eval, train_time, timed_steps,
-                         start_wall, status, collapse_step, baselines, message)
+          if main_process:
+            writer.write(step + chunk, {"train/nonfinite_steps": metrics["nonfinite_steps"]})
+            _write_summary(workdir, config, step, last_eval, train_time, timed_steps,
+                           start_wall, status, collapse_step, baselines, message)
           raise TrainingDiverged(message)
         step += chunk
         row = {f"train/{k}": v for k, v in metrics.items()
@@ -169,7 +199,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
         if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
           last_eval = evaluate()
           row.update(last_eval)
-        writer.write(step, row)
+        if main_process:
+          writer.write(step, row)
         if step % config.checkpoint_every == 0:
           store.save(state)
         bar.update(chunk)
@@ -182,11 +213,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
           postfix["COLLAPSED"] = collapse_step
         bar.set_postfix(postfix)
       store.save(state, wait=True)
-      if stop.received is not None:
+      if step < config.train_steps:
         status = "interrupted"
-        tqdm.tqdm.write(f"{stop.received}: checkpoint saved at step {step}; rerun the same "
-                        "command to resume.")
+        tqdm.tqdm.write(f"{stop.received or 'stop'}: checkpoint saved at step {step}; rerun "
+                        "the same command to resume.")
         return {"status": status, "steps": step}
+    if not main_process:
+      return {"status": status, "steps": step}
     if last_eval is None or step != config.train_steps:
       last_eval = evaluate()
       writer.write(step, last_eval)
@@ -194,7 +227,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                           status, collapse_step, baselines)
   finally:
     bar.close()
-    writer.close()
+    if writer is not None:
+      writer.close()
     store.close()
 
 

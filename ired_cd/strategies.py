@@ -168,7 +168,7 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, x0,
   inp_neg = inp
   metrics = {}
   if settings.use_replay:
-    x_replay, inp_replay, available = replay.sample(buffer, k_replay, t)
+    x_replay, inp_replay, available = replay.sample_sharded(buffer, k_replay, t)
     if settings.replay_mixing == "sample":
       use = jax.random.bernoulli(k_mix, settings.replay_sample_prob, t.shape) & available
     else:
@@ -183,7 +183,8 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, x0,
       energy_fn, params, inp_neg, x_init, t, k_chain, settings.chain_steps, schedule,
       settings.sigma_multiplier, settings.langevin_grad_clip)
   if settings.use_replay:
-    buffer = replay.add(buffer, x_neg, t, inp_neg if settings.replay_store_condition else None)
+    buffer = replay.add_sharded(buffer, x_neg, t,
+                                inp_neg if settings.replay_store_condition else None)
     metrics["replay_fill"] = replay.fill_fraction(buffer)
 
   # D) the sample is stopped (inside the chain); the energy of the negative is not.
@@ -206,7 +207,8 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
   """Builds ``loss_fn(params, inp, x0, key, step, buffer) -> (loss, (metrics, buffer))``.
 
   inp: (B, inp_dim), x0: (B, D) targets, step: int32 scalar (optimiser steps
-  done), buffer: ReplayBuffer or None. Metrics are device scalars.
+  done), buffer: stacked ReplayBuffer shards (replay.create_sharded) or None.
+  Metrics are device scalars.
   """
   num_timesteps = schedule.num_timesteps
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from ired_cd import replay as replay_lib
-from ired_cd import strategies, tasks
+from ired_cd import parallel, strategies, tasks
 from ired_cd.diffusion import Schedule, cosine_schedule
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
@@ -78,25 +78,38 @@ def build_experiment(config) -> Experiment:
                     strategies.LossSettings.from_config(config))
 
 
-def init_state(exp: Experiment, seed: Optional[int] = None) -> TrainState:
-  """A fresh train state: torch-style init, EMA = params, empty replay buffer."""
+def init_state(exp: Experiment, seed: Optional[int] = None, mesh=None) -> TrainState:
+  """A fresh train state: torch-style init, EMA = params, empty replay buffer.
+
+  With a mesh the state is built directly in its shardings (replay buffer: one
+  shard per device on the data axis, everything else replicated).
+  """
   c = exp.config
-  key = jax.random.PRNGKey(c.seed if seed is None else seed)
-  k_init, k_train = jax.random.split(key)
-  params = init_params(exp.model, k_init)
-  buffer = None
-  if exp.loss_settings.use_replay:
-    buffer = replay_lib.create(
-        c.diffusion_steps, c.replay_buffer_buckets, c.replay_buffer_size, exp.task.out_dim,
-        exp.task.inp_dim if c.replay_store_condition else None)
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    opt_state=exp.optimizer.init(params),
-                    ema_params=jax.tree_util.tree_map(jnp.copy, params), replay=buffer,
-                    key=k_train)
+  num_shards = parallel.data_size(mesh)
+
+  def build():
+    key = jax.random.PRNGKey(c.seed if seed is None else seed)
+    k_init, k_train = jax.random.split(key)
+    params = init_params(exp.model, k_init)
+    buffer = None
+    if exp.loss_settings.use_replay:
+      buffer = replay_lib.create_sharded(
+          num_shards, c.diffusion_steps, c.replay_buffer_buckets, c.replay_buffer_size,
+          exp.task.out_dim, exp.task.inp_dim if c.replay_store_condition else None)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=exp.optimizer.init(params),
+                      ema_params=jax.tree_util.tree_map(jnp.copy, params), replay=buffer,
+                      key=k_train)
+
+  if mesh is None:
+    return build()
+  shardings = parallel.state_shardings(jax.eval_shape(build), mesh)
+  return jax.jit(build, out_shardings=shardings)()
 
 
-def make_train_step(exp: Experiment) -> Callable:
-  """The un-jitted ``train_step(state) -> (state, metrics)``."""
+def make_train_step(exp: Experiment, mesh=None) -> Callable:
+  """The un-jitted ``train_step(state) -> (state, metrics)``; with a mesh the batch is
+  generated sharded along its data axis."""
   c = exp.config
   loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, exp.loss_settings,
                                     exp.task.residual)
@@ -105,6 +118,8 @@ def make_train_step(exp: Experiment) -> Callable:
   def train_step(state: TrainState):
     key, k_data, k_loss = jax.random.split(state.key, 3)
     inp, x0 = exp.task.sample(k_data, c.batch_size, c.ood)
+    if mesh is not None:
+      inp, x0 = jax.lax.with_sharding_constraint((inp, x0), parallel.batch_sharding(mesh))
     (_, (metrics, buffer)), grads = grad_fn(state.params, inp, x0, k_loss, state.step,
                                             state.replay)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
@@ -120,14 +135,23 @@ def make_train_step(exp: Experiment) -> Callable:
   return train_step
 
 
-def make_multi_step(exp: Experiment, num_steps: int) -> Callable:
+def _jit(fn, state_like, mesh):
+  """jit with the state donated and, on a mesh, its shardings pinned in and out."""
+  if mesh is None:
+    return jax.jit(fn, donate_argnums=0)
+  shardings = parallel.state_shardings(state_like, mesh)
+  return jax.jit(fn, donate_argnums=0, in_shardings=(shardings,),
+                 out_shardings=(shardings, parallel.replicated(mesh)))
+
+
+def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None) -> Callable:
   """Jitted ``run(state) -> (state, metrics)`` doing ``num_steps`` steps on device.
 
   The state is donated. Metrics are the mean over the steps, plus health
   flags: ``nonfinite_steps`` (steps with a non-finite loss), ``first_nonfinite``
   (index of the first, or num_steps) and ``params_finite``.
   """
-  train_step = make_train_step(exp)
+  train_step = make_train_step(exp, mesh)
 
   def run(state):
     state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
@@ -139,11 +163,12 @@ def make_multi_step(exp: Experiment, num_steps: int) -> Callable:
         [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(state.params)]))
     return state, metrics
 
-  return jax.jit(run, donate_argnums=0)
+  return _jit(run, state_like, mesh)
 
 
-def jit_train_step(exp: Experiment) -> Callable:
-  """``make_train_step`` jitted with the state donated."""
-  return jax.jit(make_train_step(exp), donate_argnums=0)
+def jit_train_step(exp: Experiment, mesh=None, state_like=None) -> Callable:
+  """``make_train_step`` jitted with the state donated (``state_like``: any state of the
+  run, needed with a mesh to pin its shardings)."""
+  return _jit(make_train_step(exp, mesh), state_like, mesh)
 
 

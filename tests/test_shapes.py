@@ -225,7 +225,7 @@ class LossShapesTest(chex.TestCase):
     fn, params = _tiny.small_energy()
     task = tasks.get_task("inverse", _tiny.RANK)
     loss_fn = strategies.make_loss_fn(fn, _tiny.schedule(), settings, task.residual)
-    buf = replay.create(_tiny.T, 16, 4, D) if settings.use_replay else None
+    buf = replay.create_sharded(1, _tiny.T, 16, 4, D) if settings.use_replay else None
     inp, x0 = task.sample(jax.random.PRNGKey(0), B)
     loss, (metrics, new_buf) = self.variant(loss_fn)(params, inp, x0, jax.random.PRNGKey(1),
                                                      jnp.int32(5), buf)

@@ -149,9 +149,10 @@ MARK = 7.0  # conditions of every stored negative
 
 def _buffer(empty_t=5):
   """Buffer with conditions; every bucket full (MARK conditions) except that of ``empty_t``."""
-  buf = replay.create(_tiny.T, 16, 4, D, condition_dim=D)
+  buf = replay.create_sharded(1, _tiny.T, 16, 4, D, condition_dim=D)
   t = jnp.asarray([s for s in range(_tiny.T) if s != empty_t for _ in range(4)], jnp.int32)
-  return replay.add(buf, jnp.full((t.shape[0], D), 0.3), t, jnp.full((t.shape[0], D), MARK))
+  return replay.add_sharded(buf, jnp.full((t.shape[0], D), 0.3), t,
+                            jnp.full((t.shape[0], D), MARK))
 
 
 def _mixing(mode, empty_t=5):

@@ -109,7 +109,7 @@ def test_replay_buffer_fills():
   step_fn = _tiny.tiny_step("cd_langevin_replay")
   state = train.init_state(exp)
   assert state.replay is not None and int(jnp.sum(state.replay.count)) == 0
-  assert state.replay.storage.shape == (10, 64, 16)
+  assert state.replay.storage.shape == (1, 10, 64, 16)  # one shard on one device
   slots = state.replay.num_rows * state.replay.capacity
   for n in (1, 2):
     state, metrics = step_fn(state)

@@ -1,0 +1,349 @@
+r"""Strategy ablation: every (strategy, seed) as a normal run, then one table and one figure.
+
+  python -m experiments.ablate --config=configs/q204.py:cpu \
+      --strategies=none,nce_random,ired,cd_langevin,cd_langevin_replay,cd_full --seeds=3 \
+      --workdir=results/ablation
+
+Each run trains (or resumes) in WORKDIR/<strategy>/seed<k>: the config with
+the strategy's stage switches (config.apply_strategy) and seed k. A run that
+already completed with the same config is skipped, so rerunning the command
+resumes the ablation. A run that fails (diverges, raises) is recorded and
+flagged; the others go on. Then:
+
+  WORKDIR/ablation.md    the table: eval MSE (mean ± std over completed seeds, and
+                         relative to the mean predictor), final ∇E norm and energy
+                         gap, steps/s, and per-seed flags (collapse, divergence)
+  WORKDIR/ablation.json  the same numbers, and every run's record
+  WORKDIR/ablation.png   eval MSE vs step and the training-health curves
+"""
+
+import json
+import os
+import re
+import shlex
+import sys
+import time
+
+import numpy as np
+import tqdm
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from configs import base
+from experiments import plot
+from ired_cd import config as config_lib
+from ired_cd import experiment, metrics_io, tasks
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
+                                          "Config file (and :variant) every run starts from.")
+_STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES),
+                                "Strategies to compare (config.apply_strategy).")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
+_WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
+
+EVAL_KEYS = ("eval/mse", "eval/mse_ood")
+HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
+# Config fields named in the report's header.
+HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
+                 "eval_inner_steps")
+
+
+def run_config(config, strategy, seed):
+  """A copy of ``config`` with ``strategy``'s switches and ``seed``."""
+  c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
+  c.seed = seed
+  return c
+
+
+def run_dir(workdir, strategy, seed):
+  return os.path.join(workdir, strategy, f"seed{seed}")
+
+
+def is_complete(config, subdir):
+  """True when ``subdir`` holds a completed run of exactly ``config`` (nothing to redo)."""
+  summary = plot.read_json(os.path.join(subdir, "summary.json"))
+  saved = plot.read_json(os.path.join(subdir, "config.json"))
+  return (summary is not None and summary.get("status") == "completed"
+          and summary.get("steps") == config.train_steps
+          and saved == json.loads(config.to_json_best_effort()))
+
+
+def _last_value(rows, key):
+  steps, values = plot.series(rows, key)
+  return float(values[-1]) if values.size else None
+
+
+def _failed_step(message):
+  """The step a divergence message names ('... at step N ...'), if any."""
+  match = re.search(r"at step (\d+)", message or "")
+  return int(match.group(1)) if match else None
+
+
+def run_one(config, strategy, seed, subdir):
+  """Trains (or skips) one run; returns its record. Never raises for a failed run."""
+  tic = time.time()
+  skipped = is_complete(config, subdir)
+  if skipped:
+    summary = plot.read_json(os.path.join(subdir, "summary.json"))
+  else:
+    try:
+      summary = experiment.train_and_evaluate(config, subdir, progress=False)
+    except experiment.TrainingDiverged as err:
+      summary = plot.read_json(os.path.join(subdir, "summary.json")) or {}
+      summary.update(status="diverged", message=str(err))
+    except Exception as err:  # noqa: BLE001 - any failure is recorded; the others go on
+      logging.exception("%s seed %d failed", strategy, seed)
+      summary = dict(status="failed", message=f"{type(err).__name__}: {err}")
+  return _record(strategy, seed, subdir, summary, skipped, time.time() - tic)
+
+
+def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
+  """A run's row of ablation.json: its outcome, final evaluation and last health values."""
+  status = summary.get("status")
+  record = dict(strategy=strategy, seed=seed, workdir=subdir, status=status, skipped=skipped,
+                steps=summary.get("steps"), collapse_step=summary.get("collapse_step"),
+                message=summary.get("message"), seconds=seconds)
+  record["failed_step"] = _failed_step(record["message"]) if status == "diverged" else None
+  record["train/steps_per_sec"] = summary.get("train/steps_per_sec")
+  for key in EVAL_KEYS:
+    record[key] = summary.get(key)
+    record[f"{key}_mean_predictor"] = summary.get(f"{key}_mean_predictor")
+  rows = metrics_io.read_jsonl(os.path.join(subdir, "metrics.jsonl")) if status else []
+  for key in HEALTH_KEYS:
+    record[key] = _last_value(rows, key)
+  return record
+
+
+def stats(values):
+  """{'mean', 'std' (sample std; None below 2 values), 'n', 'values'} of the non-None values."""
+  values = [float(v) for v in values if v is not None]
+  if not values:
+    return None
+  return dict(mean=float(np.mean(values)),
+              std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+              n=len(values), values=values)
+
+
+def _flags(runs):
+  """Per-seed problems: failed runs are excluded from the means, collapsed ones are not."""
+  done = [r for r in runs if r["status"] == "completed"]
+  notes = [] if len(done) == len(runs) else [f"{len(done)}/{len(runs)} seeds"]
+  for r in runs:
+    seed = f"seed{r['seed']}"
+    if r["status"] == "diverged":
+      notes.append(f"{seed} diverged at step {r['failed_step']}" if r["failed_step"] is not None
+                   else f"{seed} diverged after step {r['steps']}")
+    elif r["status"] == "interrupted":
+      notes.append(f"{seed} interrupted at step {r['steps']}")
+    elif r["status"] == "failed":
+      notes.append(f"{seed} failed ({r['message'].split(':')[0]})")
+    elif r["status"] is None:
+      notes.append(f"{seed} not run")
+    if r["collapse_step"] is not None:
+      notes.append(f"{seed} collapsed at step {r['collapse_step']}")
+  return notes
+
+
+def summarize(records, strategies, config, command=None):
+  """The report: the mean-predictor baseline and one row per strategy (see ablation.json)."""
+  baseline = {}
+  for key in EVAL_KEYS:
+    known = [r[f"{key}_mean_predictor"] for r in records
+             if r[f"{key}_mean_predictor"] is not None]
+    baseline[key] = known[0] if known else None
+  rows = {}
+  for strategy in strategies:
+    runs = [r for r in records if r["strategy"] == strategy]
+    done = [r for r in runs if r["status"] == "completed"]
+    row = dict(seeds_completed=len(done), seeds_total=len(runs))
+    for key in EVAL_KEYS:
+      row[key] = stats(r[key] for r in done)
+      row[f"{key}_rel"] = stats(r[key] / r[f"{key}_mean_predictor"] for r in done)
+    for key in HEALTH_KEYS + ("train/steps_per_sec",):
+      row[key] = stats(r[key] for r in done)
+    row["flags"] = _flags(runs)
+    rows[strategy] = row
+  return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
+              base_config=config.experiment_name, seeds=sorted({r["seed"] for r in records}),
+              baseline=baseline, rows=rows, runs=records)
+
+
+def _num(value):
+  return "n/a" if value is None else f"{value:.4g}"
+
+
+def _fmt(s, spec):
+  if s is None:
+    return "n/a"
+  return f"{s['mean']:{spec}}" + (f" ± {s['std']:{spec}}" if s["std"] is not None else "")
+
+
+COLUMNS = ("strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ baseline",
+           "final ‖∇E‖", "final energy gap", "steps/s", "flags")
+
+
+def markdown(report):
+  """The ablation table with its command line and settings."""
+  c = report["config"]
+  lines = ["# Strategy ablation", ""]
+  if report["command"]:
+    lines += ["```bash", report["command"], "```", ""]
+  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
+  lines += [f"Base config `{report['base_config']}`: task {c['task']} (rank {c['rank']}), batch "
+            f"{c['batch_size']}, {c['train_steps']} steps, lr {c['learning_rate']}; evaluation "
+            f"on {c['eval_size']} problems per set with {tuple(c['eval_inner_steps'])[0]} inner "
+            f"steps; seeds {', '.join(map(str, report['seeds']))}.", "",
+            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  base = report["baseline"]
+  lines.append(f"| mean predictor | | {_num(base['eval/mse'])} | 1 | "
+               f"{_num(base['eval/mse_ood'])} | 1 | | | | |")
+  for strategy, row in report["rows"].items():
+    cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}",
+             _fmt(row["eval/mse"], ".4g"), _fmt(row["eval/mse_rel"], ".3f"),
+             _fmt(row["eval/mse_ood"], ".4g"), _fmt(row["eval/mse_ood_rel"], ".3f"),
+             _fmt(row["train/score_norm"], ".3g"), _fmt(row["train/energy_gap"], ".3g"),
+             _fmt(row["train/steps_per_sec"], ".1f"), "; ".join(row["flags"])]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "MSE: the sampler's (EMA parameters) mean squared error on the fixed "
+            "in-distribution and harder sets; ÷ baseline: relative to always predicting the "
+            "mean inverse (1 = no better than the mean predictor). Mean ± sample std over the "
+            "completed seeds: diverged or failed seeds are excluded and flagged; collapsed "
+            "seeds completed and are included, flagged. Final ‖∇E‖ and energy gap: the last "
+            f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}; n/a: the "
+            "strategy has no energy loss). steps/s: training throughput, compilation excluded."]
+  return "\n".join(lines) + "\n"
+
+
+def _by_step(runs, key):
+  """(steps, values (runs, steps)) on the steps every run logged ``key`` at."""
+  curves = [dict(zip(*plot.series(metrics_io.read_jsonl(
+      os.path.join(r["workdir"], "metrics.jsonl")), key))) for r in runs]
+  steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  return np.asarray(steps), np.asarray([[c[s] for s in steps] for c in curves])
+
+
+def plot_ablation(report, path):
+  """Eval MSE (both sets) and training health vs step, one colour per strategy."""
+  c = report["config"]
+  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
+  panels = [("eval MSE, in-distribution", "eval/mse"), ("eval MSE, harder", "eval/mse_ood"),
+            ("energy gap E_neg - E_pos", "train/energy_gap"),
+            ("‖∇E‖ (score norm)", "train/score_norm")]
+  fig, axes = plot.plt.subplots(2, 2, figsize=(13, 9))
+  for ax, (title, key) in zip(axes.flat, panels):
+    plotted = []
+    for i, strategy in enumerate(report["rows"]):
+      color = plot.plt.cm.tab10(i % 10)
+      runs = [r for r in report["runs"] if r["strategy"] == strategy]
+      done = [r for r in runs if r["status"] == "completed"]
+      steps, values = _by_step(done, key)
+      if steps.size:
+        ax.plot(steps, values.mean(axis=0), color=color, label=f"{strategy} ({len(done)})")
+        if len(done) > 1:
+          ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
+        plotted.append(values.ravel())
+      for r in runs:  # runs that did not complete: their own curves, dotted
+        if r["status"] not in ("completed", None):
+          steps, values = _by_step([r], key)
+          if steps.size:
+            ax.plot(steps, values[0], ":", color=color, lw=1,
+                    label=f"{strategy} seed{r['seed']} ({r['status']})")
+            plotted.append(values[0])
+    if key in report["baseline"] and report["baseline"][key] is not None:
+      ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
+    if key == "train/score_norm":
+      ax.axhline(out_dim ** 0.5, ls=":", color="gray", label=f"√D = {out_dim ** 0.5:.3g}")
+    if key.startswith("eval/"):
+      ax.set_yscale("log")
+    elif plotted:
+      plot.set_yscale(ax, np.concatenate(plotted))
+    ax.set_title(title + (" (mean over seeds, min–max shaded)" if key.startswith("eval/")
+                          else ""))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if plotted:
+      ax.legend(fontsize=7)
+    else:
+      ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
+  fig.suptitle(f"Strategy ablation ({report['base_config']}, seeds "
+               f"{', '.join(map(str, report['seeds']))})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plot.plt.close(fig)
+
+
+def _describe(record):
+  """One line per finished run for the log above the progress bar."""
+  name = f"{record['strategy']}/seed{record['seed']}"
+  if record["skipped"]:
+    return f"{name}: already completed, skipped"
+  if record["status"] != "completed":
+    return (f"{name}: {record['status'].upper()} after step {record['steps']}"
+            + (f": {record['message']}" if record["message"] else ""))
+  collapse = (f", COLLAPSED at step {record['collapse_step']}"
+              if record["collapse_step"] is not None else "")
+  return (f"{name}: eval/mse={record['eval/mse']:.5g} eval/mse_ood={record['eval/mse_ood']:.5g}"
+          f"{collapse} ({record['seconds'] / 60:.1f} min)")
+
+
+def run_ablation(config, strategies, seeds, workdir, command=None):
+  """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
+
+  ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
+  raise ConfigError before anything runs. Returns the report.
+  """
+  if len(set(strategies)) != len(strategies) or not strategies:
+    raise config_lib.ConfigError(f"strategies: a non-empty list without repeats, got "
+                                 f"{list(strategies)}")
+  if seeds < 1:
+    raise config_lib.ConfigError(f"seeds: must be >= 1, got {seeds}")
+  plan = []
+  for strategy in strategies:
+    for seed in range(seeds):
+      c = run_config(config, strategy, seed)
+      config_lib.validate(c, base.get_config())
+      subdir = run_dir(workdir, strategy, seed)
+      experiment.check_workdir(c, subdir)
+      plan.append((strategy, seed, c, subdir))
+  records = []
+  bar = tqdm.tqdm(plan, desc="ablation", unit="run", dynamic_ncols=True)
+  for strategy, seed, c, subdir in bar:
+    bar.set_postfix_str(f"{strategy}/seed{seed}")
+    record = run_one(c, strategy, seed, subdir)
+    records.append(record)
+    tqdm.tqdm.write(_describe(record))
+    if record["status"] == "interrupted":
+      break
+  bar.close()
+  # After an interruption the runs not reached are recorded with status None.
+  records += [_record(strategy, seed, subdir, {}) for strategy, seed, _, subdir
+              in plan[len(records):]]
+  report = summarize(records, strategies, config, command)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "ablation.md"), "w") as f:
+    f.write(markdown(report))
+  metrics_io.write_json_atomic(os.path.join(workdir, "ablation.json"), report)
+  plot_ablation(report, os.path.join(workdir, "ablation.png"))
+  return report
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
+    logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  workdir = _WORKDIR.value
+  command = "python -m experiments.ablate " + shlex.join(sys.argv[1:])
+  try:
+    report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command)
+  except (config_lib.ConfigError, ValueError) as err:
+    sys.exit(f"error: {err}")
+  problems = [f for row in report["rows"].values() for f in row["flags"]]
+  print(f"ablation: {os.path.join(workdir, 'ablation.md')}, ablation.json, ablation.png"
+        + (f" ({len(problems)} flags: see the table)" if problems else ""))
+  if any(r["status"] == "interrupted" for r in report["runs"]):
+    print("interrupted: rerun the same command to resume.")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,59 @@
+"""Data parallelism over every device of every host, through JAX's own runtime.
+
+One mesh axis, ``data``: the batch is sharded along it, params, optimiser
+state and EMA are replicated, the replay buffer's shards (one per device) are
+sharded along it. Gradient averaging is left to the compiler (jit with
+shardings). Multi-host runs call ``initialize`` first: TPU VM slices and SLURM
+auto-detect; elsewhere pass the coordinator explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA = "data"
+
+
+def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
+               process_id: Optional[int] = None) -> None:
+  """Starts jax.distributed where the run spans several processes; a no-op otherwise."""
+  if coordinator_address is not None:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _cluster_detected():
+    jax.distributed.initialize()
+
+
+def _cluster_detected() -> bool:
+  tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return "," in tpu_hosts or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def make_mesh(num_devices: Optional[int] = None) -> Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` devices (default: all of them)."""
+  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
+  return Mesh(devices, (DATA,))
+
+
+def data_size(mesh: Optional[Mesh]) -> int:
+  return 1 if mesh is None else mesh.shape[DATA]
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def state_shardings(state, mesh: Mesh):
+  """Replicated everywhere but the replay buffer, whose leading (shard) axis goes on ``data``."""
+  shardings = jax.tree_util.tree_map(lambda _: replicated(mesh), state)
+  if state.replay is not None:
+    shardings = shardings.replace(
+        replay=jax.tree_util.tree_map(lambda _: batch_sharding(mesh), state.replay))
+  return shardings

@@ -1,0 +1,180 @@
+"""The strategy ablation (experiments.ablate) and the per-run plots (experiments.plot) end to end."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from jax.experimental.compilation_cache import compilation_cache
+
+from configs import q204
+from experiments import ablate
+from ired_cd import metrics_io
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+STRATEGIES = ["none", "cd_full"]
+SHORT = dict(train_steps=20, eval_every=10, log_every=10, checkpoint_every=10)
+COLUMNS = ["strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ baseline",
+           "final ‖∇E‖", "final energy gap", "steps/s", "flags"]
+
+
+def tiny(**overrides):
+  c = q204.get_config("tiny")
+  c.update(dict(SHORT, **overrides))
+  return c
+
+
+def assert_png(path):
+  assert os.path.getsize(path) > 1000, path
+  with open(path, "rb") as f:
+    assert f.read(8) == PNG_SIGNATURE, path
+
+
+def table(workdir):
+  """(header, {first cell: cells}) of the markdown table in WORKDIR/ablation.md."""
+  with open(os.path.join(workdir, "ablation.md")) as f:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in f if line.startswith("|")]
+  assert set(rows[1]) == {"---"}
+  return rows[0], {cells[0].strip("`"): cells for cells in rows[2:]}
+
+
+def summary(workdir, strategy, seed):
+  with open(os.path.join(workdir, strategy, f"seed{seed}", "summary.json")) as f:
+    return json.load(f)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+  """A persistent compilation cache for this module: the seeds of a strategy compile once.
+
+  Returns the environment that gives a subprocess the same cache; the previous
+  settings are restored afterwards.
+  """
+  saved = {name: getattr(jax.config, name) for name in CACHE_SETTINGS}
+  path = str(tmp_path_factory.mktemp("jax_cache"))
+  jax.config.update("jax_compilation_cache_dir", path)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  compilation_cache.reset_cache()
+  yield dict(os.environ, JAX_COMPILATION_CACHE_DIR=path,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+  for name, value in saved.items():
+    jax.config.update(name, value)
+  compilation_cache.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("ablation"))
+  return workdir, ablate.run_ablation(tiny(), STRATEGIES, 2, workdir)
+
+
+def test_each_run_completes_in_its_own_workdir(ablation):
+  workdir, report = ablation
+  for strategy in STRATEGIES:
+    for seed in (0, 1):
+      s = summary(workdir, strategy, seed)
+      assert (s["status"], s["steps"], s["seed"], s["mining_strategy"]) == (
+          "completed", 20, seed, strategy)
+  assert [(r["strategy"], r["seed"], r["skipped"]) for r in report["runs"]] == [
+      (s, k, False) for s in STRATEGIES for k in (0, 1)]
+
+
+def test_json_holds_the_means_of_the_run_summaries(ablation):
+  workdir, report = ablation
+  with open(os.path.join(workdir, "ablation.json")) as f:
+    assert json.load(f) == json.loads(json.dumps(report))
+  first = summary(workdir, "none", 0)
+  assert report["baseline"] == {"eval/mse": first["eval/mse_mean_predictor"],
+                                "eval/mse_ood": first["eval/mse_ood_mean_predictor"]}
+  for strategy in STRATEGIES:
+    row = report["rows"][strategy]
+    runs = [summary(workdir, strategy, k) for k in (0, 1)]
+    assert (row["seeds_completed"], row["seeds_total"]) == (2, 2)
+    for key in ("eval/mse", "eval/mse_ood", "train/steps_per_sec"):
+      values = [r[key] for r in runs]
+      assert row[key]["mean"] == pytest.approx(np.mean(values))
+      assert row[key]["std"] == pytest.approx(np.std(values, ddof=1))
+      if key.startswith("eval/"):
+        ratios = [r[key] / r[f"{key}_mean_predictor"] for r in runs]
+        assert row[f"{key}_rel"]["mean"] == pytest.approx(np.mean(ratios))
+    for key in ("train/score_norm", "train/energy_gap"):
+      last = [[r[key] for r in metrics_io.read_jsonl(
+          os.path.join(workdir, strategy, f"seed{k}", "metrics.jsonl")) if key in r]
+          for k in (0, 1)]
+      if strategy == "none" and key == "train/energy_gap":
+        assert row[key] is None and last == [[], []]
+      else:
+        assert row[key]["mean"] == pytest.approx(np.mean([v[-1] for v in last]))
+
+
+def test_markdown_table_has_a_row_per_strategy_and_the_baseline(ablation):
+  workdir, report = ablation
+  header, rows = table(workdir)
+  assert header == COLUMNS
+  assert list(rows) == ["mean predictor"] + STRATEGIES
+  assert rows["mean predictor"][2] == f"{report['baseline']['eval/mse']:.4g}"
+  for strategy in STRATEGIES:
+    cells, row = rows[strategy], report["rows"][strategy]
+    assert cells[1] == "2/2"
+    assert cells[2] == f"{row['eval/mse']['mean']:.4g} ± {row['eval/mse']['std']:.4g}"
+    assert cells[4].startswith(f"{row['eval/mse_ood']['mean']:.4g} ± ")
+    for seed in (0, 1):  # a collapsed run is averaged, but never silently
+      collapse = summary(workdir, strategy, seed)["collapse_step"]
+      assert (f"seed{seed} collapsed at step {collapse}" in cells[-1]) == (collapse is not None)
+  assert rows["none"][7] == "n/a"  # no energy loss, no energy gap
+  assert_png(os.path.join(workdir, "ablation.png"))
+
+
+def test_cli_rerun_skips_completed_runs(ablation):
+  workdir, _ = ablation
+  summaries = [os.path.join(workdir, s, f"seed{k}", "summary.json")
+               for s in STRATEGIES for k in (0, 1)]
+  before = [os.stat(p).st_mtime_ns for p in summaries]
+  args = ["--config=configs/q204.py:tiny", *(f"--config.{k}={v}" for k, v in SHORT.items()),
+          f"--strategies={','.join(STRATEGIES)}", "--seeds=2", f"--workdir={workdir}"]
+  result = subprocess.run([sys.executable, "-m", "experiments.ablate", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  assert (result.stdout + result.stderr).count("already completed, skipped") == 4
+  assert [os.stat(p).st_mtime_ns for p in summaries] == before
+  with open(os.path.join(workdir, "ablation.md")) as f:
+    assert f"python -m experiments.ablate {' '.join(args)}\n" in f.read()
+  with open(os.path.join(workdir, "ablation.json")) as f:
+    assert all(r["skipped"] for r in json.load(f)["runs"])
+
+
+def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
+  workdir = str(tmp_path)
+  report = ablate.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
+                               1, workdir)
+  assert [r["status"] for r in report["runs"]] == ["completed", "diverged"]
+  failed = report["runs"][1]
+  assert failed["failed_step"] is not None and "non-finite" in failed["message"]
+  _, rows = table(workdir)
+  assert rows["none"][1] == "1/1" and rows["none"][2] != "n/a"
+  assert rows["cd_langevin"][1] == "0/1" and rows["cd_langevin"][2] == "n/a"
+  assert rows["cd_langevin"][-1] == f"0/1 seeds; seed0 diverged at step {failed['failed_step']}"
+  assert report["rows"]["cd_langevin"]["eval/mse"] is None
+  assert_png(os.path.join(workdir, "ablation.png"))
+
+
+def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
+  run = os.path.join(ablation[0], "cd_full", "seed0")
+  result = subprocess.run([sys.executable, "-m", "experiments.plot", run, "--inner_steps=0,2",
+                           "--eval_size=16"], cwd=REPO, env=compile_cache, capture_output=True,
+                          text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  for name in ("curves.png", "inner_steps.png"):
+    assert os.path.join(run, name) in result.stdout
+    assert_png(os.path.join(run, name))
+  with open(os.path.join(run, "eval.json")) as f:
+    evaluated = json.load(f)
+  assert evaluated["eval_size"] == 16 and evaluated["inner_steps"] == [0, 2]
+  for key in ("eval/mse_k0", "eval/mse_k2", "eval/mse_ood_k0", "eval/mse_ood_k2"):
+    assert np.isfinite(evaluated[key]), key
