@@ -174,7 +174,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
           first = step + int(metrics["first_nonfinite"]) + 1
           good = store.steps()
           status = "diverged"
-          message = (f"non-finite loss or parameters at step {first} (steps {step + 1}-"
+          message = (f"non-finite loss, gradient or parameters at step {first} (steps {step + 1}-"
                      f"{step + chunk}); last good checkpoint: "
                      f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. "
                      "Consider energy_reg_weight > 0, langevin_grad_clip, or a smaller "

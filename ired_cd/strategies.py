@@ -136,10 +136,15 @@ def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0):
 
 
 def _paired_energies(energy_fn, params, inp_pos, x_pos, inp_neg, x_neg, t):
-  """E_pos, E_neg in one batched call.  Returns two (B,) arrays."""
-  energies = energy_fn(params, jnp.concatenate([inp_pos, inp_neg]),
-                       jnp.concatenate([x_pos, x_neg]), jnp.concatenate([t, t]))[:, 0]
-  return jnp.split(energies, 2)
+  """E_pos, E_neg in one batched call of 2B rows.  Returns two (B,) arrays.
+
+  Rows are interleaved (pos_i, neg_i), so a batch sharded over devices stays
+  sharded the same way: no data moves between devices.
+  """
+  interleave = lambda a, b: jnp.stack([a, b], axis=1).reshape((-1,) + a.shape[1:])  # noqa: E731
+  energies = energy_fn(params, interleave(inp_pos, inp_neg), interleave(x_pos, x_neg),
+                       interleave(t, t))[:, 0].reshape(-1, 2)
+  return energies[:, 0], energies[:, 1]
 
 
 def _nce_energy_loss(energy_fn, params, schedule, settings, inp, x0, t, key):

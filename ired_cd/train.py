@@ -148,7 +148,8 @@ def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None)
   """Jitted ``run(state) -> (state, metrics)`` doing ``num_steps`` steps on device.
 
   The state is donated. Metrics are the mean over the steps, plus health
-  flags: ``nonfinite_steps`` (steps with a non-finite loss), ``first_nonfinite``
+  flags: ``nonfinite_steps`` (steps with a non-finite loss or gradient norm: an
+  infinite norm makes clipping zero every update), ``first_nonfinite``
   (index of the first, or num_steps) and ``params_finite``.
   """
   train_step = make_train_step(exp, mesh)
@@ -156,7 +157,7 @@ def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None)
   def run(state):
     state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
     metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
-    bad = ~jnp.isfinite(stacked["loss"])
+    bad = ~jnp.isfinite(stacked["loss"]) | ~jnp.isfinite(stacked["grad_norm"])
     metrics["nonfinite_steps"] = jnp.sum(bad)
     metrics["first_nonfinite"] = jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps)
     metrics["params_finite"] = jnp.all(jnp.stack(
