@@ -21,9 +21,13 @@ DATA = "data"
 def initialize(coordinator_address: Optional[str] = None, num_processes: Optional[int] = None,
                process_id: Optional[int] = None) -> None:
   """Starts jax.distributed where the run spans several processes; a no-op otherwise."""
+  if coordinator_address is None and not _cluster_detected():
+    return
+  # CPU processes reduce over gloo (GPU and TPU backends bring their own collectives).
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   if coordinator_address is not None:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
-  elif _cluster_detected():
+  else:
     jax.distributed.initialize()
 
 

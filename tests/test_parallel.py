@@ -128,3 +128,39 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
   assert result.returncode != 0
   assert "config.batch_size: 30 does not split over 4 devices" in result.stderr
   assert not (tmp_path / "run").exists()
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_on_localhost(tmp_path):
+  """Two processes x 2 devices through jax.distributed (coordinator on 127.0.0.1): one run,
+  outputs written once by process 0, checkpoints by both; a relaunch resumes."""
+  workdir = tmp_path / "run"
+
+  def launch(steps):
+    port = _free_port()
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments.run", "--config=configs/q204.py:tiny",
+         f"--config.train_steps={steps}", "--config.eval_every=0", f"--workdir={workdir}",
+         "--progress=false", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
+         f"--process_id={i}"], cwd=REPO, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    return outs
+
+  outs = launch(20)
+  assert "done: steps=20" in outs[0] and "done:" not in outs[1]
+  summary = json.load(open(workdir / "summary.json"))
+  assert summary["steps"] == 20 and np.isfinite(summary["eval/mse"])
+  assert sorted(os.listdir(workdir / "checkpoints")) == ["20"]
+  outs = launch(30)
+  assert "Resuming from the checkpoint at step 20" in outs[0]
+  rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+  assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30]
