@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from configs import base
 from ired_cd import config as config_lib
-from ired_cd import flops, sampler, train
+from ired_cd import flops, parallel, sampler, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
@@ -32,6 +32,10 @@ _WHAT = flags.DEFINE_list("what", ["matmul", "train", "sampler"], "What to measu
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (or sampler calls) after compile.")
 _INNER = flags.DEFINE_integer("inner_steps", 5, "Sampler inner descent steps.")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 4096, "Square size of the matmul probe.")
+_DEVICE_COUNTS = flags.DEFINE_list(
+    "device_counts", None, "Train on meshes of these many devices (default: all). Simulated "
+    "CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N) share the same cores: "
+    "their figures check scaling code paths, not speed.")
 
 
 def emit(**record):
@@ -75,15 +79,15 @@ def bench_matmul(n, reps):
   return gflops
 
 
-def bench_train(config, strategy, steps, peak):
+def bench_train(config, strategy, steps, peak, num_devices):
   c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
   config_lib.validate(c, base.get_config())
+  mesh = parallel.make_mesh(num_devices)
   exp = train.build_experiment(c)
-  state = train.init_state(exp)
-  step_fn = train.make_train_step(exp)
-  flops_analytic = flops.count_matmul_flops(step_fn, state)
+  state = train.init_state(exp, mesh=mesh)
+  flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
   tic = time.perf_counter()
-  compiled = jax.jit(step_fn, donate_argnums=0).lower(state).compile()
+  compiled = train.jit_train_step(exp, mesh, state).lower(state).compile()
   compile_s = time.perf_counter() - tic
   for _ in range(3):  # warm-up; also fills the replay buffer so replay paths are exercised
     state, metrics = compiled(state)
@@ -96,7 +100,7 @@ def bench_train(config, strategy, steps, peak):
     times.append((time.perf_counter() - tic) * 1e3)
   median = statistics.median(times)
   memory, memory_kind = _peak_memory(compiled)
-  emit(what="train", strategy=strategy, batch_size=c.batch_size, steps=steps,
+  emit(what="train", strategy=strategy, batch_size=c.batch_size, devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
        flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
@@ -138,8 +142,9 @@ def main(argv):
   peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2)) if "matmul" in _WHAT.value \
       else None
   if "train" in _WHAT.value:
-    for strategy in _STRATEGIES.value:
-      bench_train(config, strategy, _STEPS.value, peak)
+    for num_devices in [int(n) for n in _DEVICE_COUNTS.value or [len(devices)]]:
+      for strategy in _STRATEGIES.value:
+        bench_train(config, strategy, _STEPS.value, peak, num_devices)
   if "sampler" in _WHAT.value:
     bench_sampler(config, _INNER.value, max(3, _STEPS.value // 4), peak)
   emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
