@@ -163,7 +163,7 @@ def _mixing(mode, empty_t=5):
                                      replay_sample_prob=1.0, replay_mixing=mode,
                                      replay_store_condition=True)
   _, _, metrics, buf = _cd_loss(settings, t, buffer=_buffer(empty_t), inp=inp)
-  return float(metrics["replay_use"]), buf
+  return float(metrics["replay_use"]), jax.tree_util.tree_map(lambda a: a[0], buf)  # 1 shard
 
 
 def test_sample_mixing_replays_only_non_empty_buckets():
