@@ -6,9 +6,9 @@ r"""Strategy ablation: every (strategy, seed) as a normal run, then one table an
 
 Each run trains (or resumes) in WORKDIR/<strategy>/seed<k>: the config with
 the strategy's stage switches (config.apply_strategy) and seed k. A run that
-already completed with the same config is skipped, so rerunning the command
-resumes the ablation. A run that fails (diverges, raises) is recorded and
-flagged; the others go on. Then:
+already completed (or diverged) with the same config is skipped, so rerunning
+the command resumes the ablation. A run that fails (diverges, raises) is
+recorded and flagged; the others go on. Then:
 
   WORKDIR/ablation.md    the table: eval MSE (mean ± std over completed seeds, and
                          relative to the mean predictor), final ∇E norm and energy
@@ -59,13 +59,18 @@ def run_dir(workdir, strategy, seed):
   return os.path.join(workdir, strategy, f"seed{seed}")
 
 
-def is_complete(config, subdir):
-  """True when ``subdir`` holds a completed run of exactly ``config`` (nothing to redo)."""
+def is_finished(config, subdir):
+  """True when ``subdir`` holds the outcome of exactly ``config``: nothing to redo.
+
+  That is a run completed at ``train_steps``, or one that diverged (training is
+  deterministic: a rerun from its last checkpoint diverges again).
+  """
   summary = plot.read_json(os.path.join(subdir, "summary.json"))
   saved = plot.read_json(os.path.join(subdir, "config.json"))
-  return (summary is not None and summary.get("status") == "completed"
-          and summary.get("steps") == config.train_steps
-          and saved == json.loads(config.to_json_best_effort()))
+  if summary is None or saved != json.loads(config.to_json_best_effort()):
+    return False
+  return (summary.get("status") == "completed" and summary.get("steps") == config.train_steps
+          or summary.get("status") == "diverged")
 
 
 def _last_value(rows, key):
@@ -82,7 +87,7 @@ def _failed_step(message):
 def run_one(config, strategy, seed, subdir):
   """Trains (or skips) one run; returns its record. Never raises for a failed run."""
   tic = time.time()
-  skipped = is_complete(config, subdir)
+  skipped = is_finished(config, subdir)
   if skipped:
     summary = plot.read_json(os.path.join(subdir, "summary.json"))
   else:
@@ -164,8 +169,9 @@ def summarize(records, strategies, config, command=None):
     row["flags"] = _flags(runs)
     rows[strategy] = row
   return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
-              base_config=config.experiment_name, seeds=sorted({r["seed"] for r in records}),
-              baseline=baseline, rows=rows, runs=records)
+              base_config=config.experiment_name, strategies=list(strategies),
+              seeds=sorted({r["seed"] for r in records}), baseline=baseline, rows=rows,
+              runs=records)
 
 
 def _num(value):
@@ -197,7 +203,8 @@ def markdown(report):
   base = report["baseline"]
   lines.append(f"| mean predictor | | {_num(base['eval/mse'])} | 1 | "
                f"{_num(base['eval/mse_ood'])} | 1 | | | | |")
-  for strategy, row in report["rows"].items():
+  for strategy in report["strategies"]:
+    row = report["rows"][strategy]
     cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}",
              _fmt(row["eval/mse"], ".4g"), _fmt(row["eval/mse_rel"], ".3f"),
              _fmt(row["eval/mse_ood"], ".4g"), _fmt(row["eval/mse_ood_rel"], ".3f"),
@@ -209,8 +216,9 @@ def markdown(report):
             "mean inverse (1 = no better than the mean predictor). Mean ± sample std over the "
             "completed seeds: diverged or failed seeds are excluded and flagged; collapsed "
             "seeds completed and are included, flagged. Final ‖∇E‖ and energy gap: the last "
-            f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}; n/a: the "
-            "strategy has no energy loss). steps/s: training throughput, compilation excluded."]
+            f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}). n/a: nothing to "
+            "average (no completed seed, or no energy loss). steps/s: training throughput, "
+            "compilation excluded."]
   return "\n".join(lines) + "\n"
 
 
@@ -232,7 +240,7 @@ def plot_ablation(report, path):
   fig, axes = plot.plt.subplots(2, 2, figsize=(13, 9))
   for ax, (title, key) in zip(axes.flat, panels):
     plotted = []
-    for i, strategy in enumerate(report["rows"]):
+    for i, strategy in enumerate(report["strategies"]):
       color = plot.plt.cm.tab10(i % 10)
       runs = [r for r in report["runs"] if r["strategy"] == strategy]
       done = [r for r in runs if r["status"] == "completed"]
@@ -245,9 +253,10 @@ def plot_ablation(report, path):
       for r in runs:  # runs that did not complete: their own curves, dotted
         if r["status"] not in ("completed", None):
           steps, values = _by_step([r], key)
-          if steps.size:
+          if steps.size:  # an x where it stopped
             ax.plot(steps, values[0], ":", color=color, lw=1,
                     label=f"{strategy} seed{r['seed']} ({r['status']})")
+            ax.plot(steps[-1:], values[0][-1:], "x", color=color)
             plotted.append(values[0])
     if key in report["baseline"] and report["baseline"][key] is not None:
       ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
@@ -276,7 +285,7 @@ def _describe(record):
   """One line per finished run for the log above the progress bar."""
   name = f"{record['strategy']}/seed{record['seed']}"
   if record["skipped"]:
-    return f"{name}: already completed, skipped"
+    return f"{name}: already {record['status']}, skipped"
   if record["status"] != "completed":
     return (f"{name}: {record['status'].upper()} after step {record['steps']}"
             + (f": {record['message']}" if record["message"] else ""))
@@ -338,9 +347,10 @@ def main(argv):
     report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command)
   except (config_lib.ConfigError, ValueError) as err:
     sys.exit(f"error: {err}")
-  problems = [f for row in report["rows"].values() for f in row["flags"]]
+  runs = report["runs"]
+  flagged = [r for r in runs if r["status"] != "completed" or r["collapse_step"] is not None]
   print(f"ablation: {os.path.join(workdir, 'ablation.md')}, ablation.json, ablation.png"
-        + (f" ({len(problems)} flags: see the table)" if problems else ""))
+        + (f" ({len(flagged)} of {len(runs)} runs flagged: see the table)" if flagged else ""))
   if any(r["status"] == "interrupted" for r in report["runs"]):
     print("interrupted: rerun the same command to resume.")
 

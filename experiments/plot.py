@@ -50,8 +50,12 @@ def set_yscale(ax, values):
   if finite.size and np.all(finite > 0):
     ax.set_yscale("log")
   elif finite.size:
-    ax.set_yscale("symlog", linthresh=max(1e-3, float(np.min(np.abs(finite[finite != 0]),
-                                                           initial=1.0))))
+    # Linear up to the typical magnitude, log beyond (a runaway stays on the axis); few
+    # decade ticks, so the labels around zero stay apart.
+    magnitudes = np.abs(finite[finite != 0])
+    ax.set_yscale("symlog", linscale=2.0,
+                  linthresh=float(np.median(magnitudes)) if magnitudes.size else 1.0)
+    ax.yaxis.get_major_locator().set_params(numticks=6)
 
 
 def read_json(path):
@@ -148,6 +152,7 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
     ax.axhline(result[f"eval/mse{suffix}_mean_predictor"], ls="--", color="gray",
                label="mean predictor")
     ax.set_yscale("log")
+    ax.set_xticks(inner_steps)
     ax.set_xlabel("inner descent steps per timestep")
     ax.set_ylabel("MSE")
     ax.set_title(f"{title} (n={result['eval_size']})")

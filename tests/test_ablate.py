@@ -162,6 +162,15 @@ def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
   assert rows["cd_langevin"][-1] == f"0/1 seeds; seed0 diverged at step {failed['failed_step']}"
   assert report["rows"]["cd_langevin"]["eval/mse"] is None
   assert_png(os.path.join(workdir, "ablation.png"))
+  # Deterministic training diverges again: a rerun keeps the outcome instead of redoing it.
+  diverged = os.path.join(workdir, "cd_langevin", "seed0", "summary.json")
+  before = os.stat(diverged).st_mtime_ns
+  again = ablate.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
+                              1, workdir)
+  assert [(r["status"], r["skipped"]) for r in again["runs"]] == [
+      ("completed", True), ("diverged", True)]
+  assert os.stat(diverged).st_mtime_ns == before
+  assert again["rows"]["cd_langevin"]["flags"] == report["rows"]["cd_langevin"]["flags"]
 
 
 def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
