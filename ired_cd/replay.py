@@ -35,9 +35,9 @@ def bucket_of_timestep(t, num_timesteps: int, num_buckets: int):
 
 
 def _bucket_table(num_timesteps: int, num_buckets: int) -> np.ndarray:
-  """The guide's bucket id of t = 0..T-1, on the host (same float32 arithmetic)."""
-  ratio = np.arange(num_timesteps, dtype=np.float32) / max(1, num_timesteps - 1) * (num_buckets - 1)
-  return np.clip(ratio.astype(np.int32), 0, num_buckets - 1)
+  """``bucket_of_timestep`` of t = 0..T-1 as a host constant (also while tracing)."""
+  with jax.ensure_compile_time_eval():
+    return np.asarray(bucket_of_timestep(np.arange(num_timesteps), num_timesteps, num_buckets))
 
 
 def reachable_buckets(num_timesteps: int, num_buckets: int) -> np.ndarray:
