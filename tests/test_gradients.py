@@ -117,3 +117,28 @@ def test_denoising_loss_double_backprop():
   shift = lambda s: jax.tree_util.tree_map(lambda p, g: p + s * g / norm, params, grads)  # noqa
   fd = (loss(shift(h)) - loss(shift(-h))) / (2 * h)
   np.testing.assert_allclose(float(fd), float(norm), rtol=1e-2)
+
+
+def test_written_out_score_matches_autodiff_to_second_order():
+  """model.score (backward pass written out, W4 W4^T) equals jax.grad of the energy, and so do
+  the parameter gradients of a loss on it (what the denoising loss differentiates)."""
+  fn, params = _tiny.small_energy()
+  inp, y, t = _data(32, seed=5)
+  target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
+
+  def autodiff_score(p):
+    return jax.grad(lambda y_: jnp.sum(fn(p, inp, y_, t)))(y)
+
+  def loss(score_fn, p):
+    return jnp.mean(jnp.square(score_fn(p) - target))
+
+  written = jax.jit(lambda p: model_lib.score(fn, p, inp, y, t))
+  np.testing.assert_allclose(written(params), autodiff_score(params), rtol=1e-4,
+                             atol=1e-5 * _max_abs(autodiff_score(params)))
+  g_written = jax.jit(jax.grad(lambda p: loss(written, p)))(params)
+  g_auto = jax.jit(jax.grad(lambda p: loss(autodiff_score, p)))(params)
+  for name in g_auto:
+    for part in ("kernel", "bias"):
+      want = g_auto[name][part]
+      np.testing.assert_allclose(g_written[name][part], want, rtol=1e-3,
+                                 atol=1e-4 * _max_abs(want), err_msg=f"{name}/{part}")
