@@ -3,7 +3,8 @@
   y <- clip(y - eta * dE/dy + sigma * xi, -2, 2),   xi ~ N(0, I)
 
 eta = opt_step_size[t] per sample, sigma = sigma_multiplier * sqrt(2 eta). Each
-step is one ``value_and_grad`` of the summed energy (one forward, one backward).
+step is one score evaluation (``EnergyMLP.score_given``: a forward and a
+backward pass; the energy itself is never needed).
 The chain is a sampler, not part of the model: its output is wrapped in
 ``stop_gradient`` so no loss ever differentiates through the trajectory.
 """
@@ -15,14 +16,12 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from ired_cd import model as model_lib
 from ired_cd.diffusion import Schedule, take
 
 
 class ChainStats(NamedTuple):
   displacement: jnp.ndarray  # mean over samples of ||y_k - y_0||_2
   last_grad_norm: jnp.ndarray  # mean over samples of ||dE/dy|| at the last step
-  last_energy: jnp.ndarray  # mean energy at the last step's starting point
 
 
 def langevin_chain(energy_fn, params, inp, y_init, t, noises, schedule: Schedule,
@@ -63,18 +62,17 @@ def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 
   def step(y, x):
-    energy, grad = model_lib.conditioned_energy_and_score(energy_fn, params, cond, y)
+    grad = energy_fn.score_given(params, cond, y)
     grad_norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
     if grad_clip is not None:
       grad = grad * jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))
     y = jnp.clip(y - eta * grad + sigma * draw(x), -clip_value, clip_value)
-    return y, (jnp.mean(grad_norm), jnp.mean(energy))
+    return y, jnp.mean(grad_norm)
 
   y_init = jax.lax.stop_gradient(y_init)
-  y, (grad_norms, energies) = jax.lax.scan(step, y_init, xs)
+  y, grad_norms = jax.lax.scan(step, y_init, xs)
   stats = ChainStats(
       displacement=jnp.mean(jnp.linalg.norm(y - y_init, axis=-1)),
       last_grad_norm=grad_norms[-1],
-      last_energy=energies[-1],
   )
   return jax.lax.stop_gradient(y), stats

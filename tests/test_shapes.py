@@ -163,7 +163,7 @@ class ChainShapesTest(chex.TestCase):
     y, stats = self.variant(run)(self.params, self.inp, self.y, self.t, noises)
     chex.assert_shape(y, (B, D))
     chex.assert_type(y, F32)
-    chex.assert_shape(list(stats), [()] * 3)
+    chex.assert_shape(list(stats), [()] * 2)
     self.assertLessEqual(float(jnp.max(jnp.abs(y))), 2.0)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -173,7 +173,7 @@ class ChainShapesTest(chex.TestCase):
     y, stats = self.variant(run)(self.params, self.inp, self.y, self.t, jax.random.PRNGKey(2))
     chex.assert_shape(y, (B, D))
     chex.assert_type(y, F32)
-    chex.assert_shape(list(stats), [()] * 3)
+    chex.assert_shape(list(stats), [()] * 2)
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_energy_descent(self):
