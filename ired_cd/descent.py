@@ -14,10 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ired_cd import model as model_lib
 
-
-def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound):
+def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None):
   """Energy descent from y.
 
   Args:
@@ -29,16 +27,19 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound):
       scalar. Training uses the per-sample bound 2 sqrt(abar_t); the original
       used sample 0's bound for the whole batch (a bug; in the sampler all
       samples share t, so both agree there).
+    cond: ``energy_fn.condition(params, inp, t)`` if the caller has it already
+      (the sampler shares it with its score call); computed here otherwise.
   Returns:
     y after num_steps, (B, D), gradients stopped.
   """
   params = jax.lax.stop_gradient(params)
   y = jax.lax.stop_gradient(y)
+  if cond is None:
+    cond = energy_fn.condition(params, inp, t)
+  cond = jax.lax.stop_gradient(cond)
 
   def run(y):
-    cond = energy_fn.condition(params, inp, t)
-    value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
-        energy_fn, params, cond, y_)
+    value_and_score = lambda y_: energy_fn.energy_and_score_given(params, cond, y_)  # noqa: E731
 
     def propose(i, y, grad):
       multiplier = jnp.where(i == 0, 1.0, 2.0)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
 from ired_cd.diffusion import Schedule
 
@@ -30,11 +29,12 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
   def body(y, tt):
     t = jnp.full((batch,), tt, jnp.int32)
     sqrt_abar = schedule.sqrt_alphas_cumprod[tt]
-    eps = model_lib.score(energy_fn, params, inp, y, t)
+    cond = energy_fn.condition(params, inp, t)
+    eps = energy_fn.score_given(params, cond, y)
     x0 = jnp.clip(schedule.predict_start_from_noise(y, t, eps), -2.0, 2.0)
     y = sqrt_abar * x0
     y = energy_descent(energy_fn, params, inp, y, t, inner_steps,
-                       schedule.opt_step_size[tt], 2.0 * sqrt_abar)
+                       schedule.opt_step_size[tt], 2.0 * sqrt_abar, cond)
     y = jnp.clip(y, -2.0 * sqrt_abar, 2.0 * sqrt_abar)
     x0 = schedule.sqrt_recip_alphas_cumprod[tt] * y
     y_prev = schedule.sqrt_alphas_cumprod[jnp.maximum(tt - 1, 0)] * x0
