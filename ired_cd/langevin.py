@@ -42,22 +42,26 @@ def langevin_chain(energy_fn, params, inp, y_init, t, noises, schedule: Schedule
 
 
 def sample_negatives(energy_fn, params, inp, y_init, t, key, num_steps: int, schedule,
-                     sigma_multiplier: float = 1.0, grad_clip: Optional[float] = None):
+                     sigma_multiplier: float = 1.0, grad_clip: Optional[float] = None,
+                     cond=None):
   """``langevin_chain`` with each step's (B, D) noise drawn inside the step.
 
   Drawing per step (from ``split(key, num_steps)``) rather than all K x B x D
   up front keeps the draws cache-sized: on CPU it is 3x faster at B = 2048.
+  ``cond``: ``energy_fn.condition(params, inp, t)`` where the caller has it.
   """
   draw = lambda k: jax.random.normal(k, y_init.shape, y_init.dtype)  # noqa: E731
   return _chain(energy_fn, params, inp, y_init, t, jax.random.split(key, num_steps), draw,
-                schedule, sigma_multiplier, grad_clip)
+                schedule, sigma_multiplier, grad_clip, cond=cond)
 
 
 def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
-           sigma_multiplier: float, grad_clip: Optional[float], clip_value: float = 2.0):
+           sigma_multiplier: float, grad_clip: Optional[float], clip_value: float = 2.0,
+           cond=None):
   """The chain as a lax.scan over xs; ``draw(xs[k])`` is step k's standard normal."""
   params = jax.lax.stop_gradient(params)
-  cond = energy_fn.condition(params, inp, t)
+  cond = jax.lax.stop_gradient(
+      energy_fn.condition(params, inp, t) if cond is None else cond)
   eta = take(schedule.opt_step_size, t)
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 

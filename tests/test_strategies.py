@@ -43,8 +43,9 @@ def _small_setup(b, seed=0):
 @functools.partial(jax.jit, static_argnames=("settings", "residual_fn"))
 def _cd_jit(params, inp, x0, t, key, buffer, settings, residual_fn):
   fn = _tiny.small_energy()[0]
-  return strategies._cd_energy_loss(fn, params, _tiny.schedule(), settings, residual_fn, inp, x0,
-                                    t, key, jnp.int32(0), buffer)
+  return strategies._cd_energy_loss(fn, params, _tiny.schedule(), settings, residual_fn, inp,
+                                    fn.condition(params, inp, t), x0, t, key, jnp.int32(0),
+                                    buffer)
 
 
 def _cd_loss(settings, t, residual_fn=None, buffer=None, inp=None):
