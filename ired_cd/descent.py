@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 
-def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None):
+def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None,
+                   evaluations: int = 1):
   """Energy descent from y.
 
   Args:
@@ -29,17 +30,21 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
       samples share t, so both agree there).
     cond: ``energy_fn.condition(params, inp, t)`` if the caller has it already
       (the sampler shares it with its score call); computed here otherwise.
+    evaluations: how many energy-and-score calls share the parameters where
+      num_steps is traced (see ``EnergyMLP.energy_and_score_given``).
   Returns:
     y after num_steps, (B, D), gradients stopped.
   """
   params = jax.lax.stop_gradient(params)
   y = jax.lax.stop_gradient(y)
+  evaluations = num_steps if isinstance(num_steps, int) else evaluations
   if cond is None:
     cond = energy_fn.condition(params, inp, t)
   cond = jax.lax.stop_gradient(cond)
 
   def run(y):
-    value_and_score = lambda y_: energy_fn.energy_and_score_given(params, cond, y_)  # noqa: E731
+    value_and_score = lambda y_: energy_fn.energy_and_score_given(  # noqa: E731
+        params, cond, y_, evaluations)
 
     def propose(i, y, grad):
       multiplier = jnp.where(i == 0, 1.0, 2.0)

@@ -66,7 +66,7 @@ def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 
   def step(y, x):
-    grad = energy_fn.score_given(params, cond, y)
+    grad = energy_fn.score_given(params, cond, y, evaluations=len(xs))
     grad_norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
     if grad_clip is not None:
       grad = grad * jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))

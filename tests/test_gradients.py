@@ -119,24 +119,34 @@ def test_denoising_loss_double_backprop():
   np.testing.assert_allclose(float(fd), float(norm), rtol=1e-2)
 
 
-def test_written_out_score_matches_autodiff_to_second_order():
-  """model.score (backward pass written out, W4 W4^T) equals jax.grad of the energy, and so do
-  the parameter gradients of a loss on it (what the denoising loss differentiates)."""
-  fn, params = _tiny.small_energy()
+@pytest.mark.parametrize("evaluations,gram", [(1, False), (2, True)], ids=["direct", "gram"])
+def test_written_out_score_matches_autodiff_to_second_order(evaluations, gram):
+  """The written-out score equals jax.grad of the energy, and so do the parameter gradients of
+  a loss on it (what the denoising loss differentiates), in both last-layer forms.
+
+  hidden 24, out 16: W4 W4^T pays from B * evaluations = 48, so 32 rows take the direct form
+  once and the Gram form when two calls share it (seen as a hidden x hidden product).
+  """
+  m = model_lib.EnergyMLP(out_dim=D, hidden=24, emb_dim=16, num_timesteps=_tiny.T)
+  fn, params = model_lib.EnergyFunction(m), model_lib.init_params(m, jax.random.PRNGKey(2))
   inp, y, t = _data(32, seed=5)
   target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
 
-  def autodiff_score(p):
+  def written_out(p):
+    return fn.score_given(p, fn.condition(p, inp, t), y, evaluations)
+
+  def autodiff(p):
     return jax.grad(lambda y_: jnp.sum(fn(p, inp, y_, t)))(y)
 
-  def loss(score_fn, p):
-    return jnp.mean(jnp.square(score_fn(p) - target))
-
-  written = jax.jit(lambda p: model_lib.score(fn, p, inp, y, t))
-  np.testing.assert_allclose(written(params), autodiff_score(params), rtol=1e-4,
-                             atol=1e-5 * _max_abs(autodiff_score(params)))
-  g_written = jax.jit(jax.grad(lambda p: loss(written, p)))(params)
-  g_auto = jax.jit(jax.grad(lambda p: loss(autodiff_score, p)))(params)
+  jaxpr = str(jax.make_jaxpr(written_out)(params))
+  assert ("f32[24,24] = dot_general" in jaxpr) == gram
+  np.testing.assert_allclose(jax.jit(written_out)(params), autodiff(params), rtol=1e-4,
+                             atol=1e-5 * _max_abs(autodiff(params)))
+  energy, _ = fn.energy_and_score_given(params, fn.condition(params, inp, t), y, evaluations)
+  np.testing.assert_allclose(energy, fn(params, inp, y, t)[:, 0], rtol=1e-5)
+  loss = lambda score_fn, p: jnp.mean(jnp.square(score_fn(p) - target))  # noqa: E731
+  g_written = jax.jit(jax.grad(lambda p: loss(written_out, p)))(params)
+  g_auto = jax.jit(jax.grad(lambda p: loss(autodiff, p)))(params)
   for name in g_auto:
     for part in ("kernel", "bias"):
       want = g_auto[name][part]

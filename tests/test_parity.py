@@ -30,12 +30,15 @@ def test_schedule(schedule):
 
 
 @pytest.mark.parametrize("table", [True, False], ids=["film_table", "per_sample"])
-def test_energy_and_score(golden_params, table):
+@pytest.mark.parametrize("evaluations", [1, 1000], ids=["direct", "gram"])
+def test_energy_and_score(golden_params, table, evaluations):
   g = golden("energy")
   fn = model.EnergyFunction(EnergyMLP(out_dim=400, num_timesteps=10 if table else None))
-  e, s = model.energy_and_score(fn, golden_params, g["inp"], g["y"], g["t"])
+  cond = fn.condition(golden_params, g["inp"], g["t"])
+  e, s = fn.energy_and_score_given(golden_params, cond, g["y"], evaluations)
   assert_close(e, g["energy"][:, 0])
   assert_close(s, g["grad"])
+  assert_close(fn.score_given(golden_params, cond, g["y"], evaluations), g["grad"])
 
 
 def test_time_embedding(golden_params):
