@@ -146,7 +146,7 @@ def main(argv):
       for strategy in _STRATEGIES.value:
         bench_train(config, strategy, _STEPS.value, peak, num_devices)
   if "sampler" in _WHAT.value:
-    bench_sampler(config, _INNER.value, max(3, _STEPS.value // 4), peak)
+    bench_sampler(config, _INNER.value, max(5, _STEPS.value // 2), peak)
   emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
