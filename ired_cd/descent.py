@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ired_cd import model as model_lib
+
 
 def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None,
                    evaluations: int = 1):
@@ -31,7 +33,7 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
     cond: ``energy_fn.condition(params, inp, t)`` if the caller has it already
       (the sampler shares it with its score call); computed here otherwise.
     evaluations: how many energy-and-score calls share the parameters where
-      num_steps is traced (see ``EnergyMLP.energy_and_score_given``).
+      num_steps is traced (see ``EnergyMLP.gram_pays``).
   Returns:
     y after num_steps, (B, D), gradients stopped.
   """
@@ -43,8 +45,8 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
   cond = jax.lax.stop_gradient(cond)
 
   def run(y):
-    value_and_score = lambda y_: energy_fn.energy_and_score_given(  # noqa: E731
-        params, cond, y_, evaluations)
+    value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
+        energy_fn, params, cond, y_, evaluations)
 
     def propose(i, y, grad):
       multiplier = jnp.where(i == 0, 1.0, 2.0)

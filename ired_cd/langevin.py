@@ -3,8 +3,7 @@
   y <- clip(y - eta * dE/dy + sigma * xi, -2, 2),   xi ~ N(0, I)
 
 eta = opt_step_size[t] per sample, sigma = sigma_multiplier * sqrt(2 eta). Each
-step is one score evaluation (``EnergyMLP.score_given``: a forward and a
-backward pass; the energy itself is never needed).
+step is one ``jax.grad`` of the summed energy (one forward, one backward).
 The chain is a sampler, not part of the model: its output is wrapped in
 ``stop_gradient`` so no loss ever differentiates through the trajectory.
 """
@@ -16,6 +15,7 @@ from typing import NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
+from ired_cd import model as model_lib
 from ired_cd.diffusion import Schedule, take
 
 
@@ -66,7 +66,7 @@ def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 
   def step(y, x):
-    grad = energy_fn.score_given(params, cond, y, evaluations=len(xs))
+    grad = model_lib.conditioned_score(energy_fn, params, cond, y, evaluations=len(xs))
     grad_norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
     if grad_clip is not None:
       grad = grad * jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))

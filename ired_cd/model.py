@@ -37,10 +37,31 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
-def _swish_and_slope(x):
-  """(swish(x), swish'(x)) sharing one sigmoid: swish' = s (1 + x (1 - s))."""
-  s = jax.nn.sigmoid(x)
-  return x * s, s * (1.0 + x * (1.0 - s))
+@jax.custom_vjp
+def gram_square_norm(h, w, b):
+  """|h W + b|^2 per row, (B, hidden) -> (B,), differentiated through W W^T.
+
+  The gradient w.r.t. h is 2 (h W W^T + W b): one hidden x hidden product in
+  place of h W and its transpose (2 x hidden x out). The parameter cotangents
+  need z = h W + b; XLA drops them where only dE/dh is used (a score). Any
+  order of reverse-mode differentiation works (the denoising loss takes the
+  gradient of this gradient w.r.t. the parameters).
+  """
+  return _gram_forward(h, w, b)[0]
+
+
+def _gram_forward(h, w, b):
+  u_plus_c = h @ (w @ w.T) + w @ b
+  return jnp.sum(h * (u_plus_c + w @ b), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
+
+
+def _gram_backward(residuals, g):
+  h, w, b, u_plus_c = residuals
+  gz = 2.0 * g[:, None] * (h @ w + b)
+  return 2.0 * g[:, None] * u_plus_c, h.T @ gz, jnp.sum(gz, axis=0)
+
+
+gram_square_norm.defvjp(_gram_forward, _gram_backward)
 
 
 class SplitInputDense(nn.Module):
@@ -120,52 +141,31 @@ class EnergyMLP(nn.Module):
     """The y-independent part: (fc1(inp half) + bias, g2, b2, g3, b3), each (B, hidden)."""
     return (self.fc1.project_a(inp),) + self.film(t)
 
-  def energy_given(self, cond, y):
-    """E from ``conditioning``'s output and y (B, out_dim) -> (B, 1)."""
+  def energy_given(self, cond, y, gram: bool = False):
+    """E from ``conditioning``'s output and y (B, out_dim) -> (B, 1).
+
+    ``gram``: the last layer as ``gram_square_norm`` (same value, cheaper
+    dE/dy for large batches; see ``gram_pays``).
+    """
     h_inp, g2, b2, g3, b3 = cond
     h = swish(h_inp + self.fc1.project_b(y))
     h = swish(self.fc2(h) * (1.0 + g2) + b2)
     h = swish(self.fc3(h) * (1.0 + g3) + b3)
+    if gram:
+      fc4 = self.fc4.variables["params"]
+      return gram_square_norm(h, fc4["kernel"], fc4["bias"])[:, None]
     return jnp.sum(jnp.square(self.fc4(h)), axis=-1, keepdims=True)
 
-  def energy_and_score_given(self, cond, y, evaluations: int = 1):
-    """(E (B,), dE/dy (B, out_dim)) from ``conditioning``'s output, backward written out.
+  def gram_pays(self, batch: int, evaluations: int = 1) -> bool:
+    """Whether dE/dy through W4 W4^T needs fewer multiply-adds (static).
 
-    Equal to autodiff of ``energy_given`` (to float32 round-off), with the last
-    layer in one of two forms, whichever needs fewer multiply-adds:
-      direct  z = h3 W4 + b4, E = |z|^2, dE/dh3 = 2 z W4^T: 2 B hidden out_dim;
-      Gram    u = h3 W4 W4^T, E = h3.(u + 2 W4 b4) + |b4|^2, dE/dh3 = 2 (u + W4 b4):
-              B hidden^2, plus hidden^2 out_dim once for W4 W4^T.
-    ``evaluations`` (static) is how many calls share the parameters, e.g. a
-    chain's steps: XLA hoists W4 W4^T out of the loop, so its cost is shared.
-    For hidden 512, out_dim 400 the Gram form wins from B = 712 for one call
-    and B = 72 for a 10-step chain, saving 8 % of the pass; differentiating the
-    score w.r.t. the parameters (the denoising loss) saves as much again.
+    Direct: fc4 and its transpose, 2 B hidden out_dim. Gram: B hidden^2, plus
+    hidden^2 out_dim once for W4 W4^T, shared by the ``evaluations`` calls of a
+    loop (XLA hoists it). For hidden 512, out_dim 400 it pays from B = 712 for
+    one call and B = 72 for a 10-step chain, saving 8 % of a score evaluation's
+    matmuls, and as much again in the denoising loss's gradient of the score.
     """
-    return self._energy_and_score(cond, y, True, evaluations)
-
-  def score_given(self, cond, y, evaluations: int = 1):
-    """dE/dy alone (B, out_dim): ``energy_and_score_given`` without the energy."""
-    return self._energy_and_score(cond, y, False, evaluations)[1]
-
-  def _energy_and_score(self, cond, y, with_energy: bool, evaluations: int):
-    h_inp, g2, b2, g3, b3 = cond
-    h1, slope1 = _swish_and_slope(h_inp + self.fc1.project_b(y))
-    h2, slope2 = _swish_and_slope(self.fc2(h1) * (1.0 + g2) + b2)
-    h3, slope3 = _swish_and_slope(self.fc3(h2) * (1.0 + g3) + b3)
-    w4, b4 = self.fc4.variables["params"]["kernel"], self.fc4.variables["params"]["bias"]
-    hidden, out = w4.shape
-    if y.shape[0] * evaluations * (2 * out - hidden) > hidden * out:
-      u, c = h3 @ (w4 @ w4.T), w4 @ b4
-      energy = jnp.sum(h3 * (u + 2.0 * c), axis=-1) + jnp.sum(jnp.square(b4))
-      d_h3 = 2.0 * (u + c)
-    else:
-      z = h3 @ w4 + b4
-      energy = jnp.sum(jnp.square(z), axis=-1)
-      d_h3 = 2.0 * z @ w4.T
-    d_h2 = (d_h3 * slope3 * (1.0 + g3)) @ self.fc3.variables["params"]["kernel"].T
-    d_h1 = (d_h2 * slope2 * (1.0 + g2)) @ self.fc2.variables["params"]["kernel"].T
-    return (energy if with_energy else None), (d_h1 * slope1) @ self.fc1.kernel[self.fc1.in_a:].T
+    return batch * evaluations * (2 * self.out_dim - self.hidden) > self.hidden * self.out_dim
 
   def __call__(self, inp, y, t):
     return self.energy_given(self.conditioning(inp, t), y)
@@ -176,9 +176,7 @@ class EnergyFunction:
   """Pure-function view of an EnergyMLP.
 
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
-  ``given(params, cond, y)`` split it at the y-independent part;
-  ``energy_and_score_given(params, cond, y)`` and ``score_given(params, cond, y)``
-  add dE/dy from the same split.
+  ``given(params, cond, y)`` split it at the y-independent part.
   """
 
   module: EnergyMLP
@@ -189,16 +187,8 @@ class EnergyFunction:
   def condition(self, params, inp, t):
     return self.module.apply({"params": params}, inp, t, method=EnergyMLP.conditioning)
 
-  def given(self, params, cond, y):
-    return self.module.apply({"params": params}, cond, y, method=EnergyMLP.energy_given)
-
-  def energy_and_score_given(self, params, cond, y, evaluations: int = 1):
-    return self.module.apply({"params": params}, cond, y, evaluations,
-                             method=EnergyMLP.energy_and_score_given)
-
-  def score_given(self, params, cond, y, evaluations: int = 1):
-    return self.module.apply({"params": params}, cond, y, evaluations,
-                             method=EnergyMLP.score_given)
+  def given(self, params, cond, y, gram: bool = False):
+    return self.module.apply({"params": params}, cond, y, gram, method=EnergyMLP.energy_given)
 
 
 def init_params(model: EnergyMLP, key):
@@ -217,14 +207,33 @@ def init_params(model: EnergyMLP, key):
 
 
 def energy_and_score(energy_fn: EnergyFunction, params, inp, y, t):
-  """(E (B,), dE/dy (B, D)): one forward and one backward pass.
+  """(E (B,), dE/dy (B, D)): ``conditioned_energy_and_score`` from (inp, t)."""
+  return conditioned_energy_and_score(energy_fn, params, energy_fn.condition(params, inp, t), y)
 
-  Per sample: each E_i depends on y_i only, so a sample's score does not depend
-  on the batch it sits in (no division by the batch size).
+
+def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y,
+                                 evaluations: int = 1):
+  """(E (B,), dE/dy (B, D)): ``jax.value_and_grad`` of the summed energy given ``cond``.
+
+  Summing is exact per sample: each E_i depends on y_i only, so a sample's score
+  does not depend on the batch it sits in (no division by the batch size).
+  ``evaluations``: how many calls share the parameters (a chain's steps), for
+  ``EnergyMLP.gram_pays``.
   """
-  return energy_fn.energy_and_score_given(params, energy_fn.condition(params, inp, t), y)
+  gram = energy_fn.module.gram_pays(y.shape[0], evaluations)
+
+  def total(y_):
+    e = energy_fn.given(params, cond, y_, gram)[:, 0]
+    return jnp.sum(e), e
+  (_, energy), score_ = jax.value_and_grad(total, has_aux=True)(y)
+  return energy, score_
+
+
+def conditioned_score(energy_fn: EnergyFunction, params, cond, y, evaluations: int = 1):
+  """dE/dy (B, D) given ``cond``; differentiable w.r.t. params (the denoiser's output)."""
+  return conditioned_energy_and_score(energy_fn, params, cond, y, evaluations)[1]
 
 
 def score(energy_fn: EnergyFunction, params, inp, y, t):
-  """dE/dy (B, D), differentiable w.r.t. params (the denoiser's noise prediction)."""
-  return energy_fn.score_given(params, energy_fn.condition(params, inp, t), y)
+  """dE/dy (B, D) from (inp, t)."""
+  return conditioned_score(energy_fn, params, energy_fn.condition(params, inp, t), y)

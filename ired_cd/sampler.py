@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
 from ired_cd.diffusion import Schedule
 
@@ -25,13 +26,13 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
                 return_x0: bool = False):
   """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D)."""
   batch = inp.shape[0]
-  evaluations = schedule.num_timesteps  # score calls sharing params (see EnergyMLP)
+  evaluations = schedule.num_timesteps  # score calls sharing params (EnergyMLP.gram_pays)
 
   def body(y, tt):
     t = jnp.full((batch,), tt, jnp.int32)
     sqrt_abar = schedule.sqrt_alphas_cumprod[tt]
     cond = energy_fn.condition(params, inp, t)
-    eps = energy_fn.score_given(params, cond, y, evaluations)
+    eps = model_lib.conditioned_score(energy_fn, params, cond, y, evaluations)
     x0 = jnp.clip(schedule.predict_start_from_noise(y, t, eps), -2.0, 2.0)
     y = sqrt_abar * x0
     y = energy_descent(energy_fn, params, inp, y, t, inner_steps,

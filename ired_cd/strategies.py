@@ -34,6 +34,7 @@ import jax.numpy as jnp
 
 from ired_cd import config as config_lib
 from ired_cd import langevin, replay
+from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
 from ired_cd.diffusion import Schedule, take
 
@@ -103,7 +104,7 @@ def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps, cond=
   x_t = schedule.q_sample(x0, t, eps)
   if cond is None:
     cond = energy_fn.condition(params, inp, t)
-  pred = energy_fn.score_given(params, cond, x_t)
+  pred = model_lib.conditioned_score(energy_fn, params, cond, x_t)
   return jnp.mean(jnp.square(pred - eps), axis=-1), pred, x_t
 
 

@@ -120,9 +120,9 @@ def test_denoising_loss_double_backprop():
 
 
 @pytest.mark.parametrize("evaluations,gram", [(1, False), (2, True)], ids=["direct", "gram"])
-def test_written_out_score_matches_autodiff_to_second_order(evaluations, gram):
-  """The written-out score equals jax.grad of the energy, and so do the parameter gradients of
-  a loss on it (what the denoising loss differentiates), in both last-layer forms.
+def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
+  """The score through the Gram last layer equals the plain autodiff score, and so do the
+  parameter gradients of a loss on it (what the denoising loss differentiates).
 
   hidden 24, out 16: W4 W4^T pays from B * evaluations = 48, so 32 rows take the direct form
   once and the Gram form when two calls share it (seen as a hidden x hidden product).
@@ -132,23 +132,24 @@ def test_written_out_score_matches_autodiff_to_second_order(evaluations, gram):
   inp, y, t = _data(32, seed=5)
   target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
 
-  def written_out(p):
-    return fn.score_given(p, fn.condition(p, inp, t), y, evaluations)
+  def with_rule(p):
+    return model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y, evaluations)
 
   def autodiff(p):
     return jax.grad(lambda y_: jnp.sum(fn(p, inp, y_, t)))(y)
 
-  jaxpr = str(jax.make_jaxpr(written_out)(params))
+  jaxpr = str(jax.make_jaxpr(with_rule)(params))
   assert ("f32[24,24] = dot_general" in jaxpr) == gram
-  np.testing.assert_allclose(jax.jit(written_out)(params), autodiff(params), rtol=1e-4,
+  np.testing.assert_allclose(jax.jit(with_rule)(params), autodiff(params), rtol=1e-4,
                              atol=1e-5 * _max_abs(autodiff(params)))
-  energy, _ = fn.energy_and_score_given(params, fn.condition(params, inp, t), y, evaluations)
+  energy, _ = model_lib.conditioned_energy_and_score(fn, params, fn.condition(params, inp, t), y,
+                                                     evaluations)
   np.testing.assert_allclose(energy, fn(params, inp, y, t)[:, 0], rtol=1e-5)
   loss = lambda score_fn, p: jnp.mean(jnp.square(score_fn(p) - target))  # noqa: E731
-  g_written = jax.jit(jax.grad(lambda p: loss(written_out, p)))(params)
+  g_rule = jax.jit(jax.grad(lambda p: loss(with_rule, p)))(params)
   g_auto = jax.jit(jax.grad(lambda p: loss(autodiff, p)))(params)
   for name in g_auto:
     for part in ("kernel", "bias"):
       want = g_auto[name][part]
-      np.testing.assert_allclose(g_written[name][part], want, rtol=1e-3,
+      np.testing.assert_allclose(g_rule[name][part], want, rtol=1e-3,
                                  atol=1e-4 * _max_abs(want), err_msg=f"{name}/{part}")

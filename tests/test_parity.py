@@ -35,10 +35,10 @@ def test_energy_and_score(golden_params, table, evaluations):
   g = golden("energy")
   fn = model.EnergyFunction(EnergyMLP(out_dim=400, num_timesteps=10 if table else None))
   cond = fn.condition(golden_params, g["inp"], g["t"])
-  e, s = fn.energy_and_score_given(golden_params, cond, g["y"], evaluations)
+  e, s = model.conditioned_energy_and_score(fn, golden_params, cond, g["y"], evaluations)
   assert_close(e, g["energy"][:, 0])
   assert_close(s, g["grad"])
-  assert_close(fn.score_given(golden_params, cond, g["y"], evaluations), g["grad"])
+  assert_close(model.conditioned_score(fn, golden_params, cond, g["y"], evaluations), g["grad"])
 
 
 def test_time_embedding(golden_params):

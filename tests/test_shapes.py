@@ -103,7 +103,7 @@ class ModelShapesTest(chex.TestCase):
     chex.assert_type(list(cond), F32)
     e = self.variant(fn.given)(params, cond, y)
     chex.assert_shape(e, (B, 1))
-    e2, s2 = self.variant(fn.energy_and_score_given)(
+    e2, s2 = self.variant(lambda *a: model_lib.conditioned_energy_and_score(fn, *a))(
         params, cond, y)
     chex.assert_shape([e2, s2], [(B,), (B, D)])
     kernel, bias = params["fc1"]["kernel"], params["fc1"]["bias"]
