@@ -1,0 +1,27 @@
+"""The analytic matmul FLOP count the benchmark reports."""
+
+import jax
+import jax.numpy as jnp
+
+from ired_cd import flops, model
+
+
+def test_counts_dots_scans_and_skips_dead_code():
+  a, b = jnp.ones((4, 5)), jnp.ones((5, 6))
+  assert flops.count_matmul_flops(lambda a, b: a @ b, a, b) == 2 * 4 * 5 * 6
+
+  def scanned(a, b):
+    def step(carry, _):
+      unused = carry @ b  # dead: XLA drops it, so the count does too  # noqa: F841
+      return carry, carry[:, :5] @ b
+    return jax.lax.scan(step, a, None, length=3)[1]
+
+  assert flops.count_matmul_flops(scanned, a, b) == 3 * 2 * 4 * 5 * 6
+
+
+def test_gram_score_counts_no_parameter_cotangents():
+  """A score through gram_square_norm costs W W^T, h (W W^T) and W b, not the z = h W + b
+  that only the parameter cotangents would need."""
+  h, w, b = jnp.ones((8, 6)), jnp.ones((6, 4)), jnp.ones((4,))
+  score = jax.grad(lambda h_: jnp.sum(model.gram_square_norm(h_, w, b)))
+  assert flops.count_matmul_flops(score, h) == 2 * (6 * 4 * 6 + 8 * 6 * 6 + 6 * 4)
