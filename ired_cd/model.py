@@ -51,8 +51,9 @@ def gram_square_norm(h, w, b):
 
 
 def _gram_forward(h, w, b):
-  u_plus_c = h @ (w @ w.T) + w @ b
-  return jnp.sum(h * (u_plus_c + w @ b), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
+  c = w @ b
+  u_plus_c = h @ (w @ w.T) + c
+  return jnp.sum(h * (u_plus_c + c), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
 
 
 def _gram_backward(residuals, g):
