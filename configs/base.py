@@ -33,6 +33,10 @@ def get_config(arg=None):
   c.hidden_dim = 512
   c.time_embedding_dim = 128
   c.diffusion_steps = 10
+  # float32 | bfloat16: the dtype of every matmul's operands (accumulation and
+  # all other arithmetic stay float32). bfloat16 is ~1.6x the matmul rate on
+  # CPUs with AVX512-BF16 and on GPUs/TPUs; float32 matches the PyTorch runs.
+  c.matmul_dtype = "float32"
 
   # Optimisation: clip_by_global_norm then Adam; EMA with ema-pytorch semantics.
   c.seed = 0

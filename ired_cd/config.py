@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from ired_cd import tasks
+from ired_cd import model, tasks
 
 STRATEGIES = ("none", "nce_random", "ired", "cd_langevin", "cd_langevin_replay", "cd_full")
 CD_STRATEGIES = ("cd_langevin", "cd_langevin_replay", "cd_full")
@@ -54,6 +54,8 @@ def validate(config, defaults=None):
   _check(c.mining_strategy in STRATEGIES, "mining_strategy",
          f"must be one of {STRATEGIES}, got {c.mining_strategy!r}")
   _check(c.task in tasks.TASK_NAMES, "task", f"must be one of {tasks.TASK_NAMES}, got {c.task!r}")
+  _check(c.matmul_dtype in model.MATMUL_DTYPES, "matmul_dtype",
+         f"must be one of {model.MATMUL_DTYPES}, got {c.matmul_dtype!r}")
   for field in ("rank", "batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",

@@ -17,12 +17,16 @@ and biases), so training starts where the PyTorch runs start.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+MATMUL_DTYPES = ("float32", "bfloat16")
 
 
 def sinusoidal_embedding(t, dim: int = 128):
@@ -37,29 +41,73 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
-@jax.custom_vjp
-def gram_square_norm(h, w, b):
+def bf16_matmul(a, b):
+  """a @ b on bfloat16 operands with float32 accumulation and result, (M, K) x (K, N) -> (M, N).
+
+  Its derivatives are ``bf16_matmul`` products too, to any order, so a score
+  and the gradient of a score keep the bfloat16 speed (plain autodiff of a
+  cast would multiply float32 cotangents by bfloat16 operands, at float32
+  speed). The backward reuses the forward's bfloat16 operands.
+  """
+  return _bf16_matmul(a, b, jnp.dtype(a.dtype), jnp.dtype(b.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _bf16_matmul(a, b, a_dtype, b_dtype):
+  del a_dtype, b_dtype
+  return _bf16_dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+
+
+def _bf16_dot(a16, b16):
+  return jnp.dot(a16, b16, preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_forward(a, b, a_dtype, b_dtype):
+  # The product goes through the custom rule again: a higher-order derivative
+  # differentiates this function as plain code.
+  return _bf16_matmul(a, b, a_dtype, b_dtype), (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+
+
+def _bf16_matmul_backward(a_dtype, b_dtype, residuals, g):
+  a16, b16 = residuals
+  return bf16_matmul(g, b16.T).astype(a_dtype), bf16_matmul(a16.T, g).astype(b_dtype)
+
+
+_bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
+
+
+def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+  """``nn.Dense``'s dot_general through ``bf16_matmul`` (2-D inputs only)."""
+  del precision, preferred_element_type
+  if dimension_numbers != (((1,), (0,)), ((), ())):
+    raise ValueError(f"bf16 dense supports (B, in) inputs only, got {dimension_numbers}")
+  return bf16_matmul(lhs, rhs)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def gram_square_norm(h, w, b, matmul=jnp.matmul):
   """|h W + b|^2 per row, (B, hidden) -> (B,), differentiated through W W^T.
 
   The gradient w.r.t. h is 2 (h W W^T + W b): one hidden x hidden product in
   place of h W and its transpose (2 x hidden x out). The parameter cotangents
   need z = h W + b; XLA drops them where only dE/dh is used (a score). Any
   order of reverse-mode differentiation works (the denoising loss takes the
-  gradient of this gradient w.r.t. the parameters).
+  gradient of this gradient w.r.t. the parameters). ``matmul``: the product
+  used (``jnp.matmul`` or ``bf16_matmul``).
   """
-  return _gram_forward(h, w, b)[0]
+  return _gram_forward(h, w, b, matmul)[0]
 
 
-def _gram_forward(h, w, b):
+def _gram_forward(h, w, b, matmul):
   c = w @ b
-  u_plus_c = h @ (w @ w.T) + c
+  u_plus_c = matmul(h, matmul(w, w.T)) + c
   return jnp.sum(h * (u_plus_c + c), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
 
 
-def _gram_backward(residuals, g):
+def _gram_backward(matmul, residuals, g):
   h, w, b, u_plus_c = residuals
-  gz = 2.0 * g[:, None] * (h @ w + b)
-  return 2.0 * g[:, None] * u_plus_c, h.T @ gz, jnp.sum(gz, axis=0)
+  gz = 2.0 * g[:, None] * (matmul(h, w) + b)
+  return 2.0 * g[:, None] * u_plus_c, matmul(h.T, gz), jnp.sum(gz, axis=0)
 
 
 gram_square_norm.defvjp(_gram_forward, _gram_backward)
@@ -76,6 +124,7 @@ class SplitInputDense(nn.Module):
   in_a: int
   in_b: int
   features: int
+  matmul: Callable = jnp.matmul
 
   def setup(self):
     self.kernel = self.param(
@@ -84,10 +133,10 @@ class SplitInputDense(nn.Module):
     self.bias = self.param("bias", nn.initializers.zeros, (self.features,))
 
   def project_a(self, a):
-    return a @ self.kernel[:self.in_a] + self.bias
+    return self.matmul(a, self.kernel[:self.in_a]) + self.bias
 
   def project_b(self, b):
-    return b @ self.kernel[self.in_a:]
+    return self.matmul(b, self.kernel[self.in_a:])
 
 
 class EnergyMLP(nn.Module):
@@ -104,16 +153,21 @@ class EnergyMLP(nn.Module):
   emb_dim: int = 128
   num_timesteps: Optional[int] = None
   inp_dim: Optional[int] = None
+  matmul_dtype: str = "float32"
 
   def setup(self):
+    if self.matmul_dtype not in MATMUL_DTYPES:
+      raise ValueError(f"matmul_dtype={self.matmul_dtype!r}; allowed: {MATMUL_DTYPES}")
+    bf16 = self.matmul_dtype == "bfloat16"
+    self.matmul = bf16_matmul if bf16 else jnp.matmul
     dense = lambda n, name: nn.Dense(  # noqa: E731
-        n, name=name,
+        n, name=name, dot_general=_bf16_dot_general if bf16 else jax.lax.dot_general,
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=nn.initializers.zeros)
     self.time_fc1 = dense(self.emb_dim, "time_fc1")
     self.time_fc2 = dense(self.emb_dim, "time_fc2")
     self.fc1 = SplitInputDense(self.inp_dim or self.out_dim, self.out_dim, self.hidden,
-                               name="fc1")
+                               self.matmul, name="fc1")
     self.fc2 = dense(self.hidden, "fc2")
     self.fc3 = dense(self.hidden, "fc3")
     self.fc4 = dense(self.out_dim, "fc4")
@@ -154,7 +208,7 @@ class EnergyMLP(nn.Module):
     h = swish(self.fc3(h) * (1.0 + g3) + b3)
     if gram:
       fc4 = self.fc4.variables["params"]
-      return gram_square_norm(h, fc4["kernel"], fc4["bias"])[:, None]
+      return gram_square_norm(h, fc4["kernel"], fc4["bias"], self.matmul)[:, None]
     return jnp.sum(jnp.square(self.fc4(h)), axis=-1, keepdims=True)
 
   def gram_pays(self, batch: int, evaluations: int = 1) -> bool:

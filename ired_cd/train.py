@@ -70,7 +70,7 @@ def build_experiment(config) -> Experiment:
   task = tasks.get_task(config.task, config.rank)
   model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
                     emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
-                    inp_dim=task.inp_dim)
+                    inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype)
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2))

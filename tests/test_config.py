@@ -61,6 +61,8 @@ BAD = [
      r"task: must be one of \('inverse', 'addition', 'lowrank'\), got 'sudoku'"),
     ("zero_chain_steps_on_cd", "q202", _set(mining_opt_steps=0),
      r"mining_opt_steps: must be >= 1 for cd_langevin"),
+    ("bad_matmul_dtype", "q204", _set(matmul_dtype="float16"),
+     r"matmul_dtype: must be one of \('float32', 'bfloat16'\), got 'float16'"),
     ("replay_prob_above_1", "q203", _set(replay_sample_prob=1.2),
      r"replay_sample_prob: must lie in \[0, 1\]"),
 ]

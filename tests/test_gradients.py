@@ -153,3 +153,76 @@ def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
       want = g_auto[name][part]
       np.testing.assert_allclose(g_rule[name][part], want, rtol=1e-3,
                                  atol=1e-4 * _max_abs(want), err_msg=f"{name}/{part}")
+
+
+def _dot_operands(jaxpr):
+  """((lhs dtype, rhs dtype), (lhs shape, rhs shape)) of every dot_general in ``jaxpr`` and
+  its sub-jaxprs."""
+  dots = []
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == "dot_general":
+      dots.append((tuple(str(v.aval.dtype) for v in eqn.invars),
+                   tuple(v.aval.shape for v in eqn.invars)))
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        sub = getattr(sub, "jaxpr", sub)
+        if hasattr(sub, "eqns"):
+          dots += _dot_operands(sub)
+  return dots
+
+
+def test_bf16_matmul_derivatives_match_autodiff_of_rounded_operands():
+  """bf16_matmul's first and second derivatives equal plain float32 autodiff applied to
+  bfloat16-rounded operands (up to the rounding of the cotangents), and every product in
+  them, at any order, multiplies bfloat16 by bfloat16."""
+  a, b = (jax.random.normal(k, s) for k, s in zip(jax.random.split(jax.random.PRNGKey(0)),
+                                                  [(32, 24), (24, 16)]))
+  rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+
+  def loss(matmul, a_, b_):
+    return jnp.sum(jnp.sin(matmul(a_, b_)))
+
+  def second_order(matmul):
+    """d/db of |d loss / d a|^2: the shape of the denoising loss's gradient."""
+    return jax.grad(lambda b_: jnp.sum(jax.grad(loss, 1)(matmul, a, b_) ** 2))(b)
+
+  np.testing.assert_allclose(model_lib.bf16_matmul(a, b), rounded(a) @ rounded(b), rtol=1e-5)
+  np.testing.assert_allclose(jax.grad(loss, 1)(model_lib.bf16_matmul, a, b),
+                             jax.grad(loss, 1)(lambda x, y: rounded(x) @ rounded(y), a, b),
+                             rtol=2e-2, atol=2e-2)
+  want = second_order(lambda x, y: x @ y)
+  np.testing.assert_allclose(second_order(model_lib.bf16_matmul), want, rtol=5e-2,
+                             atol=5e-2 * _max_abs(want))
+  dots = _dot_operands(jax.make_jaxpr(lambda: second_order(model_lib.bf16_matmul))().jaxpr)
+  assert len(dots) >= 4 and {dtypes for dtypes, _ in dots} == {("bfloat16", "bfloat16")}, dots
+
+
+@pytest.mark.parametrize("evaluations", [1, 2], ids=["direct", "gram"])
+def test_bf16_model_denoising_gradient(evaluations):
+  """With matmul_dtype='bfloat16' the denoising loss's parameter gradient runs its batch-sized
+  products on bfloat16 operands only, and stays within bfloat16 error of the float32 one."""
+  grads = {}
+  for dtype in model_lib.MATMUL_DTYPES:
+    m = model_lib.EnergyMLP(out_dim=D, hidden=24, emb_dim=16, num_timesteps=_tiny.T,
+                            matmul_dtype=dtype)
+    fn, params = model_lib.EnergyFunction(m), model_lib.init_params(m, jax.random.PRNGKey(2))
+    inp, y, t = _data(32, seed=5)
+    target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
+
+    def loss(p):
+      s = model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y, evaluations)
+      return jnp.mean(jnp.square(s - target))
+
+    grads[dtype] = jax.jit(jax.grad(loss))(params)
+    if dtype == "bfloat16":
+      dots = _dot_operands(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+      batch_sized = [dtypes for dtypes, shapes in dots if any(32 in s for s in shapes)]
+      assert len(batch_sized) >= 8 and set(batch_sized) == {("bfloat16", "bfloat16")}, dots
+      # float32 products left: W4 b4 of the Gram form and its derivatives (parameter-sized).
+      float32 = [shapes for dtypes, shapes in dots if "float32" in dtypes]
+      assert all(D in shapes[0] + shapes[1] for shapes in float32), dots
+      assert bool(float32) == (evaluations > 1), dots
+  for name, layer in grads["float32"].items():
+    for part, want in layer.items():
+      np.testing.assert_allclose(grads["bfloat16"][name][part], want, rtol=0.1,
+                                 atol=0.05 * _max_abs(want), err_msg=f"{name}/{part}")

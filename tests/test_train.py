@@ -87,6 +87,22 @@ def test_multi_step_equals_single_steps():
   assert int(multi_metrics["nonfinite_steps"]) == 0
 
 
+def test_bfloat16_matmuls_track_float32():
+  """matmul_dtype='bfloat16' (cd_full, 3 steps from the same seed): the same batches and
+  negatives, losses within bfloat16 error of float32, and a different program (bf16 dots)."""
+  exp32 = _tiny.tiny_experiment("cd_full")
+  exp16 = train.build_experiment(_tiny.tiny_config("cd_full", matmul_dtype="bfloat16"))
+  step16 = train.jit_train_step(exp16)
+  state16 = train.init_state(exp16)
+  assert "bf16" in step16.lower(state16).as_text()
+  _, metrics32 = _run("cd_full", 3)
+  for m32 in metrics32:
+    state16, m16 = step16(state16)
+    for name in ("loss_mse", "energy_pos", "energy_neg", "score_norm"):
+      np.testing.assert_allclose(m16[name], m32[name], rtol=0.05, atol=1e-3, err_msg=name)
+    assert float(m16["loss_mse"]) != float(m32["loss_mse"])
+
+
 def test_ema_copies_params_on_first_step():
   """EMA = params after step 1 (decay 0); step 2 is off the every-10 grid, so EMA stays put."""
   exp = _tiny.tiny_experiment("none")
