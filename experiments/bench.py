@@ -5,7 +5,8 @@ r"""Speed and memory of the train step of each strategy, the sampler and the mac
 
 Prints one JSON object per line:
   {"what": "device", ...}   device kind and count
-  {"what": "matmul", ...}   measured fp32 GFLOP/s of a large jnp.dot (the hardware's rate)
+  {"what": "matmul", ...}   measured GFLOP/s of a large product of float32 arrays, done in
+                            config.matmul_dtype as the model does (the hardware's rate)
   {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
    "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
@@ -24,7 +25,7 @@ from ml_collections import config_flags
 
 from configs import base
 from ired_cd import config as config_lib
-from ired_cd import flops, parallel, sampler, train
+from ired_cd import flops, model, parallel, sampler, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
@@ -68,14 +69,15 @@ def _xla_flops(compiled):
   return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def bench_matmul(n, reps):
+def bench_matmul(n, reps, matmul_dtype):
+  """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(jnp.dot)
+  dot = jax.jit(model.bf16_matmul if matmul_dtype == "bfloat16" else jnp.dot)
   jax.block_until_ready(dot(a, a))
   times = _time_calls(lambda: dot(a, a), reps)
   gflops = 2 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
-  emit(what="matmul", size=n, median_ms=statistics.median(times), gflops_per_s=gflops,
-       precision=str(jax.config.jax_default_matmul_precision))
+  emit(what="matmul", size=n, matmul_dtype=matmul_dtype, median_ms=statistics.median(times),
+       gflops_per_s=gflops, precision=str(jax.config.jax_default_matmul_precision))
   return gflops
 
 
@@ -100,7 +102,8 @@ def bench_train(config, strategy, steps, peak, num_devices):
     times.append((time.perf_counter() - tic) * 1e3)
   median = statistics.median(times)
   memory, memory_kind = _peak_memory(compiled)
-  emit(what="train", strategy=strategy, batch_size=c.batch_size, devices=num_devices, steps=steps,
+  emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
+       devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
        flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
@@ -124,7 +127,8 @@ def bench_sampler(config, inner_steps, reps, peak):
   # The descent loop runs inner_steps - 1 value_and_grad steps, then one forward.
   flops_analytic = flops.count_matmul_flops(sample, params, inp, key, k,
                                             while_trip_count=max(inner_steps - 1, 0))
-  emit(what="sampler", batch_size=config.batch_size, timesteps=config.diffusion_steps,
+  emit(what="sampler", batch_size=config.batch_size, matmul_dtype=config.matmul_dtype,
+       timesteps=config.diffusion_steps,
        inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,
        flops_analytic=flops_analytic, gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None)
@@ -139,8 +143,8 @@ def main(argv):
   devices = jax.devices()
   emit(what="device", platform=devices[0].platform, device_kind=devices[0].device_kind,
        device_count=len(devices), jax_version=jax.__version__)
-  peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2)) if "matmul" in _WHAT.value \
-      else None
+  peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2), config.matmul_dtype) \
+      if "matmul" in _WHAT.value else None
   if "train" in _WHAT.value:
     for num_devices in [int(n) for n in _DEVICE_COUNTS.value or [len(devices)]]:
       for strategy in _STRATEGIES.value:

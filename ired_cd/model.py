@@ -41,39 +41,31 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
+@jax.custom_vjp
 def bf16_matmul(a, b):
   """a @ b on bfloat16 operands with float32 accumulation and result, (M, K) x (K, N) -> (M, N).
 
   Its derivatives are ``bf16_matmul`` products too, to any order, so a score
   and the gradient of a score keep the bfloat16 speed (plain autodiff of a
   cast would multiply float32 cotangents by bfloat16 operands, at float32
-  speed). The backward reuses the forward's bfloat16 operands.
+  speed). Operands and cotangents stay float32 outside the products.
   """
-  return _bf16_matmul(a, b, jnp.dtype(a.dtype), jnp.dtype(b.dtype))
+  return jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
+                 preferred_element_type=jnp.float32)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _bf16_matmul(a, b, a_dtype, b_dtype):
-  del a_dtype, b_dtype
-  return _bf16_dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
-
-
-def _bf16_dot(a16, b16):
-  return jnp.dot(a16, b16, preferred_element_type=jnp.float32)
-
-
-def _bf16_matmul_forward(a, b, a_dtype, b_dtype):
+def _bf16_matmul_forward(a, b):
   # The product goes through the custom rule again: a higher-order derivative
   # differentiates this function as plain code.
-  return _bf16_matmul(a, b, a_dtype, b_dtype), (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+  return bf16_matmul(a, b), (a, b)
 
 
-def _bf16_matmul_backward(a_dtype, b_dtype, residuals, g):
-  a16, b16 = residuals
-  return bf16_matmul(g, b16.T).astype(a_dtype), bf16_matmul(a16.T, g).astype(b_dtype)
+def _bf16_matmul_backward(residuals, g):
+  a, b = residuals
+  return bf16_matmul(g, b.T), bf16_matmul(a.T, g)
 
 
-_bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
+bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
 
 
 def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):

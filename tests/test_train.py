@@ -90,7 +90,6 @@ def test_multi_step_equals_single_steps():
 def test_bfloat16_matmuls_track_float32():
   """matmul_dtype='bfloat16' (cd_full, 3 steps from the same seed): the same batches and
   negatives, losses within bfloat16 error of float32, and a different program (bf16 dots)."""
-  exp32 = _tiny.tiny_experiment("cd_full")
   exp16 = train.build_experiment(_tiny.tiny_config("cd_full", matmul_dtype="bfloat16"))
   step16 = train.jit_train_step(exp16)
   state16 = train.init_state(exp16)
