@@ -7,6 +7,8 @@ Prints one JSON object per line:
   {"what": "device", ...}   device kind and count
   {"what": "matmul", ...}   measured GFLOP/s of a large product of float32 arrays, done in
                             config.matmul_dtype as the model does (the hardware's rate)
+  {"what": "matmul_layouts", ...}  the same at the model's layer size, for the forward
+                            (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts
   {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
    "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
@@ -81,6 +83,25 @@ def bench_matmul(n, reps, matmul_dtype):
   return gflops
 
 
+def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
+  """GFLOP/s of the three product layouts of a layer's training at (batch, hidden) x (hidden,
+  hidden): forward x W, input gradient g W^T, weight gradient x^T g (a sum over the batch).
+  CPU libraries run them at different rates, bfloat16 most of all."""
+  matmul = model.bf16_matmul if matmul_dtype == "bfloat16" else jnp.matmul
+  keys = jax.random.split(jax.random.PRNGKey(0), 3)
+  x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
+  w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
+  layouts = {"x_w": (lambda: matmul(x, w)), "g_wT": (lambda: matmul(g, w.T)),
+             "xT_g": (lambda: matmul(x.T, g))}
+  rates = {}
+  for name, product in layouts.items():
+    fn = jax.jit(product)
+    jax.block_until_ready(fn())
+    rates[name] = 2 * batch * hidden ** 2 / (statistics.median(_time_calls(fn, reps)) * 1e-3) / 1e9
+  emit(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
+       gflops_per_s=rates)
+
+
 def bench_train(config, strategy, steps, peak, num_devices):
   c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
   config_lib.validate(c, base.get_config())
@@ -143,8 +164,11 @@ def main(argv):
   devices = jax.devices()
   emit(what="device", platform=devices[0].platform, device_kind=devices[0].device_kind,
        device_count=len(devices), jax_version=jax.__version__)
-  peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2), config.matmul_dtype) \
-      if "matmul" in _WHAT.value else None
+  peak = None
+  if "matmul" in _WHAT.value:
+    peak = bench_matmul(_MATMUL_N.value, max(5, _STEPS.value // 2), config.matmul_dtype)
+    bench_matmul_layouts(config.batch_size, config.hidden_dim, max(5, _STEPS.value // 2),
+                         config.matmul_dtype)
   if "train" in _WHAT.value:
     for num_devices in [int(n) for n in _DEVICE_COUNTS.value or [len(devices)]]:
       for strategy in _STRATEGIES.value:

@@ -12,6 +12,9 @@ once for each of the T timesteps and gathered per sample (about 20 % of an
 energy evaluation's FLOPs saved); the values are those of the per-sample path.
 Parameters use PyTorch's default init (uniform +-1/sqrt(fan_in) for kernels
 and biases), so training starts where the PyTorch runs start.
+``matmul_dtype="bfloat16"`` runs every product (and every derivative of one)
+on bfloat16 operands with float32 accumulation; parameters, activations and
+all other arithmetic stay float32.
 """
 
 from __future__ import annotations
