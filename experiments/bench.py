@@ -91,13 +91,15 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
-  layouts = {"x_w": (lambda: matmul(x, w)), "g_wT": (lambda: matmul(g, w.T)),
-             "xT_g": (lambda: matmul(x.T, g))}
+  layouts = {"x_w": ((lambda a, b: matmul(a, b)), (x, w)),
+             "g_wT": ((lambda a, b: matmul(a, b.T)), (g, w)),
+             "xT_g": ((lambda a, b: matmul(a.T, b)), (x, g))}
   rates = {}
-  for name, product in layouts.items():
-    fn = jax.jit(product)
-    jax.block_until_ready(fn())
-    rates[name] = 2 * batch * hidden ** 2 / (statistics.median(_time_calls(fn, reps)) * 1e-3) / 1e9
+  for name, (product, args) in layouts.items():
+    fn = jax.jit(product)  # operands as arguments: XLA would fold a product of constants
+    jax.block_until_ready(fn(*args))
+    median_ms = statistics.median(_time_calls(lambda: fn(*args), reps))
+    rates[name] = 2 * batch * hidden ** 2 / (median_ms * 1e-3) / 1e9
   emit(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
        gflops_per_s=rates)
 
