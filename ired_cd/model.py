@@ -140,7 +140,8 @@ class EnergyMLP(nn.Module):
   Split in two for the samplers: ``conditioning(inp, t)`` is everything that
   does not depend on y (fc1's input half, the FiLM gains and biases), and
   ``energy_given(cond, y)`` the rest, so a chain of moves in y computes the
-  former once. ``inp_dim`` defaults to ``out_dim``.
+  former once. ``inp_dim`` defaults to ``out_dim``. ``matmul_dtype``: one of
+  ``MATMUL_DTYPES``, the dtype of every product's operands (``bf16_matmul``).
   """
 
   out_dim: int
