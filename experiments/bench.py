@@ -2,6 +2,7 @@ r"""Speed and memory of the train step of each strategy, the sampler and the mac
 
   python -m experiments.bench --config=configs/q204.py --config.batch_size=2048
   python -m experiments.bench --config=configs/q204.py --strategies=cd_full --what=train
+  python -m experiments.bench --config=configs/q204.py --what=dtypes --steps=10
 
 Prints one JSON object per line:
   {"what": "device", ...}   device kind and count
@@ -13,6 +14,7 @@ Prints one JSON object per line:
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
    "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
+  {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
 """
 
 import json
@@ -31,7 +33,11 @@ from ired_cd import flops, model, parallel, sampler, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
-_WHAT = flags.DEFINE_list("what", ["matmul", "train", "sampler"], "What to measure.")
+MEASURES = ("matmul", "train", "sampler", "dtypes")
+_WHAT = flags.DEFINE_list(
+    "what", ["matmul", "train", "sampler"],
+    "What to measure: matmul, train, sampler, and dtypes (float32 against bfloat16 matmuls, "
+    "steps interleaved in one process; not in the default).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (or sampler calls) after compile.")
 _INNER = flags.DEFINE_integer("inner_steps", 5, "Sampler inner descent steps.")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 4096, "Square size of the matmul probe.")
@@ -135,6 +141,32 @@ def bench_train(config, strategy, steps, peak, num_devices):
        loss=float(metrics["loss"]))
 
 
+def bench_matmul_dtypes(config, strategy, steps):
+  """float32 against bfloat16 matmuls: the two compiled steps alternate, so the machine's drift
+  hits both alike and the ratio is cleaner than two runs' figures."""
+  compiled, states = {}, {}
+  for dtype in model.MATMUL_DTYPES:
+    c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
+    c.matmul_dtype = dtype
+    config_lib.validate(c, base.get_config())
+    exp = train.build_experiment(c)
+    states[dtype] = train.init_state(exp)
+    compiled[dtype] = train.jit_train_step(exp).lower(states[dtype]).compile()
+    for _ in range(3):
+      states[dtype], _ = compiled[dtype](states[dtype])
+    jax.block_until_ready(states[dtype])
+  times = {dtype: [] for dtype in compiled}
+  for i in range(steps):
+    for dtype in model.MATMUL_DTYPES[::1 if i % 2 else -1]:
+      tic = time.perf_counter()
+      states[dtype], _ = compiled[dtype](states[dtype])
+      jax.block_until_ready(states[dtype])
+      times[dtype].append((time.perf_counter() - tic) * 1e3)
+  median = {dtype: statistics.median(t) for dtype, t in times.items()}
+  emit(what="dtypes", strategy=strategy, batch_size=config.batch_size, steps=steps,
+       median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])
+
+
 def bench_sampler(config, inner_steps, reps, peak):
   exp = train.build_experiment(config)
   params = train.init_state(exp).ema_params
@@ -163,6 +195,9 @@ def main(argv):
   for s in _STRATEGIES.value:
     if s not in config_lib.STRATEGIES:
       raise app.UsageError(f"--strategies: {s!r} is not one of {config_lib.STRATEGIES}")
+  for w in _WHAT.value:
+    if w not in MEASURES:
+      raise app.UsageError(f"--what: {w!r} is not one of {MEASURES}")
   devices = jax.devices()
   emit(what="device", platform=devices[0].platform, device_kind=devices[0].device_kind,
        device_count=len(devices), jax_version=jax.__version__)
@@ -175,6 +210,9 @@ def main(argv):
     for num_devices in [int(n) for n in _DEVICE_COUNTS.value or [len(devices)]]:
       for strategy in _STRATEGIES.value:
         bench_train(config, strategy, _STEPS.value, peak, num_devices)
+  if "dtypes" in _WHAT.value:
+    for strategy in _STRATEGIES.value:
+      bench_matmul_dtypes(config, strategy, _STEPS.value)
   if "sampler" in _WHAT.value:
     bench_sampler(config, _INNER.value, max(5, _STEPS.value // 2), peak)
   emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

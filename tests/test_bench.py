@@ -29,3 +29,23 @@ def test_bench_prints_one_json_record_per_measure(matmul_dtype):
     assert r["median_ms"] >= r["min_ms"] > 0 and r["flops_analytic"] > 0
     assert r["fraction_of_matmul_peak"] > 0
   assert trains[1]["flops_analytic"] > trains[0]["flops_analytic"]  # the chain's products
+
+
+def test_bench_dtypes_interleaves_both_matmul_dtypes():
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny",
+       "--what=dtypes", "--strategies=none", "--steps=2"],
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+  (record,) = [json.loads(line) for line in out.stdout.splitlines()
+               if json.loads(line)["what"] == "dtypes"]
+  assert record["strategy"] == "none" and record["steps"] == 2
+  assert set(record["median_ms"]) == {"float32", "bfloat16"}
+  ratio = record["median_ms"]["float32"] / record["median_ms"]["bfloat16"]
+  assert abs(record["speedup_bfloat16"] - ratio) < 1e-9
+
+
+def test_bench_rejects_an_unknown_measure():
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", "--what=flops"],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert out.returncode != 0 and "--what: 'flops' is not one of" in out.stderr
