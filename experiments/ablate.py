@@ -67,7 +67,8 @@ def is_finished(config, subdir):
   """
   summary = plot.read_json(os.path.join(subdir, "summary.json"))
   saved = plot.read_json(os.path.join(subdir, "config.json"))
-  if summary is None or saved != json.loads(config.to_json_best_effort()):
+  if (summary is None or saved is None
+      or config_lib.with_added_fields(saved) != json.loads(config.to_json_best_effort())):
     return False
   return (summary.get("status") == "completed" and summary.get("steps") == config.train_steps
           or summary.get("status") == "diverged")

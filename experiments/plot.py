@@ -25,6 +25,7 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 
+from ired_cd import config as config_lib  # noqa: E402
 from ired_cd import experiment, metrics_io, tasks  # noqa: E402
 
 _INNER = flags.DEFINE_list("inner_steps", None,
@@ -71,6 +72,7 @@ def load_config(workdir):
   saved = read_json(os.path.join(workdir, "config.json"))
   if saved is None:
     raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
+  saved = config_lib.with_added_fields(saved)
   for field in TUPLE_FIELDS:
     saved[field] = tuple(saved[field])
   return ml_collections.ConfigDict(saved)

@@ -25,6 +25,16 @@ STAGE_PRESETS = {
 }
 
 
+# Fields added after runs were first written, with the value that reproduces
+# those runs: a saved config.json without them means that value.
+ADDED_FIELDS = {"matmul_dtype": "float32"}
+
+
+def with_added_fields(saved: dict) -> dict:
+  """A saved config.json's dict with the ``ADDED_FIELDS`` it predates filled in."""
+  return {**ADDED_FIELDS, **saved}
+
+
 class ConfigError(ValueError):
   """A config field with a value it may not take."""
 

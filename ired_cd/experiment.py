@@ -55,7 +55,7 @@ def check_workdir(config, workdir: str, allow_config_change: bool = False):
   if not os.path.exists(path):
     return
   with open(path) as f:
-    saved = json.load(f)
+    saved = config_lib.with_added_fields(json.load(f))
   current = _config_dict(config)
   differ = sorted(k for k in set(saved) | set(current)
                   if saved.get(k) != current.get(k) and k not in RESUMABLE_FIELDS)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import base, q204
+from experiments import ablate, plot
 from ired_cd import checkpoint, config as config_lib, experiment, metrics_io, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -106,6 +107,25 @@ def test_workdir_of_another_config_is_refused(tmp_path):
     experiment.train_and_evaluate(tiny(learning_rate=1e-3), workdir, progress=False)
   summary = experiment.train_and_evaluate(tiny(learning_rate=1e-3, train_steps=20, eval_every=0),
                                           workdir, allow_config_change=True, progress=False)
+  assert summary["steps"] == 20
+
+
+def test_run_written_before_an_added_field_resumes(tmp_path):
+  """A config.json that predates matmul_dtype reads as float32: the run resumes (and the
+  ablation and the plots see the same config); asking it for bfloat16 is refused."""
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  path = os.path.join(workdir, "config.json")
+  saved = json.load(open(path))
+  del saved["matmul_dtype"]
+  metrics_io.write_json_atomic(path, saved)
+  assert plot.load_config(workdir).matmul_dtype == "float32"
+  assert ablate.is_finished(tiny(train_steps=10, eval_every=0), workdir)
+  with pytest.raises(config_lib.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
+    experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
+                                  workdir, progress=False)
+  summary = experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0), workdir,
+                                          progress=False)
   assert summary["steps"] == 20
 
 
