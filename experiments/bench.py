@@ -80,7 +80,7 @@ def _xla_flops(compiled):
 def bench_matmul(n, reps, matmul_dtype):
   """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(model.bf16_matmul if matmul_dtype == "bfloat16" else jnp.dot)
+  dot = jax.jit(model.matmul_for(matmul_dtype))
   jax.block_until_ready(dot(a, a))
   times = _time_calls(lambda: dot(a, a), reps)
   gflops = 2 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
@@ -93,7 +93,7 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
   """GFLOP/s of the three product layouts of a layer's training at (batch, hidden) x (hidden,
   hidden): forward x W, input gradient g W^T, weight gradient x^T g (a sum over the batch).
   CPU libraries run them at different rates, bfloat16 most of all."""
-  matmul = model.bf16_matmul if matmul_dtype == "bfloat16" else jnp.matmul
+  matmul = model.matmul_for(matmul_dtype)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
@@ -110,25 +110,39 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
        gflops_per_s=rates)
 
 
-def bench_train(config, strategy, steps, peak, num_devices):
+def _warm_step(config, strategy, mesh=None, **overrides):
+  """(config, experiment, state, compiled step, compile seconds) for ``strategy``, after three
+  warm-up steps (which also fill the replay buffer, so replay paths are exercised)."""
   c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
+  c.update(overrides)
   config_lib.validate(c, base.get_config())
-  mesh = parallel.make_mesh(num_devices)
   exp = train.build_experiment(c)
   state = train.init_state(exp, mesh=mesh)
-  flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
   tic = time.perf_counter()
   compiled = train.jit_train_step(exp, mesh, state).lower(state).compile()
   compile_s = time.perf_counter() - tic
-  for _ in range(3):  # warm-up; also fills the replay buffer so replay paths are exercised
-    state, metrics = compiled(state)
+  for _ in range(3):
+    state, _ = compiled(state)
   jax.block_until_ready(state)
+  return c, exp, state, compiled, compile_s
+
+
+def _timed_step(compiled, state):
+  """(new state, metrics, ms) of one step, waited for."""
+  tic = time.perf_counter()
+  state, metrics = compiled(state)
+  jax.block_until_ready(state)
+  return state, metrics, (time.perf_counter() - tic) * 1e3
+
+
+def bench_train(config, strategy, steps, peak, num_devices):
+  mesh = parallel.make_mesh(num_devices)
+  c, exp, state, compiled, compile_s = _warm_step(config, strategy, mesh)
+  flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
   times = []
   for _ in range(steps):
-    tic = time.perf_counter()
-    state, metrics = compiled(state)
-    jax.block_until_ready(state)
-    times.append((time.perf_counter() - tic) * 1e3)
+    state, metrics, ms = _timed_step(compiled, state)
+    times.append(ms)
   median = statistics.median(times)
   memory, memory_kind = _peak_memory(compiled)
   emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
@@ -146,22 +160,12 @@ def bench_matmul_dtypes(config, strategy, steps):
   hits both alike and the ratio is cleaner than two runs' figures."""
   compiled, states = {}, {}
   for dtype in model.MATMUL_DTYPES:
-    c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
-    c.matmul_dtype = dtype
-    config_lib.validate(c, base.get_config())
-    exp = train.build_experiment(c)
-    states[dtype] = train.init_state(exp)
-    compiled[dtype] = train.jit_train_step(exp).lower(states[dtype]).compile()
-    for _ in range(3):
-      states[dtype], _ = compiled[dtype](states[dtype])
-    jax.block_until_ready(states[dtype])
+    _, _, states[dtype], compiled[dtype], _ = _warm_step(config, strategy, matmul_dtype=dtype)
   times = {dtype: [] for dtype in compiled}
   for i in range(steps):
     for dtype in model.MATMUL_DTYPES[::1 if i % 2 else -1]:
-      tic = time.perf_counter()
-      states[dtype], _ = compiled[dtype](states[dtype])
-      jax.block_until_ready(states[dtype])
-      times[dtype].append((time.perf_counter() - tic) * 1e3)
+      states[dtype], _, ms = _timed_step(compiled[dtype], states[dtype])
+      times[dtype].append(ms)
   median = {dtype: statistics.median(t) for dtype, t in times.items()}
   emit(what="dtypes", strategy=strategy, batch_size=config.batch_size, steps=steps,
        median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])

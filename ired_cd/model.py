@@ -71,6 +71,13 @@ def _bf16_matmul_backward(residuals, g):
 bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
 
 
+def matmul_for(matmul_dtype: str) -> Callable:
+  """The product the model uses for ``matmul_dtype`` (one of ``MATMUL_DTYPES``)."""
+  if matmul_dtype not in MATMUL_DTYPES:
+    raise ValueError(f"matmul_dtype={matmul_dtype!r}; allowed: {MATMUL_DTYPES}")
+  return bf16_matmul if matmul_dtype == "bfloat16" else jnp.matmul
+
+
 def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
   """``nn.Dense``'s dot_general through ``bf16_matmul`` (2-D inputs only)."""
   del precision, preferred_element_type
@@ -152,12 +159,10 @@ class EnergyMLP(nn.Module):
   matmul_dtype: str = "float32"
 
   def setup(self):
-    if self.matmul_dtype not in MATMUL_DTYPES:
-      raise ValueError(f"matmul_dtype={self.matmul_dtype!r}; allowed: {MATMUL_DTYPES}")
-    bf16 = self.matmul_dtype == "bfloat16"
-    self.matmul = bf16_matmul if bf16 else jnp.matmul
+    self.matmul = matmul_for(self.matmul_dtype)
     dense = lambda n, name: nn.Dense(  # noqa: E731
-        n, name=name, dot_general=_bf16_dot_general if bf16 else jax.lax.dot_general,
+        n, name=name,
+        dot_general=_bf16_dot_general if self.matmul is bf16_matmul else jax.lax.dot_general,
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=nn.initializers.zeros)
     self.time_fc1 = dense(self.emb_dim, "time_fc1")
