@@ -78,12 +78,13 @@ def matmul_for(matmul_dtype: str) -> Callable:
   return bf16_matmul if matmul_dtype == "bfloat16" else jnp.matmul
 
 
-def _bf16_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-  """``nn.Dense``'s dot_general through ``bf16_matmul`` (2-D inputs only)."""
+def _dense_dot_general(matmul, lhs, rhs, dimension_numbers, precision=None,
+                       preferred_element_type=None):
+  """``nn.Dense``'s dot_general through ``matmul`` (2-D inputs, Dense's default precision)."""
   del precision, preferred_element_type
   if dimension_numbers != (((1,), (0,)), ((), ())):
-    raise ValueError(f"bf16 dense supports (B, in) inputs only, got {dimension_numbers}")
-  return bf16_matmul(lhs, rhs)
+    raise ValueError(f"Dense through matmul_for() takes (B, in) inputs, got {dimension_numbers}")
+  return matmul(lhs, rhs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -161,8 +162,7 @@ class EnergyMLP(nn.Module):
   def setup(self):
     self.matmul = matmul_for(self.matmul_dtype)
     dense = lambda n, name: nn.Dense(  # noqa: E731
-        n, name=name,
-        dot_general=_bf16_dot_general if self.matmul is bf16_matmul else jax.lax.dot_general,
+        n, name=name, dot_general=functools.partial(_dense_dot_general, self.matmul),
         kernel_init=nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
         bias_init=nn.initializers.zeros)
     self.time_fc1 = dense(self.emb_dim, "time_fc1")
