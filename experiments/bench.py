@@ -98,8 +98,8 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
   layouts = {"x_w": ((lambda a, b: matmul(a, b)), (x, w)),
-             "g_wT": ((lambda a, b: matmul(a, b.T)), (g, w)),
-             "xT_g": ((lambda a, b: matmul(a.T, b)), (x, g))}
+             "g_wT": ((lambda a, b: matmul(a, b, transpose_b=True)), (g, w)),
+             "xT_g": ((lambda a, b: matmul(a, b, transpose_a=True)), (x, g))}
   rates = {}
   for name, (product, args) in layouts.items():
     fn = jax.jit(product)  # operands as arguments: XLA would fold a product of constants

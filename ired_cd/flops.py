@@ -37,6 +37,14 @@ def _sub_jaxprs(value):
 
 
 def jaxpr_flops(jaxpr, while_trip_count: int = 1) -> int:
+  """Matmul FLOPs of ``jaxpr``'s live equations, sub-jaxprs included.
+
+  Each (sub-)jaxpr is dead-code eliminated first, as XLA does: a ``custom_vjp``
+  backward traced into a score also computes parameter cotangents that nothing
+  uses (model.gram_square_norm), and JAX's own DCE does not enter ``while``
+  bodies. JAX has no public DCE entry point; this is the one jit uses.
+  """
+  jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name
@@ -57,12 +65,5 @@ def jaxpr_flops(jaxpr, while_trip_count: int = 1) -> int:
 
 
 def count_matmul_flops(fn, *args, while_trip_count: int = 1) -> int:
-  """Matmul FLOPs of one call of ``fn(*args)``, after dead-code elimination.
-
-  DCE first, as XLA does: a ``custom_vjp`` backward traced into a score also
-  computes parameter cotangents that nothing uses (model.gram_square_norm).
-  JAX has no public DCE entry point; this is the one jit uses.
-  """
-  jaxpr = jax.make_jaxpr(fn)(*args).jaxpr
-  jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
-  return jaxpr_flops(jaxpr, while_trip_count)
+  """Matmul FLOPs of one call of ``fn(*args)`` that XLA keeps (``jaxpr_flops``)."""
+  return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr, while_trip_count)

@@ -44,38 +44,71 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
-@jax.custom_vjp
-def bf16_matmul(a, b):
-  """a @ b on bfloat16 operands with float32 accumulation and result, (M, K) x (K, N) -> (M, N).
+def f32_matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
+  """op(a) @ op(b) in float32, op transposing where asked: plain XLA products."""
+  return jnp.matmul(a.T if transpose_a else a, b.T if transpose_b else b)
 
-  Its derivatives are ``bf16_matmul`` products too, to any order, so a score
-  and the gradient of a score keep the bfloat16 speed (plain autodiff of a
-  cast would multiply float32 cotangents by bfloat16 operands, at float32
-  speed). Operands and cotangents stay float32 outside the products.
+
+def _row_major_transpose(x):
+  """x.T copied to row-major memory: a copy XLA cannot fold back into the product.
+
+  XLA:CPU runs a bfloat16 product at the bfloat16 rate only on row-major,
+  untransposed operands; it computes g W^T and x^T g in float32 otherwise (about
+  1.8x slower at the layer size, ``bench --what=matmul``'s layouts). A flat array
+  has no transposed layout, so the barrier pins the copy.
   """
-  return jnp.dot(a.astype(jnp.bfloat16), b.astype(jnp.bfloat16),
-                 preferred_element_type=jnp.float32)
+  t = x.T
+  return jax.lax.optimization_barrier(t.reshape(-1)).reshape(t.shape)
 
 
-def _bf16_matmul_forward(a, b):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def bf16_matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
+  """op(a) @ op(b) on bfloat16 operands with float32 accumulation and result.
+
+  ``transpose_a``/``transpose_b``: op transposes that operand (copied to row-major
+  bfloat16 first). The derivatives are ``bf16_matmul`` products again, to any
+  order, so a score and the gradient of a score keep the bfloat16 speed (plain
+  autodiff of a cast would multiply float32 cotangents by bfloat16 operands, at
+  float32 speed). Operands and cotangents stay float32 outside the products.
+  """
+  a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
+  if transpose_a:
+    a = _row_major_transpose(a)
+  if transpose_b:
+    b = _row_major_transpose(b)
+  return jnp.dot(a, b, preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_forward(a, b, transpose_a, transpose_b):
   # The product goes through the custom rule again: a higher-order derivative
   # differentiates this function as plain code.
-  return bf16_matmul(a, b), (a, b)
+  return bf16_matmul(a, b, transpose_a, transpose_b), (a, b)
 
 
-def _bf16_matmul_backward(residuals, g):
+def _bf16_matmul_backward(transpose_a, transpose_b, residuals, g):
+  # C = op(A) op(B): d op(A) = G op(B)^T and d op(B) = op(A)^T G, transposed back
+  # where op transposes.
   a, b = residuals
-  return bf16_matmul(g, b.T), bf16_matmul(a.T, g)
+  if transpose_a:
+    grad_a = bf16_matmul(b, g, transpose_b, True)
+  else:
+    grad_a = bf16_matmul(g, b, False, not transpose_b)
+  if transpose_b:
+    grad_b = bf16_matmul(g, a, True, transpose_a)
+  else:
+    grad_b = bf16_matmul(a, g, not transpose_a, False)
+  return grad_a, grad_b
 
 
 bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
 
 
 def matmul_for(matmul_dtype: str) -> Callable:
-  """The product the model uses for ``matmul_dtype`` (one of ``MATMUL_DTYPES``)."""
+  """The product ``(a, b, transpose_a=False, transpose_b=False) -> op(a) @ op(b)`` the
+  model uses for ``matmul_dtype`` (one of ``MATMUL_DTYPES``)."""
   if matmul_dtype not in MATMUL_DTYPES:
     raise ValueError(f"matmul_dtype={matmul_dtype!r}; allowed: {MATMUL_DTYPES}")
-  return bf16_matmul if matmul_dtype == "bfloat16" else jnp.matmul
+  return bf16_matmul if matmul_dtype == "bfloat16" else f32_matmul
 
 
 def _dense_dot_general(matmul, lhs, rhs, dimension_numbers, precision=None,
@@ -88,7 +121,7 @@ def _dense_dot_general(matmul, lhs, rhs, dimension_numbers, precision=None,
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def gram_square_norm(h, w, b, matmul=jnp.matmul):
+def gram_square_norm(h, w, b, matmul=f32_matmul):
   """|h W + b|^2 per row, (B, hidden) -> (B,), differentiated through W W^T.
 
   The gradient w.r.t. h is 2 (h W W^T + W b): one hidden x hidden product in
@@ -96,21 +129,21 @@ def gram_square_norm(h, w, b, matmul=jnp.matmul):
   need z = h W + b; XLA drops them where only dE/dh is used (a score). Any
   order of reverse-mode differentiation works (the denoising loss takes the
   gradient of this gradient w.r.t. the parameters). ``matmul``: the product
-  used (``jnp.matmul`` or ``bf16_matmul``).
+  used (``matmul_for``).
   """
   return _gram_forward(h, w, b, matmul)[0]
 
 
 def _gram_forward(h, w, b, matmul):
   c = w @ b
-  u_plus_c = matmul(h, matmul(w, w.T)) + c
+  u_plus_c = matmul(h, matmul(w, w, transpose_b=True)) + c
   return jnp.sum(h * (u_plus_c + c), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
 
 
 def _gram_backward(matmul, residuals, g):
   h, w, b, u_plus_c = residuals
   gz = 2.0 * g[:, None] * (matmul(h, w) + b)
-  return 2.0 * g[:, None] * u_plus_c, matmul(h.T, gz), jnp.sum(gz, axis=0)
+  return 2.0 * g[:, None] * u_plus_c, matmul(h, gz, transpose_a=True), jnp.sum(gz, axis=0)
 
 
 gram_square_norm.defvjp(_gram_forward, _gram_backward)
@@ -127,7 +160,7 @@ class SplitInputDense(nn.Module):
   in_a: int
   in_b: int
   features: int
-  matmul: Callable = jnp.matmul
+  matmul: Callable = f32_matmul
 
   def setup(self):
     self.kernel = self.param(

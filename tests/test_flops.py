@@ -24,4 +24,8 @@ def test_gram_score_counts_no_parameter_cotangents():
   that only the parameter cotangents would need."""
   h, w, b = jnp.ones((8, 6)), jnp.ones((6, 4)), jnp.ones((4,))
   score = jax.grad(lambda h_: jnp.sum(model.gram_square_norm(h_, w, b)))
-  assert flops.count_matmul_flops(score, h) == 2 * (6 * 4 * 6 + 8 * 6 * 6 + 6 * 4)
+  per_score = 2 * (6 * 4 * 6 + 8 * 6 * 6 + 6 * 4)
+  assert flops.count_matmul_flops(score, h) == per_score
+  # Inside a while loop too (the sampler's descent), where JAX's own DCE does not reach.
+  descent = lambda h_: jax.lax.fori_loop(0, jnp.int32(3), lambda i, x: score(x), h_)  # noqa: E731
+  assert flops.count_matmul_flops(descent, h, while_trip_count=3) == 3 * per_score

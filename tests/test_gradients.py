@@ -1,5 +1,7 @@
 """Gradient flow: per-sample scores, CD through E_neg only, double backprop of the denoiser."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -171,13 +173,19 @@ def _dot_operands(jaxpr):
   return dots
 
 
-def test_bf16_matmul_derivatives_match_autodiff_of_rounded_operands():
-  """bf16_matmul's first and second derivatives equal plain float32 autodiff applied to
-  bfloat16-rounded operands (up to the rounding of the cotangents), and every product in
-  them, at any order, multiplies bfloat16 by bfloat16."""
+@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (False, True),
+                                                     (True, False), (True, True)])
+def test_bf16_matmul_derivatives_match_autodiff_of_rounded_operands(transpose_a, transpose_b):
+  """bf16_matmul's first and second derivatives, for each operand layout, equal plain float32
+  autodiff applied to bfloat16-rounded operands (up to the rounding of the cotangents), and
+  every product in them, at any order, multiplies bfloat16 by bfloat16."""
+  shape_a, shape_b = (24, 32) if transpose_a else (32, 24), (16, 24) if transpose_b else (24, 16)
   a, b = (jax.random.normal(k, s) for k, s in zip(jax.random.split(jax.random.PRNGKey(0)),
-                                                  [(32, 24), (24, 16)]))
+                                                  [shape_a, shape_b]))
   rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+  op_a = lambda x: x.T if transpose_a else x  # noqa: E731
+  op_b = lambda x: x.T if transpose_b else x  # noqa: E731
+  bf16 = lambda x, y: model_lib.bf16_matmul(x, y, transpose_a, transpose_b)  # noqa: E731
 
   def loss(matmul, a_, b_):
     return jnp.sum(jnp.sin(matmul(a_, b_)))
@@ -186,15 +194,51 @@ def test_bf16_matmul_derivatives_match_autodiff_of_rounded_operands():
     """d/db of |d loss / d a|^2: the shape of the denoising loss's gradient."""
     return jax.grad(lambda b_: jnp.sum(jax.grad(loss, 1)(matmul, a, b_) ** 2))(b)
 
-  np.testing.assert_allclose(model_lib.bf16_matmul(a, b), rounded(a) @ rounded(b), rtol=1e-5)
-  np.testing.assert_allclose(jax.grad(loss, 1)(model_lib.bf16_matmul, a, b),
-                             jax.grad(loss, 1)(lambda x, y: rounded(x) @ rounded(y), a, b),
-                             rtol=2e-2, atol=2e-2)
-  want = second_order(lambda x, y: x @ y)
-  np.testing.assert_allclose(second_order(model_lib.bf16_matmul), want, rtol=5e-2,
-                             atol=5e-2 * _max_abs(want))
-  dots = _dot_operands(jax.make_jaxpr(lambda: second_order(model_lib.bf16_matmul))().jaxpr)
+  exact = op_a(rounded(a)) @ op_b(rounded(b))  # bf16 x bf16 products are exact in float32
+  np.testing.assert_allclose(bf16(a, b), exact, rtol=1e-5, atol=1e-6 * _max_abs(exact))
+  for argnum in (1, 2):
+    np.testing.assert_allclose(
+        jax.grad(loss, argnum)(bf16, a, b),
+        jax.grad(loss, argnum)(lambda x, y: op_a(rounded(x)) @ op_b(rounded(y)), a, b),
+        rtol=2e-2, atol=2e-2)
+  want = second_order(lambda x, y: op_a(x) @ op_b(y))
+  np.testing.assert_allclose(second_order(bf16), want, rtol=5e-2, atol=5e-2 * _max_abs(want))
+  dots = _dot_operands(jax.make_jaxpr(lambda: second_order(bf16))().jaxpr)
   assert len(dots) >= 4 and {dtypes for dtypes, _ in dots} == {("bfloat16", "bfloat16")}, dots
+
+
+def test_bf16_matmul_runs_transposed_operands_row_major():
+  """XLA keeps every bfloat16 product of a layer's training in bfloat16 with row-major,
+  untransposed operands (the only layout XLA:CPU runs at the bfloat16 rate; it computes the
+  others in float32): no product of the compiled score-gradient takes a float32 operand."""
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  x, w = jax.random.normal(keys[0], (64, 32)), jax.random.normal(keys[1], (32, 32))
+
+  def score_gradient(w_):
+    score = jax.grad(lambda x_: jnp.sum(jnp.tanh(model_lib.bf16_matmul(x_, w_)) ** 2))(x)
+    return jnp.sum(score ** 2)
+
+  hlo = jax.jit(jax.grad(score_gradient)).lower(w).compile().as_text()
+  dots = _compiled_dots(hlo)
+  assert len(dots) >= 4 and set(dots) == {("bf16", "bf16", "1", "0")}, dots
+
+
+def _compiled_dots(hlo):
+  """(lhs type, rhs type, lhs contracting dim, rhs contracting dim) of every dot in compiled
+  HLO text; operand types are looked up in the dot's computation (its parameters included)."""
+  dots, types = [], {}
+  for line in hlo.splitlines():
+    header = re.match(r"^\S.*?\((.*)\) -> .*\{$", line)
+    if header:
+      types = dict(re.findall(r"([\w.\-]+): (\w+)\[", header.group(1)))
+    defined = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = (\w+)\[", line)
+    if defined:
+      types[defined.group(1)] = defined.group(2)
+    dot = re.search(r" dot\(%([\w.\-]+), %([\w.\-]+)\), lhs_contracting_dims=\{(\d)\}, "
+                    r"rhs_contracting_dims=\{(\d)\}", line)
+    if dot:
+      dots.append((types[dot.group(1)], types[dot.group(2)], dot.group(3), dot.group(4)))
+  return dots
 
 
 @pytest.mark.parametrize("evaluations", [1, 2], ids=["direct", "gram"])
