@@ -43,6 +43,8 @@ def get_config(arg=None):
   c.batch_size = 2048
   c.train_steps = 100_000
   c.learning_rate = 1e-4
+  c.learning_rate_schedule = "constant"  # constant | cosine (to 0 at learning_rate_decay_steps)
+  c.learning_rate_decay_steps = 100_000
   c.adam_b1 = 0.9
   c.adam_b2 = 0.99
   c.grad_clip_norm = 1.0
@@ -68,6 +70,16 @@ def get_config(arg=None):
   c.langevin_grad_clip = 0.0  # > 0: clip each sample's score norm (stabiliser; off)
   c.energy_reg_weight = 0.0  # alpha (E_pos^2 + E_neg^2), Du & Mordatch 2019 (off)
   c.energy_loss_weight = 0.05
+  # Stabilisers of the CD term (the guide's literal values here; see
+  # configs/cd_stable.py and the README's stabiliser study).
+  c.cd_loss = "linear"  # linear: E_pos - E_neg (guide) | logistic: softplus(E_pos - E_neg)
+  c.cd_negatives = "chain"  # chain: the chain's x_t (guide) | renoised: its answer at eps_pos
+  # Any strategy with an energy term: split the gradient into its denoising and
+  # energy parts (free: one backward pass) and log their norms and cosine;
+  # project: drop the energy part's component against the denoising gradient.
+  c.energy_grad_surgery = "none"
+  c.energy_grad_max_ratio = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
+  c.log_grad_conflict = False
   c.use_replay_buffer = False
   c.replay_buffer_size = 10_000  # per bucket
   c.replay_buffer_buckets = 16

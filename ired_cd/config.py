@@ -13,6 +13,10 @@ from ired_cd import model, tasks
 STRATEGIES = ("none", "nce_random", "ired", "cd_langevin", "cd_langevin_replay", "cd_full")
 CD_STRATEGIES = ("cd_langevin", "cd_langevin_replay", "cd_full")
 REPLAY_MIXING = ("sample", "batch")
+CD_LOSSES = ("linear", "logistic")
+CD_NEGATIVES = ("chain", "renoised")
+GRAD_SURGERY = ("none", "project")
+LR_SCHEDULES = ("constant", "cosine")
 
 # The switches each CD stage of the guide turns on (q202, q203, q204).
 STAGE_PRESETS = {
@@ -27,7 +31,10 @@ STAGE_PRESETS = {
 
 # Fields added after runs were first written, with the value that reproduces
 # those runs: a saved config.json without them means that value.
-ADDED_FIELDS = {"matmul_dtype": "float32"}
+ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
+                "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
+                "log_grad_conflict": False, "learning_rate_schedule": "constant",
+                "learning_rate_decay_steps": 100_000}
 
 
 def with_added_fields(saved: dict) -> dict:
@@ -69,7 +76,7 @@ def validate(config, defaults=None):
   for field in ("rank", "batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",
-                "replay_buffer_buckets", "ema_update_every"):
+                "replay_buffer_buckets", "ema_update_every", "learning_rate_decay_steps"):
     value = c[field]
     _check(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
            f"must be a positive integer, got {value!r}")
@@ -93,9 +100,13 @@ def validate(config, defaults=None):
   inner = tuple(c.eval_inner_steps)
   _check(len(inner) > 0 and all(isinstance(k, int) and k >= 0 for k in inner),
          "eval_inner_steps", f"must be a non-empty tuple of integers >= 0, got {inner!r}")
+  for field, allowed in (("cd_loss", CD_LOSSES), ("cd_negatives", CD_NEGATIVES),
+                        ("energy_grad_surgery", GRAD_SURGERY),
+                        ("learning_rate_schedule", LR_SCHEDULES)):
+    _check(c[field] in allowed, field, f"must be one of {allowed}, got {c[field]!r}")
   for field in ("mining_noise_scale", "langevin_sigma_multiplier", "langevin_grad_clip",
                 "energy_reg_weight", "energy_loss_weight", "energy_loss_max_weight",
-                "nce_loss_weight", "ired_noise_scale"):
+                "nce_loss_weight", "ired_noise_scale", "energy_grad_max_ratio"):
     _check(c[field] >= 0, field, f"must be >= 0, got {c[field]!r}")
 
   strategy = c.mining_strategy

@@ -22,6 +22,17 @@ Choices where the guide is open (each tested, each in the README):
     energy loss before the filter, mask and weight are applied.
   * Energy descent in training clamps each sample with its own bound
     2 sqrt(abar_t) (the original used sample 0's bound for the whole batch).
+
+Stabilisers of the CD energy term (off, i.e. the guide's literal values, by
+default; ``configs/cd_stable.py`` turns on the ones the study selected):
+  * ``cd_loss='logistic'``: softplus(E_pos - E_neg), bounded below like IRED's
+    own NCE, instead of the unbounded linear E_pos - E_neg.
+  * ``cd_negatives='renoised'``: each chain's answer x0_estimate(x_neg) is put
+    back at the positive's own noise, q_sample(x0_hat, t, eps_pos), so the pair
+    differs in the answer only (as in IRED's NCE), never in the noise.
+  * The energy term's gradient can be separated from the denoising gradient
+    (``energy_params``, see ``make_loss_fn``) and projected or capped against
+    it in the train step (train.combine_gradients).
 """
 
 from __future__ import annotations
@@ -61,6 +72,11 @@ class LossSettings:
   warmup_steps: int = 20_000
   max_weight: float = 0.05
   timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
+  cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg)
+  cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised: see module doc
+  energy_grad_surgery: str = "none"  # none | project (train.combine_gradients)
+  energy_grad_max_ratio: float = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
+  log_grad_conflict: bool = False  # log both gradients' norms and cosine
   nce_noise_scale: float = 3.0
   nce_descent_steps: int = 2
   nce_loss_weight: float = 0.5
@@ -88,6 +104,11 @@ class LossSettings:
         max_weight=c.energy_loss_max_weight,
         timestep_range=(config_lib.timestep_range(c.energy_loss_timestep_range, c.diffusion_steps)
                         if cd and c.use_timestep_range else None),
+        cd_loss=c.cd_loss,
+        cd_negatives=c.cd_negatives,
+        energy_grad_surgery=c.energy_grad_surgery,
+        energy_grad_max_ratio=c.energy_grad_max_ratio,
+        log_grad_conflict=c.log_grad_conflict,
         nce_noise_scale=c.ired_noise_scale,
         nce_descent_steps=c.ired_descent_steps if c.mining_strategy == "ired" else 0,
         nce_loss_weight=c.nce_loss_weight,
@@ -130,9 +151,14 @@ def residual_keep(residuals, quantile: float, tau: Optional[float]):
   return (residuals >= threshold).astype(jnp.float32)
 
 
-def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0):
-  """Per-sample CD loss E_pos - E_neg (+ alpha (E_pos^2 + E_neg^2)).  (B,) each."""
-  out = e_pos - e_neg
+def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0, form: str = "linear"):
+  """Per-sample CD loss (+ alpha (E_pos^2 + E_neg^2)).  (B,) each.
+
+  form: ``linear`` E_pos - E_neg (the guide; unbounded below, so nothing stops
+  the gap from growing), or ``logistic`` softplus(E_pos - E_neg) (bounded below
+  by 0; its gradient fades once E_neg - E_pos is a few units).
+  """
+  out = e_pos - e_neg if form == "linear" else jax.nn.softplus(e_pos - e_neg)
   if reg_weight:
     out = out + reg_weight * (jnp.square(e_pos) + jnp.square(e_neg))
   return out
@@ -153,8 +179,10 @@ def _paired_energies(energy_fn, params, inp, x_pos, x_neg, t, inp_neg=None):
   return energy_fn.given(params, cond, x_pos)[:, 0], energy_fn.given(params, cond_neg, x_neg)[:, 0]
 
 
-def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, key):
+def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, key,
+                     energy_params=None):
   """The original's NCE: softplus(E_pos - E_neg), negatives from 3x noise (+ descent)."""
+  energy_params = params if energy_params is None else energy_params
   eps = jax.random.normal(key, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps)
   x_neg = schedule.q_sample(x0, t, settings.nce_noise_scale * eps)
@@ -162,7 +190,7 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
     x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.nce_descent_steps,
                            take(schedule.opt_step_size, t), schedule.clamp_bound(t), cond)
   x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
-  e_pos, e_neg = _paired_energies(energy_fn, params, inp, x_pos, x_neg, t)
+  e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_neg, t)
   loss = jax.nn.softplus(e_pos - e_neg)
   if settings.energy_reg_weight:
     loss = loss + settings.energy_reg_weight * (jnp.square(e_pos) + jnp.square(e_neg))
@@ -171,10 +199,16 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
 
 
 def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, key,
-                    step, buffer):
-  """Guide sections A-F. Returns (per-sample loss (B,), weight, metrics, buffer)."""
+                    step, buffer, energy_params=None):
+  """Guide sections A-F. Returns (per-sample loss (B,), weight, metrics, buffer).
+
+  ``energy_params``: the parameters E_pos and E_neg are evaluated with (default
+  ``params``; the chain always runs on ``params`` with gradients stopped).
+  """
+  energy_params = params if energy_params is None else energy_params
   k_pos, k_init, k_mix, k_replay, k_chain = jax.random.split(key, 5)
-  x_pos = schedule.q_sample(x0, t, jax.random.normal(k_pos, x0.shape))
+  eps_pos = jax.random.normal(k_pos, x0.shape)
+  x_pos = schedule.q_sample(x0, t, eps_pos)
   x_init = schedule.q_sample(x0, t, settings.noise_scale * jax.random.normal(k_init, x0.shape))
   inp_neg, chain_cond = inp, cond
   metrics = {}
@@ -201,9 +235,12 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
     metrics["replay_fill"] = replay.fill_fraction(buffer)
 
   # D) the sample is stopped (inside the chain); the energy of the negative is not.
-  e_pos, e_neg = _paired_energies(energy_fn, params, inp, x_pos, x_neg, t,
+  x_compare = x_neg
+  if settings.cd_negatives == "renoised":
+    x_compare = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps_pos)
+  e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_compare, t,
                                   inp_neg if settings.replay_store_condition else None)
-  loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight)
+  loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight, settings.cd_loss)
   if settings.use_residual_filter:
     residuals = residual_fn(inp_neg, schedule.x0_estimate(x_neg, t))
     keep = residual_keep(residuals, settings.residual_filter_quantile, settings.residual_tau)
@@ -218,15 +255,19 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
 
 def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings,
                  residual_fn: Optional[Callable] = None):
-  """Builds ``loss_fn(params, inp, x0, key, step, buffer) -> (loss, (metrics, buffer))``.
+  """Builds ``loss_fn(params, inp, x0, key, step, buffer, energy_params=None) -> (loss, (metrics,
+  buffer))``.
 
   inp: (B, inp_dim), x0: (B, D) targets, step: int32 scalar (optimiser steps
   done), buffer: stacked ReplayBuffer shards (replay.create_sharded) or None.
-  Metrics are device scalars.
+  energy_params: the parameters the energy term's E_pos / E_neg read (default
+  ``params``). Differentiating w.r.t. (params, energy_params) at the same values
+  splits the gradient into its denoising and its energy part in one backward
+  pass; their sum is the gradient of the loss. Metrics are device scalars.
   """
   num_timesteps = schedule.num_timesteps
 
-  def loss_fn(params, inp, x0, key, step, buffer):
+  def loss_fn(params, inp, x0, key, step, buffer, energy_params=None):
     k_t, k_eps, k_neg = jax.random.split(key, 3)
     t = jax.random.randint(k_t, (x0.shape[0],), 0, num_timesteps)
     eps = jax.random.normal(k_eps, x0.shape)
@@ -244,11 +285,11 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
       return loss, (dict(metrics, loss=loss), buffer)
     if settings.strategy in ("ired", "nce_random"):
       energy_loss, weight, extra = _nce_energy_loss(
-          energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg)
+          energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg, energy_params)
     else:
       energy_loss, weight, extra, buffer = _cd_energy_loss(
           energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, k_neg, step,
-          buffer)
+          buffer, energy_params)
     loss = jnp.mean(loss_mse) + weight * jnp.mean(energy_loss)
     metrics.update(extra)
     metrics.update(loss=loss, loss_energy=jnp.mean(energy_loss), energy_weight=weight,

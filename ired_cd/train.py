@@ -65,6 +65,15 @@ class Experiment:
     return EnergyFunction(self.model)
 
 
+def learning_rate_schedule(config):
+  """Adam's step size: constant, or cosine-decayed from ``learning_rate`` to 0 over
+  ``learning_rate_decay_steps`` (a field of its own, so extending ``train_steps``
+  on resume does not change the trajectory so far)."""
+  if config.learning_rate_schedule == "constant":
+    return config.learning_rate
+  return optax.cosine_decay_schedule(config.learning_rate, config.learning_rate_decay_steps)
+
+
 def build_experiment(config) -> Experiment:
   """Validates nothing (call config.validate first); builds the static pieces."""
   task = tasks.get_task(config.task, config.rank)
@@ -73,7 +82,7 @@ def build_experiment(config) -> Experiment:
                     inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype)
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
-      optax.adam(config.learning_rate, b1=config.adam_b1, b2=config.adam_b2))
+      optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2))
   return Experiment(config, task, model, cosine_schedule(config.diffusion_steps), optimizer,
                     strategies.LossSettings.from_config(config))
 
@@ -107,21 +116,70 @@ def init_state(exp: Experiment, seed: Optional[int] = None, mesh=None) -> TrainS
   return jax.jit(build, out_shardings=shardings)()
 
 
+def _dot(a, b):
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                              jax.tree_util.tree_leaves(b)))
+
+
+def combine_gradients(grad_denoise, grad_energy, surgery: str = "none", max_ratio: float = 0.0):
+  """The step's gradient from its denoising and its (weighted) energy part, and instruments.
+
+  surgery ``project`` drops the component of the energy gradient that points
+  against the denoising gradient (PCGrad, Yu et al. 2020): the energy term may
+  then only move the parameters in directions that do not, to first order,
+  raise the denoising loss. ``max_ratio`` > 0 rescales the energy gradient to a
+  norm of at most max_ratio * ||grad_denoise||. Returns (gradient, metrics) with
+  ``grad_norm_denoise``, ``grad_norm_energy`` (before surgery) and their
+  ``grad_cosine``.
+  """
+  dot = _dot(grad_denoise, grad_energy)
+  sq_denoise = _dot(grad_denoise, grad_denoise)
+  norm_denoise, norm_energy = jnp.sqrt(sq_denoise), jnp.sqrt(_dot(grad_energy, grad_energy))
+  metrics = dict(grad_norm_denoise=norm_denoise, grad_norm_energy=norm_energy,
+                 grad_cosine=dot / jnp.maximum(norm_denoise * norm_energy, 1e-30))
+  scale_denoise, scale = jnp.float32(0.0), jnp.float32(1.0)
+  if surgery == "project":  # g_e <- g_e - min(0, <g_e, g_d>) / |g_d|^2 g_d
+    scale_denoise = -jnp.minimum(dot, 0.0) / jnp.maximum(sq_denoise, 1e-30)
+  if max_ratio:
+    projected_sq = (norm_energy ** 2 + 2 * scale_denoise * dot + scale_denoise ** 2 * sq_denoise)
+    projected = jnp.sqrt(jnp.maximum(projected_sq, 0.0))
+    scale = jnp.minimum(1.0, max_ratio * norm_denoise / jnp.maximum(projected, 1e-30))
+  grad = jax.tree_util.tree_map(lambda d, e: d + scale * (e + scale_denoise * d),
+                                grad_denoise, grad_energy)
+  return grad, metrics
+
+
 def make_train_step(exp: Experiment, mesh=None) -> Callable:
   """The un-jitted ``train_step(state) -> (state, metrics)``; with a mesh the batch is
   generated sharded along its data axis."""
   c = exp.config
   loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, exp.loss_settings,
                                     exp.task.residual)
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+  settings = exp.loss_settings
+  split = settings.strategy != "none" and (
+      settings.energy_grad_surgery != "none" or settings.energy_grad_max_ratio > 0
+      or settings.log_grad_conflict)
+  if split:  # d/d(params, energy_params) at the same values: (denoising, energy) parts
+    grad_fn = jax.value_and_grad(
+        lambda p, pe, *args: loss_fn(p, *args, energy_params=pe), argnums=(0, 1), has_aux=True)
+  else:
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
   def train_step(state: TrainState):
     key, k_data, k_loss = jax.random.split(state.key, 3)
     inp, x0 = exp.task.sample(k_data, c.batch_size, c.ood)
     if mesh is not None:
       inp, x0 = jax.lax.with_sharding_constraint((inp, x0), parallel.batch_sharding(mesh))
-    (_, (metrics, buffer)), grads = grad_fn(state.params, inp, x0, k_loss, state.step,
-                                            state.replay)
+    if split:
+      (_, (metrics, buffer)), (grad_denoise, grad_energy) = grad_fn(
+          state.params, state.params, inp, x0, k_loss, state.step, state.replay)
+      grads, conflict = combine_gradients(grad_denoise, grad_energy,
+                                          settings.energy_grad_surgery,
+                                          settings.energy_grad_max_ratio)
+      metrics = dict(metrics, **conflict)
+    else:
+      (_, (metrics, buffer)), grads = grad_fn(state.params, inp, x0, k_loss, state.step,
+                                              state.replay)
     updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, c.ema_decay, c.ema_update_every, c.ema_update_after_step,

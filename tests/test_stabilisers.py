@@ -1,0 +1,210 @@
+"""Stabilisers of the CD energy term: bounded loss, re-noised negatives, gradient split and
+surgery, learning-rate schedule, and their config checks."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from configs import base
+from ired_cd import config as config_lib
+from ired_cd import strategies, train
+from tests import _tiny
+
+D = _tiny.DIM
+
+
+# ------------------------------------------------------------------ bounded CD loss
+def test_logistic_cd_loss_is_softplus_and_bounded():
+  """logistic: softplus(E_pos - E_neg) >= 0 whatever the gap; linear goes to -inf with it."""
+  e_pos = jnp.asarray([0.0, 1.0, -3.0, 0.0])
+  e_neg = jnp.asarray([0.0, 0.0, 0.0, 1e4])
+  logistic = strategies.cd_loss_terms(e_pos, e_neg, form="logistic")
+  np.testing.assert_allclose(logistic, np.log1p(np.exp(np.asarray(e_pos - e_neg))), rtol=1e-6)
+  assert np.all(np.asarray(logistic) >= 0)
+  assert float(strategies.cd_loss_terms(e_pos, e_neg)[3]) == -1e4  # linear: unbounded
+
+
+def test_logistic_gradient_fades_with_the_gap_and_linear_does_not():
+  """d loss / d E_neg is -sigmoid(E_pos - E_neg) (-> 0 for a large gap) vs -1 for linear."""
+  gaps = jnp.asarray([0.0, 2.0, 20.0])
+
+  def grad_neg(form):
+    return jax.grad(lambda n: jnp.sum(strategies.cd_loss_terms(jnp.zeros(3), n, form=form)))(gaps)
+
+  np.testing.assert_allclose(grad_neg("logistic"), -jax.nn.sigmoid(-gaps), rtol=1e-6)
+  assert abs(float(grad_neg("logistic")[2])) < 1e-8
+  np.testing.assert_allclose(grad_neg("linear"), -np.ones(3))
+
+
+def test_logistic_loss_with_regulariser():
+  """The regulariser adds alpha (E_pos^2 + E_neg^2) on top of either form."""
+  e_pos, e_neg = jnp.asarray([1.0, -2.0]), jnp.asarray([0.5, 3.0])
+  got = strategies.cd_loss_terms(e_pos, e_neg, 0.1, "logistic")
+  want = jax.nn.softplus(e_pos - e_neg) + 0.1 * (e_pos ** 2 + e_neg ** 2)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ re-noised negatives
+def _cd_energies(settings, t):
+  fn, params = _tiny.small_energy()
+  k1, k2 = jax.random.split(jax.random.PRNGKey(3))
+  inp, x0 = jax.random.normal(k1, (t.shape[0], D)), 0.5 * jax.random.normal(k2, (t.shape[0], D))
+  key = jax.random.PRNGKey(4)
+  loss, _, metrics, _ = strategies._cd_energy_loss(
+      fn, params, _tiny.schedule(), settings, None, inp, fn.condition(params, inp, t), x0, t,
+      key, jnp.int32(0), None)
+  return fn, params, inp, x0, key, loss, metrics
+
+
+def test_renoised_negative_is_the_chain_answer_at_the_positive_noise():
+  """E_neg is the energy of q_sample(x0_estimate(x_chain), t, eps_pos): the pair shares its
+  noise and differs only in the answer; E_pos is unchanged by the switch."""
+  from ired_cd import langevin
+  t = jnp.arange(_tiny.T, dtype=jnp.int32)
+  chain = strategies.LossSettings("cd_langevin", chain_steps=2)
+  renoised = dataclasses.replace(chain, cd_negatives="renoised")
+  fn, params, inp, x0, key, _, m_chain = _cd_energies(chain, t)
+  *_, m_renoised = _cd_energies(renoised, t)
+  sch = _tiny.schedule()
+  k_pos, k_init, _, _, k_chain = jax.random.split(key, 5)
+  eps_pos = jax.random.normal(k_pos, x0.shape)
+  x_init = sch.q_sample(x0, t, 1.5 * jax.random.normal(k_init, x0.shape))
+  x_chain, _ = langevin.sample_negatives(fn, params, inp, x_init, t, k_chain, 2, sch)
+  x_neg = sch.q_sample(sch.x0_estimate(x_chain, t), t, eps_pos)
+  want = jnp.mean(fn(params, inp, x_neg, t))
+  np.testing.assert_allclose(m_renoised["energy_neg"], want, rtol=1e-5)
+  np.testing.assert_allclose(m_renoised["energy_pos"], m_chain["energy_pos"], rtol=1e-6)
+  np.testing.assert_allclose(m_chain["energy_neg"], jnp.mean(fn(params, inp, x_chain, t)),
+                             rtol=1e-5)
+
+
+# ------------------------------------------------------------------ gradient split and surgery
+def _tree(values):
+  return {"a": jnp.asarray(values[:2], jnp.float32), "b": jnp.asarray(values[2:], jnp.float32)}
+
+
+def _flat(tree):
+  return np.concatenate([np.ravel(tree["a"]), np.ravel(tree["b"])])
+
+
+def test_combine_without_surgery_is_the_sum_and_measures_the_conflict():
+  g_d, g_e = _tree([1.0, 0.0, 0.0]), _tree([-2.0, 0.0, 0.0])
+  grad, m = train.combine_gradients(g_d, g_e)
+  np.testing.assert_allclose(_flat(grad), [-1.0, 0.0, 0.0])
+  np.testing.assert_allclose([m["grad_norm_denoise"], m["grad_norm_energy"], m["grad_cosine"]],
+                             [1.0, 2.0, -1.0], rtol=1e-6)
+
+
+def test_projection_removes_only_the_opposing_component():
+  """project: <g_e', g_d> >= 0 afterwards; the orthogonal part is kept; an agreeing g_e is
+  left as it is."""
+  g_d = _tree([1.0, 0.0, 0.0])
+  grad, m = train.combine_gradients(g_d, _tree([-3.0, 2.0, 1.0]), "project")
+  np.testing.assert_allclose(_flat(grad), [1.0, 2.0, 1.0], rtol=1e-6)  # g_d + (0, 2, 1)
+  assert float(m["grad_cosine"]) < 0  # measured before the surgery
+  agreeing = _tree([0.5, 2.0, 1.0])
+  grad, _ = train.combine_gradients(g_d, agreeing, "project")
+  np.testing.assert_allclose(_flat(grad), [1.5, 2.0, 1.0], rtol=1e-6)
+  rng = np.random.default_rng(0)
+  for _ in range(5):
+    d, e = _tree(rng.normal(size=3)), _tree(rng.normal(size=3))
+    grad, _ = train.combine_gradients(d, e, "project")
+    e_kept = _flat(grad) - _flat(d)
+    assert e_kept @ _flat(d) >= -1e-6
+
+
+def test_ratio_cap_bounds_the_energy_gradient():
+  g_d = _tree([1.0, 0.0, 0.0])
+  grad, _ = train.combine_gradients(g_d, _tree([0.0, 30.0, 40.0]), max_ratio=2.0)
+  np.testing.assert_allclose(_flat(grad), [1.0, 1.2, 1.6], rtol=1e-6)  # |g_e| 50 -> 2
+  grad, _ = train.combine_gradients(g_d, _tree([0.0, 0.3, 0.4]), max_ratio=2.0)
+  np.testing.assert_allclose(_flat(grad), [1.0, 0.3, 0.4], rtol=1e-6)  # under the cap
+  grad, _ = train.combine_gradients(g_d, _tree([-3.0, 30.0, 40.0]), "project", max_ratio=1.0)
+  np.testing.assert_allclose(_flat(grad), [1.0, 0.6, 0.8], rtol=1e-5)  # projected, then capped
+
+
+@pytest.mark.parametrize("strategy", ["ired", "cd_full"])
+def test_split_gradients_sum_to_the_loss_gradient(strategy):
+  """d/d(params, energy_params) at the same values: the parts add up to d loss / d params,
+  the denoising part is that of the denoising loss alone, and the energy part is non-zero."""
+  c = _tiny.tiny_config(strategy, mining_opt_steps=2)
+  exp = train.build_experiment(c)
+  settings = dataclasses.replace(exp.loss_settings, use_energy_schedule=False)
+  loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, settings, exp.task.residual)
+  state = train.init_state(exp)
+  inp, x0 = exp.task.sample(jax.random.PRNGKey(0), c.batch_size)
+  args = (inp, x0, jax.random.PRNGKey(1), jnp.int32(3), state.replay)
+
+  @jax.jit
+  def grads(params):
+    whole = jax.grad(lambda p: loss_fn(p, *args)[0])(params)
+    split = jax.grad(lambda p, pe: loss_fn(p, *args, energy_params=pe)[0], argnums=(0, 1))(
+        params, params)
+    denoise_only = jax.grad(lambda p: loss_fn(p, *args)[1][0]["loss_mse"])(params)
+    return whole, split, denoise_only
+
+  whole, (g_d, g_e), denoise_only = grads(state.params)
+  total = jax.tree_util.tree_map(jnp.add, g_d, g_e)
+  for a, b in zip(jax.tree_util.tree_leaves(total), jax.tree_util.tree_leaves(whole)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  for a, b in zip(jax.tree_util.tree_leaves(g_d), jax.tree_util.tree_leaves(denoise_only)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+  assert float(optax.tree.norm(g_e)) > 0
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(log_grad_conflict=True),
+    dict(cd_loss="logistic", cd_negatives="renoised", energy_grad_surgery="project"),
+    dict(cd_loss="logistic", energy_grad_max_ratio=0.5),
+])
+def test_stabilised_train_steps_run_and_log_the_conflict(overrides):
+  """Smoke: three cd_full steps with each stabiliser are finite and log both gradients."""
+  exp = train.build_experiment(_tiny.tiny_config("cd_full", mining_opt_steps=2, **overrides))
+  step = train.jit_train_step(exp)
+  state = train.init_state(exp)
+  for _ in range(3):
+    state, metrics = step(state)
+  for key in ("loss", "grad_norm", "grad_norm_denoise", "grad_norm_energy", "grad_cosine"):
+    assert np.isfinite(float(metrics[key])), key
+  assert -1.0 <= float(metrics["grad_cosine"]) <= 1.0
+
+
+def test_none_logs_no_conflict():
+  """Without an energy term there is nothing to split: log_grad_conflict is a no-op."""
+  exp = train.build_experiment(_tiny.tiny_config("none", log_grad_conflict=True))
+  _, metrics = train.jit_train_step(exp)(train.init_state(exp))
+  assert "grad_cosine" not in metrics
+
+
+# ------------------------------------------------------------------ schedule and config
+def test_cosine_learning_rate_schedule():
+  c = base.get_config()
+  assert train.learning_rate_schedule(c) == c.learning_rate  # constant by default
+  c.learning_rate, c.learning_rate_schedule, c.learning_rate_decay_steps = 1e-3, "cosine", 100
+  lr = train.learning_rate_schedule(c)
+  np.testing.assert_allclose([lr(0), lr(50), lr(100), lr(200)], [1e-3, 5e-4, 0.0, 0.0],
+                             atol=1e-9)
+
+
+@pytest.mark.parametrize("field, value, allowed", [
+    ("cd_loss", "hinge", "('linear', 'logistic')"),
+    ("cd_negatives", "x0", "('chain', 'renoised')"),
+    ("energy_grad_surgery", "pcgrad", "('none', 'project')"),
+    ("learning_rate_schedule", "linear", "('constant', 'cosine')"),
+])
+def test_bad_stabiliser_values_are_named(field, value, allowed):
+  c = base.get_config()
+  c[field] = value
+  with pytest.raises(config_lib.ConfigError, match=rf"config\.{field}: .*{allowed}"):
+    config_lib.validate(c, base.get_config())
+
+
+def test_negative_ratio_is_refused():
+  c = base.get_config()
+  c.energy_grad_max_ratio = -1.0
+  with pytest.raises(config_lib.ConfigError, match="energy_grad_max_ratio"):
+    config_lib.validate(c)
