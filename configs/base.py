@@ -73,7 +73,9 @@ def get_config(arg=None):
   # Stabilisers of the CD term (the guide's literal values here; see
   # configs/cd_stable.py and the README's stabiliser study).
   c.cd_loss = "linear"  # linear: E_pos - E_neg (guide) | logistic: softplus(E_pos - E_neg)
-  c.cd_negatives = "chain"  # chain: the chain's x_t (guide) | renoised: its answer at eps_pos
+  # chain: the chain's x_t (guide) | renoised: its zero-noise answer at the positive's
+  # noise | denoised: the model's denoised answer from it, at the positive's noise.
+  c.cd_negatives = "chain"
   # Any strategy with an energy term: split the gradient into its denoising and
   # energy parts (free: one backward pass) and log their norms and cosine;
   # project: drop the energy part's component against the denoising gradient.

@@ -14,7 +14,7 @@ STRATEGIES = ("none", "nce_random", "ired", "cd_langevin", "cd_langevin_replay",
 CD_STRATEGIES = ("cd_langevin", "cd_langevin_replay", "cd_full")
 REPLAY_MIXING = ("sample", "batch")
 CD_LOSSES = ("linear", "logistic")
-CD_NEGATIVES = ("chain", "renoised")
+CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
 

@@ -30,6 +30,11 @@ default; ``configs/cd_stable.py`` turns on the ones the study selected):
   * ``cd_negatives='renoised'``: each chain's answer x0_estimate(x_neg) is put
     back at the positive's own noise, q_sample(x0_hat, t, eps_pos), so the pair
     differs in the answer only (as in IRED's NCE), never in the noise.
+    ``'denoised'`` does the same with the model's own denoised answer
+    predict_start_from_noise(x_neg, t, dE/dy(x_neg)): the negative is the answer
+    the model would give from the chain's sample, so a wrong one is a hard
+    negative and the residual filter (which then scores that answer) drops the
+    right ones.
   * The energy term's gradient can be separated from the denoising gradient
     (``energy_params``, see ``make_loss_fn``) and projected or capped against
     it in the train step (train.combine_gradients).
@@ -73,7 +78,7 @@ class LossSettings:
   max_weight: float = 0.05
   timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
   cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg)
-  cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised: see module doc
+  cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised | denoised: module doc
   energy_grad_surgery: str = "none"  # none | project (train.combine_gradients)
   energy_grad_max_ratio: float = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
   log_grad_conflict: bool = False  # log both gradients' norms and cosine
@@ -235,14 +240,19 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
     metrics["replay_fill"] = replay.fill_fraction(buffer)
 
   # D) the sample is stopped (inside the chain); the energy of the negative is not.
+  answer = schedule.x0_estimate(x_neg, t)
+  if settings.cd_negatives == "denoised":
+    score = model_lib.conditioned_score(energy_fn, jax.lax.stop_gradient(params),
+                                        jax.lax.stop_gradient(chain_cond), x_neg)
+    answer = jnp.clip(schedule.predict_start_from_noise(x_neg, t, score), -2.0, 2.0)
   x_compare = x_neg
-  if settings.cd_negatives == "renoised":
-    x_compare = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps_pos)
+  if settings.cd_negatives != "chain":
+    x_compare = schedule.q_sample(answer, t, eps_pos)
   e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_compare, t,
                                   inp_neg if settings.replay_store_condition else None)
   loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight, settings.cd_loss)
   if settings.use_residual_filter:
-    residuals = residual_fn(inp_neg, schedule.x0_estimate(x_neg, t))
+    residuals = residual_fn(inp_neg, answer)
     keep = residual_keep(residuals, settings.residual_filter_quantile, settings.residual_tau)
     loss = loss * keep
     metrics["filter_keep"] = jnp.mean(keep)

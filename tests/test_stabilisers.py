@@ -11,7 +11,7 @@ import pytest
 
 from configs import base
 from ired_cd import config as config_lib
-from ired_cd import strategies, train
+from ired_cd import langevin, strategies, train
 from tests import _tiny
 
 D = _tiny.DIM
@@ -60,13 +60,14 @@ def _cd_energies(settings, t):
   return fn, params, inp, x0, key, loss, metrics
 
 
-def test_renoised_negative_is_the_chain_answer_at_the_positive_noise():
-  """E_neg is the energy of q_sample(x0_estimate(x_chain), t, eps_pos): the pair shares its
-  noise and differs only in the answer; E_pos is unchanged by the switch."""
-  from ired_cd import langevin
+@pytest.mark.parametrize("negatives", ["renoised", "denoised"])
+def test_renoised_negative_is_the_chain_answer_at_the_positive_noise(negatives):
+  """E_neg is the energy of q_sample(answer(x_chain), t, eps_pos): the pair shares its noise
+  and differs only in the answer (renoised: the zero-noise estimate x0_estimate; denoised: the
+  model's prediction from its score); E_pos is unchanged by the switch."""
   t = jnp.arange(_tiny.T, dtype=jnp.int32)
   chain = strategies.LossSettings("cd_langevin", chain_steps=2)
-  renoised = dataclasses.replace(chain, cd_negatives="renoised")
+  renoised = dataclasses.replace(chain, cd_negatives=negatives)
   fn, params, inp, x0, key, _, m_chain = _cd_energies(chain, t)
   *_, m_renoised = _cd_energies(renoised, t)
   sch = _tiny.schedule()
@@ -74,7 +75,12 @@ def test_renoised_negative_is_the_chain_answer_at_the_positive_noise():
   eps_pos = jax.random.normal(k_pos, x0.shape)
   x_init = sch.q_sample(x0, t, 1.5 * jax.random.normal(k_init, x0.shape))
   x_chain, _ = langevin.sample_negatives(fn, params, inp, x_init, t, k_chain, 2, sch)
-  x_neg = sch.q_sample(sch.x0_estimate(x_chain, t), t, eps_pos)
+  answer = sch.x0_estimate(x_chain, t)
+  if negatives == "denoised":
+    score = jax.grad(lambda y: jnp.sum(fn(params, inp, y, t)))(x_chain)
+    answer = jnp.clip(sch.predict_start_from_noise(x_chain, t, score), -2.0, 2.0)
+    assert float(jnp.max(jnp.abs(answer - sch.x0_estimate(x_chain, t)))) > 1e-3
+  x_neg = sch.q_sample(answer, t, eps_pos)
   want = jnp.mean(fn(params, inp, x_neg, t))
   np.testing.assert_allclose(m_renoised["energy_neg"], want, rtol=1e-5)
   np.testing.assert_allclose(m_renoised["energy_pos"], m_chain["energy_pos"], rtol=1e-6)
@@ -160,6 +166,7 @@ def test_split_gradients_sum_to_the_loss_gradient(strategy):
     dict(log_grad_conflict=True),
     dict(cd_loss="logistic", cd_negatives="renoised", energy_grad_surgery="project"),
     dict(cd_loss="logistic", energy_grad_max_ratio=0.5),
+    dict(cd_loss="logistic", cd_negatives="denoised", energy_grad_surgery="project"),
 ])
 def test_stabilised_train_steps_run_and_log_the_conflict(overrides):
   """Smoke: three cd_full steps with each stabiliser are finite and log both gradients."""
@@ -192,7 +199,7 @@ def test_cosine_learning_rate_schedule():
 
 @pytest.mark.parametrize("field, value, allowed", [
     ("cd_loss", "hinge", "('linear', 'logistic')"),
-    ("cd_negatives", "x0", "('chain', 'renoised')"),
+    ("cd_negatives", "x0", "('chain', 'renoised', 'denoised')"),
     ("energy_grad_surgery", "pcgrad", "('none', 'project')"),
     ("learning_rate_schedule", "linear", "('constant', 'cosine')"),
 ])
