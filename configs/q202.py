@@ -1,4 +1,9 @@
-"""q202_cd_langevin: IRED-CD stage 1 (CD loss + short-run Langevin negatives)."""
+"""q202_cd_langevin: IRED-CD stage 1 (CD loss + short-run Langevin negatives).
+
+The guide's JSON key for key, plus the CD stabilisers of ``base.STABILISERS``
+(a deviation: the literal values run away); ``configs/q202.py:guide`` is the
+guide's run exactly. q203 and q204 start from this config.
+"""
 
 from configs import base
 
@@ -28,6 +33,7 @@ def get_config(arg=None):
   c.output_dir = "results/ds_inverse/cd_langevin"
   c.notes = ("Corrected CD loss (detach x_neg, not energy_neg). Langevin sigma=sqrt(2*eta). "
              "k=10 steps. No replay buffer yet.")
+  base.stabilise(c)  # DEVIATION from the guide (base.STABILISERS); ':guide' undoes it
   if arg:
     base.apply_variant(c, arg)
   return c

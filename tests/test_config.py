@@ -9,7 +9,7 @@ from configs import base
 from ired_cd import config as config_lib
 from ired_cd.config import ConfigError
 
-SHIPPED = ("q202", "q203", "q204", "none", "nce_random", "ired")
+SHIPPED = ("q202", "q203", "q204", "cd_stable", "none", "nce_random", "ired")
 
 
 def _validate(c):
@@ -112,6 +112,7 @@ def test_shipped_configs_validate(name, arg):
     assert c.rank == 4 and c.batch_size == 32
   elif arg == "cpu":
     assert c.batch_size == 256 and c.energy_loss_warmup_steps == 20_000
+    assert c.matmul_dtype == "bfloat16" and c.eval_size == 1024
 
 
 def test_unknown_variant_raises():
@@ -245,3 +246,27 @@ def test_guide_json_omissions_keep_defaults():
   assert not c.use_timestep_range and not c.use_residual_filter and not c.use_energy_schedule
   assert c.replay_mixing == "sample" and c.residual_tau is None
   assert not _config("q202").use_timestep_range
+
+
+@pytest.mark.parametrize("name", ["q202", "q203", "q204", "cd_stable"])
+def test_cd_stages_carry_the_stabilisers_and_guide_undoes_them(name):
+  """q202-q204 deviate from the guide by base.STABILISERS (and only there: the guide's keys
+  keep their values, test_configs_reproduce_guide_json); ':guide' restores the literal run."""
+  module = importlib.import_module(f"configs.{name}")
+  stable, literal = module.get_config(), module.get_config("guide")
+  defaults = base.get_config()
+  assert base.STABILISERS and all(defaults[k] != v for k, v in base.STABILISERS.items())
+  assert {k: stable[k] for k in base.STABILISERS} == base.STABILISERS
+  assert {k: literal[k] for k in base.STABILISERS} == {k: defaults[k] for k in base.STABILISERS}
+  differ = {k for k in stable.keys() if stable[k] != literal[k]}
+  assert differ == set(base.STABILISERS)
+
+
+def test_variants_combine_in_order():
+  """'cpu,guide' is the laptop protocol with the guide's literal CD values."""
+  c = importlib.import_module("configs.q204").get_config("cpu,guide")
+  assert (c.batch_size, c.learning_rate, c.learning_rate_schedule) == (256, 1e-3, "cosine")
+  assert c.learning_rate_decay_steps == c.train_steps
+  assert (c.cd_loss, c.cd_negatives, c.energy_grad_surgery) == ("linear", "chain", "none")
+  with pytest.raises(ValueError, match=r"'cpu,huge'"):
+    base.get_config("cpu,huge")

@@ -180,6 +180,18 @@ def test_stabilised_train_steps_run_and_log_the_conflict(overrides):
   assert -1.0 <= float(metrics["grad_cosine"]) <= 1.0
 
 
+def test_surgery_is_a_cd_switch():
+  """Like the other CD switches, surgery and cap leave the baselines (ired, nce_random) as the
+  paper trains them, so a stabilised base config compares them unchanged."""
+  for strategy in ("ired", "nce_random"):
+    c = _tiny.tiny_config(strategy, energy_grad_surgery="project", energy_grad_max_ratio=2.0)
+    s = strategies.LossSettings.from_config(c)
+    assert (s.energy_grad_surgery, s.energy_grad_max_ratio) == ("none", 0.0)
+  s = strategies.LossSettings.from_config(_tiny.tiny_config("cd_langevin",
+                                                            energy_grad_surgery="project"))
+  assert s.energy_grad_surgery == "project"
+
+
 def test_none_logs_no_conflict():
   """Without an energy term there is nothing to split: log_grad_conflict is a no-op."""
   exp = train.build_experiment(_tiny.tiny_config("none", log_grad_conflict=True))
