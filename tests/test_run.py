@@ -94,6 +94,17 @@ def test_collapse_is_a_formed_landscape_gone_flat():
   assert never_formed == [False, False]
 
 
+def test_a_resumed_run_remembers_how_high_the_score_norm_was(tmp_path):
+  """The collapse detector's running max comes back from metrics.jsonl, up to the restored step."""
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step, score in ((10, 3.0), (20, 5.0), (30, 9.0)):
+      f.write(json.dumps({"step": step, "train/score_norm": score}) + "\n")
+    f.write(json.dumps({"step": 30, "eval/mse": 0.5}) + "\n")
+  assert experiment._peak_score(str(tmp_path), 20) == 5.0
+  assert experiment._peak_score(str(tmp_path), 0) == 0.0
+  assert experiment._peak_score(str(tmp_path / "none"), 20) == 0.0
+
+
 def test_run_description_names_what_runs_where():
   mesh = parallel.make_mesh()
   kind = jax.devices()[0].device_kind
