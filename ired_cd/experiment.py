@@ -145,15 +145,14 @@ def describe_run(config, mesh, workdir: str, step: int) -> str:
           f"{config.matmul_dtype} matmuls, {config.train_steps} steps, workdir {workdir}. {start}")
 
 
-def _write_curves(workdir: str) -> Optional[str]:
+def _write_curves(workdir: str) -> None:
   """Draws WORKDIR/curves.png if the run logged a row; a failure is a warning, not an error."""
   if not metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
-    return None
+    return
   try:
-    return plotting.plot_curves(workdir)
+    plotting.plot_curves(workdir)
   except Exception as err:  # noqa: BLE001 - the figure must not mask the run's own outcome
     logging.warning("curves.png not written: %s: %s", type(err).__name__, err)
-    return None
 
 
 def check_devices(config, mesh) -> None:
