@@ -111,8 +111,8 @@ def get_config(arg=None):
   c.log_every = 100
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
-  # Training health: warn once when ||dE/dy|| collapses while the MSE sits near 1,
-  # from this step on (a fresh model starts with a flat landscape).
+  # Training health: warn once when ||dE/dy||, having reached sqrt(D) / 2, collapses
+  # while the MSE sits near 1, from this step on (experiment.collapse_check).
   c.collapse_after_steps = 1_000
 
   if arg:

@@ -30,9 +30,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
-from experiments import plot
+from experiments import cli, plot
 from ired_cd import config as config_lib
-from ired_cd import experiment, metrics_io, tasks
+from ired_cd import experiment, metrics_io, plotting, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
@@ -65,8 +65,8 @@ def is_finished(config, subdir):
   That is a run completed at ``train_steps``, or one that diverged (training is
   deterministic: a rerun from its last checkpoint diverges again).
   """
-  summary = plot.read_json(os.path.join(subdir, "summary.json"))
-  saved = plot.read_json(os.path.join(subdir, "config.json"))
+  summary = plotting.read_json(os.path.join(subdir, "summary.json"))
+  saved = plotting.read_json(os.path.join(subdir, "config.json"))
   if (summary is None or saved is None
       or config_lib.with_added_fields(saved) != json.loads(config.to_json_best_effort())):
     return False
@@ -75,7 +75,7 @@ def is_finished(config, subdir):
 
 
 def _last_value(rows, key):
-  steps, values = plot.series(rows, key)
+  steps, values = plotting.series(rows, key)
   return float(values[-1]) if values.size else None
 
 
@@ -90,12 +90,12 @@ def run_one(config, strategy, seed, subdir):
   tic = time.time()
   skipped = is_finished(config, subdir)
   if skipped:
-    summary = plot.read_json(os.path.join(subdir, "summary.json"))
+    summary = plotting.read_json(os.path.join(subdir, "summary.json"))
   else:
     try:
       summary = experiment.train_and_evaluate(config, subdir, progress=False)
     except experiment.TrainingDiverged as err:
-      summary = plot.read_json(os.path.join(subdir, "summary.json")) or {}
+      summary = plotting.read_json(os.path.join(subdir, "summary.json")) or {}
       summary.update(status="diverged", message=str(err))
     except Exception as err:  # noqa: BLE001 - any failure is recorded; the others go on
       logging.exception("%s seed %d failed", strategy, seed)
@@ -225,7 +225,7 @@ def markdown(report):
 
 def _by_step(runs, key):
   """(steps, values (runs, steps)) on the steps every run logged ``key`` at."""
-  curves = [dict(zip(*plot.series(metrics_io.read_jsonl(
+  curves = [dict(zip(*plotting.series(metrics_io.read_jsonl(
       os.path.join(r["workdir"], "metrics.jsonl")), key))) for r in runs]
   steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
   return np.asarray(steps), np.asarray([[c[s] for s in steps] for c in curves])
@@ -266,7 +266,7 @@ def plot_ablation(report, path):
     if key.startswith("eval/"):
       ax.set_yscale("log")
     elif plotted:
-      plot.set_yscale(ax, np.concatenate(plotted))
+      plotting.set_yscale(ax, np.concatenate(plotted))
     ax.set_title(title + (" (mean over seeds, min–max shaded)" if key.startswith("eval/")
                           else ""))
     ax.set_xlabel("step")
@@ -357,4 +357,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

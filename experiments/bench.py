@@ -28,6 +28,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
+from experiments import cli
 from ired_cd import config as config_lib
 from ired_cd import flops, model, parallel, sampler, train
 
@@ -223,4 +224,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -9,12 +9,14 @@ Any config field can be overridden with --config.<field>=<value>. Rerunning a
 command with the same --workdir resumes from its latest checkpoint.
 """
 
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
+from experiments import cli
 from ired_cd import config as config_lib
 from ired_cd import experiment, parallel
 
@@ -73,7 +75,10 @@ def main(argv):
           f"(mean predictor {summary['eval/mse_mean_predictor']:.5f} / "
           f"{summary['eval/mse_ood_mean_predictor']:.5f}) "
           f"steps/s={summary['train/steps_per_sec'] or float('nan'):.1f} -> {workdir}")
+  curves = os.path.join(workdir, "curves.png")
+  if os.path.exists(curves):
+    print(f"curves: {curves}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from ired_cd import replay as replay_lib
 
@@ -91,8 +92,10 @@ class CheckpointStore:
     return state.replace(replay=jax.device_put(regrouped, shardings))
 
   def _saved_replay_shapes(self, step: int):
-    tree = ocp.StandardCheckpointer().metadata(
-        os.path.join(self.directory, str(step), "default")).item_metadata.tree
+    # The item's own handler: a Checkpointer would also look for step metadata in the item's
+    # directory, where orbax does not write it, and log a warning on every restore.
+    tree = ocp.StandardCheckpointHandler().metadata(
+        epath.Path(self.directory, str(step), "default")).tree
     replay = tree.get("replay") or {}
     return {name: tuple(meta.shape) for name, meta in replay.items() if meta is not None}
 

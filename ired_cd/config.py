@@ -6,7 +6,9 @@ raises ``ConfigError`` naming the bad field and what it may be.
 
 from __future__ import annotations
 
+import difflib
 import logging
+import re
 
 from ired_cd import model, tasks
 
@@ -59,6 +61,21 @@ def apply_strategy(config, strategy: str):
 def _check(ok: bool, field: str, message: str):
   if not ok:
     raise ConfigError(f"config.{field}: {message}")
+
+
+def check_overrides(argv, defaults) -> None:
+  """Raises ConfigError for a ``--config.<field>`` in ``argv`` that ``defaults`` lacks.
+
+  Names the field and the closest known ones; checked before absl parses the
+  flags (ml_collections would raise a traceback from inside its parser).
+  """
+  for arg in argv:
+    match = re.match(r"^--?(?:no)?config\.([^.=]+)", arg)
+    if match and match.group(1) not in defaults:
+      field = match.group(1)
+      close = difflib.get_close_matches(field, list(defaults.keys()), n=3)
+      hint = f"closest: {', '.join(close)}" if close else "every field is in configs/base.py"
+      raise ConfigError(f"--config.{field}: no such config field ({hint})")
 
 
 def validate(config, defaults=None):

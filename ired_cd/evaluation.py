@@ -40,16 +40,8 @@ class Evaluator:
 
   def predict(self, params, inputs, inner_steps: int):
     """Sampler outputs for ``inputs`` (N, inp_dim), in chunks of ``self.chunk``."""
-    key = jax.random.PRNGKey(self.seed)
-    outs = []
-    for i, start in enumerate(range(0, inputs.shape[0], self.chunk)):
-      batch = inputs[start:start + self.chunk]
-      if batch.shape[0] < self.chunk:  # pad so every chunk reuses one compiled sampler
-        batch = np.concatenate([batch, np.zeros((self.chunk - batch.shape[0],) + batch.shape[1:],
-                                                batch.dtype)])
-      out = self._sample(params, batch, jax.random.fold_in(key, i), jnp.int32(inner_steps))
-      outs.append(np.asarray(out))
-    return np.concatenate(outs)[:inputs.shape[0]]
+    return predict(self._sample, params, inputs, inner_steps, self.chunk,
+                   jax.random.PRNGKey(self.seed))
 
   def __call__(self, params, inner_steps: Sequence[int] = (5,)) -> Dict[str, float]:
     """{'mse', 'mse_ood', 'residual', 'residual_ood', 'pred_norm', ...}.
@@ -71,6 +63,23 @@ class Evaluator:
           if n_index == 0 and tag:
             results[f"{name}{suffix}"] = value
     return results
+
+
+def predict(sample, params, inputs, inner_steps: int, chunk: int, key):
+  """``sample``'s outputs (sampler.make_sampler) for ``inputs`` (N, inp_dim) -> (N, out_dim).
+
+  In chunks of ``chunk`` rows, the last one zero-padded so that every chunk
+  reuses one compiled sampler; chunk i starts from the noise of fold_in(key, i).
+  """
+  outs = []
+  for i, start in enumerate(range(0, inputs.shape[0], chunk)):
+    batch = inputs[start:start + chunk]
+    if batch.shape[0] < chunk:
+      batch = np.concatenate([batch, np.zeros((chunk - batch.shape[0],) + batch.shape[1:],
+                                              batch.dtype)])
+    out = sample(params, batch, jax.random.fold_in(key, i), jnp.int32(inner_steps))
+    outs.append(np.asarray(out))
+  return np.concatenate(outs)[:inputs.shape[0]]
 
 
 def mean_predictor_mse(task: tasks.Task, sets, seed: int, n: int = 100_000) -> Dict[str, float]:

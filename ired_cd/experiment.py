@@ -9,6 +9,7 @@ run. Outputs in the workdir:
   tensorboard/     the same scalars as TensorBoard events
   checkpoints/     orbax checkpoints of the full train state
   summary.json     final eval/mse, eval/mse_ood, train/steps_per_sec, steps, wall clock
+  curves.png       the run's curves (plotting.plot_curves), drawn when the run ends
   eval.json        written by evaluate_checkpoint
 """
 
@@ -20,14 +21,15 @@ import math
 import os
 import signal
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import jax
+import ml_collections
 import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
-from ired_cd import checkpoint, evaluation, metrics_io, parallel, train
+from ired_cd import checkpoint, evaluation, metrics_io, parallel, plotting, train
 from ired_cd import config as config_lib
 
 # Fields a resumed run may change: they steer logging and evaluation, not the
@@ -37,8 +39,14 @@ RESUMABLE_FIELDS = frozenset({
     "eval_return_x0", "log_every", "checkpoint_every", "keep_checkpoints", "output_dir",
     "notes", "description", "collapse_after_steps"})
 
-COLLAPSE_SCORE_FRACTION = 0.05  # ||dE/dy|| below this fraction of sqrt(D) ...
-COLLAPSE_MSE = 0.9  # ... while the denoising MSE stays near its null value 1.
+# A collapse is a landscape that had formed and went flat: ||dE/dy|| had reached
+# FORMED_SCORE_FRACTION of sqrt(D) (a fresh model's is near 0) and is now below
+# COLLAPSE_SCORE_FRACTION of sqrt(D) while the denoising MSE stays near its null value 1.
+FORMED_SCORE_FRACTION = 0.5
+COLLAPSE_SCORE_FRACTION = 0.05
+COLLAPSE_MSE = 0.9
+# Config fields that are tuples in the config and lists in config.json.
+TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range")
 
 
 class TrainingDiverged(RuntimeError):
@@ -47,6 +55,18 @@ class TrainingDiverged(RuntimeError):
 
 def _config_dict(config) -> Dict:
   return json.loads(config.to_json_best_effort())
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's resolved config (WORKDIR/config.json) as a ConfigDict, tuples restored."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
+  with open(path) as f:
+    saved = config_lib.with_added_fields(json.load(f))
+  for field in TUPLE_FIELDS:
+    saved[field] = tuple(saved[field])
+  return ml_collections.ConfigDict(saved)
 
 
 def check_workdir(config, workdir: str, allow_config_change: bool = False):
@@ -90,9 +110,49 @@ class _StopSignal:
       signal.signal(sig, handler)
 
 
-def _collapsed(metrics, out_dim: int) -> bool:
-  return (metrics["score_norm"] < COLLAPSE_SCORE_FRACTION * math.sqrt(out_dim)
-          and metrics["loss_mse"] > COLLAPSE_MSE)
+def collapse_check(peak_score: float, score_norm: float, loss_mse: float,
+                   out_dim: int) -> Tuple[float, bool]:
+  """(running max of ||dE/dy|| with this row, whether this row shows a collapse).
+
+  ``peak_score``: the running max of the rows before. A collapse needs a
+  landscape that had formed (peak >= FORMED_SCORE_FRACTION sqrt(D)) and is flat
+  now (||dE/dy|| < COLLAPSE_SCORE_FRACTION sqrt(D), MSE > COLLAPSE_MSE); a model
+  that has not learned yet is not collapsed.
+  """
+  scale = math.sqrt(out_dim)
+  collapsed = (peak_score >= FORMED_SCORE_FRACTION * scale
+               and score_norm < COLLAPSE_SCORE_FRACTION * scale and loss_mse > COLLAPSE_MSE)
+  return max(peak_score, score_norm), collapsed
+
+
+def _peak_score(workdir: str, step: int) -> float:
+  """The running max of train/score_norm over the logged rows up to ``step`` (0.0 if none)."""
+  rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  return max((float(r["train/score_norm"]) for r in rows
+              if "train/score_norm" in r and r["step"] <= step), default=0.0)
+
+
+def describe_run(config, mesh, workdir: str, step: int) -> str:
+  """The run's one-line description: what, on which devices, how big, from where."""
+  devices = parallel.data_size(mesh)
+  kind = mesh.devices.flat[0].device_kind
+  hosts = f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
+  mesh_shape = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
+  start = f"Resuming from the checkpoint at step {step}." if step else "Starting fresh."
+  return (f"{config.mining_strategy}, {config.task} {config.rank}x{config.rank}: {devices} "
+          f"{kind} device{'s' if devices > 1 else ''}{hosts} (mesh {mesh_shape}), batch "
+          f"{config.batch_size} ({config.batch_size // devices} per device), "
+          f"{config.matmul_dtype} matmuls, {config.train_steps} steps, workdir {workdir}. {start}")
+
+
+def _write_curves(workdir: str) -> None:
+  """Draws WORKDIR/curves.png if the run logged a row; a failure is a warning, not an error."""
+  if not metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
+    return
+  try:
+    plotting.plot_curves(workdir)
+  except Exception as err:  # noqa: BLE001 - the figure must not mask the run's own outcome
+    logging.warning("curves.png not written: %s: %s", type(err).__name__, err)
 
 
 def check_devices(config, mesh) -> None:
@@ -132,9 +192,10 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   step = 0
   if restored is not None:
     state, step = restored, restored_step
-    logging.info("Resuming from the checkpoint at step %d in %s.", step, store.directory)
-    tqdm.tqdm.write(f"Resuming from the checkpoint at step {step} ({store.directory}).")
+  description = describe_run(config, mesh, workdir, step)
+  logging.info(description)
   if main_process:
+    tqdm.tqdm.write(description)
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
   evaluator = evaluation.Evaluator(exp)
@@ -143,6 +204,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   runners = {}
   train_time, timed_steps = 0.0, 0
   collapse_step = None
+  peak_score = _peak_score(workdir, step)
   status = "completed"
   last_eval = None
 
@@ -160,16 +222,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     with _StopSignal() as stop:
       while step < config.train_steps and not _any_process(stop.received is not None):
         chunk = min(config.log_every - step % config.log_every, config.train_steps - step)
-        compiling = chunk not in runners
-        if compiling:
-          runners[chunk] = train.make_multi_step(exp, chunk, mesh, state)
+        if chunk not in runners:  # compiled ahead of time: the timing below is execution only
+          runners[chunk] = train.make_multi_step(exp, chunk, mesh, state).lower(state).compile()
         tic = time.perf_counter()
         state, metrics = runners[chunk](state)
         metrics = jax.device_get(metrics)
         elapsed = time.perf_counter() - tic
-        if not compiling:
-          train_time += elapsed
-          timed_steps += chunk
+        train_time += elapsed
+        timed_steps += chunk
         if metrics["nonfinite_steps"] or not metrics["params_finite"]:
           first = step + int(metrics["first_nonfinite"]) + 1
           good = store.steps()
@@ -188,13 +248,15 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
         row = {f"train/{k}": v for k, v in metrics.items()
                if k not in ("nonfinite_steps", "params_finite", "first_nonfinite")}
         row["train/steps_per_sec"] = chunk / elapsed
-        if (collapse_step is None and step >= config.collapse_after_steps
-            and _collapsed(metrics, exp.task.out_dim)):
+        peak_before = peak_score
+        peak_score, collapsed = collapse_check(peak_score, float(metrics["score_norm"]),
+                                               float(metrics["loss_mse"]), exp.task.out_dim)
+        if collapse_step is None and step >= config.collapse_after_steps and collapsed:
           collapse_step = step
           warning = (f"COLLAPSE at step {step}: ||dE/dy|| = {metrics['score_norm']:.3g} "
-                     f"(healthy ~{math.sqrt(exp.task.out_dim):.0f}) while the denoising MSE is "
-                     f"{metrics['loss_mse']:.3f}: the energy landscape has gone flat "
-                     "(null predictor).")
+                     f"(healthy ~{math.sqrt(exp.task.out_dim):.0f}, up to {peak_before:.3g} "
+                     f"before) while the denoising MSE is {metrics['loss_mse']:.3f}: the energy "
+                     "landscape has gone flat (null predictor).")
           logging.warning(warning)
         if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
           last_eval = evaluate()
@@ -229,6 +291,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     bar.close()
     if writer is not None:
       writer.close()
+      _write_curves(workdir)
     store.close()
 
 

@@ -3,7 +3,9 @@
 A task is a pure function ``sample(key, batch_size, ood) -> (inputs, targets)``
 with inputs (B, inp_dim) and targets (B, out_dim), float32, plus an optional
 oracle ``residual(inputs, x) -> (B,)`` that scores a candidate answer without
-the target (used by the CD residual filter against false negatives).
+the target (used by the CD residual filter against false negatives) and an
+optional ``exact(inputs) -> targets`` on the host (numpy, float64), where the
+answer can be computed directly (scoring a user's problems, ired_cd.solve).
 
 Evaluation sets are drawn on the host in float64 with numpy's legacy
 ``RandomState`` exactly like the PyTorch reference, so our evaluation matrices
@@ -28,6 +30,7 @@ class Task:
   sample: Callable  # (key, batch_size, ood) -> (inputs, targets)
   sample_numpy: Callable  # (np.random.RandomState, n, ood) -> float64 (inputs, targets)
   residual: Optional[Callable] = None  # (inputs, x) -> (B,)
+  exact: Optional[Callable] = None  # numpy inputs (B, inp_dim) -> float64 targets (B, out_dim)
 
 
 # --------------------------------------------------------------------- inverse
@@ -86,6 +89,13 @@ def inverse_residual(inputs, x):
   return jnp.sqrt(jnp.sum(jnp.square(ax - jnp.eye(n, dtype=ax.dtype)), axis=(-2, -1)))
 
 
+def inverse_exact(inputs):
+  """A^{-1} by numpy.linalg.inv in float64.  (B, n^2) -> (B, n^2)."""
+  n = int(round(inputs.shape[-1] ** 0.5))
+  a = np.asarray(inputs, np.float64).reshape(-1, n, n)
+  return np.linalg.inv(a).reshape(a.shape[0], -1)
+
+
 # --------------------------------------------------------------------- addition
 def addition_sample(key, batch_size: int, ood: bool = False, rank: int = 20):
   """Inputs [A1, A2] (B, 2 n^2) with entries U(-s, s), s = 1 (ood: 2.5); target A1 + A2."""
@@ -104,6 +114,13 @@ def addition_residual(inputs, x):
   """||X - (A1 + A2)||_F per sample."""
   half = inputs.shape[-1] // 2
   return jnp.sqrt(jnp.sum(jnp.square(x - inputs[:, :half] - inputs[:, half:]), axis=-1))
+
+
+def addition_exact(inputs):
+  """A1 + A2 in float64.  (B, 2 n^2) -> (B, n^2)."""
+  inputs = np.asarray(inputs, np.float64)
+  half = inputs.shape[-1] // 2
+  return inputs[:, :half] + inputs[:, half:]
 
 
 # --------------------------------------------------------------------- lowrank
@@ -136,10 +153,11 @@ def get_task(name: str, rank: int = 20) -> Task:
   dim = rank * rank
   bind = lambda f: (lambda key_or_rng, n, ood=False: f(key_or_rng, n, ood, rank))  # noqa: E731
   if name == "inverse":
-    return Task(name, dim, dim, bind(inverse_sample), bind(inverse_sample_numpy), inverse_residual)
+    return Task(name, dim, dim, bind(inverse_sample), bind(inverse_sample_numpy), inverse_residual,
+                inverse_exact)
   if name == "addition":
     return Task(name, 2 * dim, dim, bind(addition_sample), bind(addition_sample_numpy),
-                addition_residual)
+                addition_residual, addition_exact)
   if name == "lowrank":
     return Task(name, dim, dim, bind(lowrank_sample), bind(lowrank_sample_numpy), None)
   raise ValueError(f"task must be one of {TASK_NAMES}, got {name!r}")

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from configs import base, q204
-from experiments import ablate, plot
-from ired_cd import checkpoint, config as config_lib, experiment, metrics_io, train
+from experiments import ablate
+from ired_cd import checkpoint, config as config_lib, experiment, metrics_io, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,9 +39,16 @@ def restored(config, workdir, step=None):
   return state, at
 
 
-def test_end_to_end_outputs(tmp_path):
+def test_end_to_end_outputs(tmp_path, capsys, caplog):
   workdir = str(tmp_path / "run")
   summary = experiment.train_and_evaluate(tiny(), workdir, progress=False)
+  assert capsys.readouterr().out.splitlines()[0] == (
+      f"cd_full, inverse 4x4: 1 {jax.devices()[0].device_kind} device (mesh data=1), batch 32 "
+      f"(32 per device), float32 matmuls, 40 steps, workdir {workdir}. Starting fresh.")
+  with open(os.path.join(workdir, "curves.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  # A fresh model whose landscape has not formed yet is not a collapse.
+  assert summary["collapse_step"] is None and "COLLAPSE" not in caplog.text
   for name in ("config.json", "metrics.jsonl", "summary.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert any(f.startswith("events") for f in os.listdir(os.path.join(workdir, "tensorboard")))
@@ -61,6 +68,49 @@ def test_end_to_end_outputs(tmp_path):
   assert on_disk["steps"] == 40 and on_disk["status"] == "completed"
   assert sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints"))) == [20, 40]
   assert json.load(open(os.path.join(workdir, "config.json")))["mining_strategy"] == "cd_full"
+
+
+def test_steps_per_sec_of_a_one_chunk_run_is_a_number(tmp_path):
+  """Compilation happens ahead of the timed calls: a run of one host call still has a rate."""
+  summary = experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), str(tmp_path),
+                                          progress=False)
+  rate = json.load(open(tmp_path / "summary.json"))["train/steps_per_sec"]
+  assert isinstance(rate, float) and rate > 0 and rate == summary["train/steps_per_sec"]
+
+
+def test_collapse_is_a_formed_landscape_gone_flat():
+  """sqrt(D) = 4: flat from the start is no collapse; formed (>= 2) then flat (< 0.2) with
+  the MSE near 1 is, and only then; flat with a low MSE is not."""
+  sequence = [(0.01, 0.99), (0.05, 0.99), (1.0, 0.8), (3.9, 0.3), (2.5, 0.5), (0.1, 0.5),
+              (0.1, 0.95), (0.05, 0.99)]
+  peak, flags = 0.0, []
+  for score, mse in sequence:
+    peak, collapsed = experiment.collapse_check(peak, score, mse, out_dim=16)
+    flags.append(collapsed)
+  assert flags == [False, False, False, False, False, False, True, True]
+  assert peak == 3.9
+  never_formed = [experiment.collapse_check(1.9, 0.01, 0.99, 16)[1],
+                  experiment.collapse_check(0.0, 0.0, 1.0, 16)[1]]
+  assert never_formed == [False, False]
+
+
+def test_a_resumed_run_remembers_how_high_the_score_norm_was(tmp_path):
+  """The collapse detector's running max comes back from metrics.jsonl, up to the restored step."""
+  with open(tmp_path / "metrics.jsonl", "w") as f:
+    for step, score in ((10, 3.0), (20, 5.0), (30, 9.0)):
+      f.write(json.dumps({"step": step, "train/score_norm": score}) + "\n")
+    f.write(json.dumps({"step": 30, "eval/mse": 0.5}) + "\n")
+  assert experiment._peak_score(str(tmp_path), 20) == 5.0
+  assert experiment._peak_score(str(tmp_path), 0) == 0.0
+  assert experiment._peak_score(str(tmp_path / "none"), 20) == 0.0
+
+
+def test_run_description_names_what_runs_where():
+  mesh = parallel.make_mesh()
+  kind = jax.devices()[0].device_kind
+  assert experiment.describe_run(tiny("none", matmul_dtype="bfloat16"), mesh, "w", 20) == (
+      f"none, inverse 4x4: 1 {kind} device (mesh data=1), batch 32 (32 per device), bfloat16 "
+      "matmuls, 40 steps, workdir w. Resuming from the checkpoint at step 20.")
 
 
 def test_resume_is_exact(tmp_path):
@@ -119,7 +169,7 @@ def test_run_written_before_an_added_field_resumes(tmp_path):
   saved = json.load(open(path))
   del saved["matmul_dtype"]
   metrics_io.write_json_atomic(path, saved)
-  assert plot.load_config(workdir).matmul_dtype == "float32"
+  assert experiment.load_config(workdir).matmul_dtype == "float32"
   assert ablate.is_finished(tiny(train_steps=10, eval_every=0), workdir)
   with pytest.raises(config_lib.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
     experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
@@ -150,6 +200,8 @@ def test_cli_sigterm_checkpoints_resume_and_eval(tmp_path):
   resumed = run_cli(*args, f"--config.train_steps={stopped + 10}")
   assert resumed.returncode == 0, resumed.stderr
   assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr + resumed.stdout
+  assert resumed.stdout.splitlines()[-2].startswith(f"done: steps={stopped + 10} eval/mse=")
+  assert resumed.stdout.splitlines()[-1] == f"curves: {os.path.join(workdir, 'curves.png')}"
   assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == stopped + 10
   evaluated = run_cli(*args, "--mode=eval", "--eval_inner_steps=0,5", "--eval_size=16")
   assert evaluated.returncode == 0, evaluated.stderr
@@ -173,6 +225,17 @@ def test_cli_bad_input_names_the_field(tmp_path, override, field):
   assert result.returncode != 0
   assert f"config.{field}" in result.stderr
   assert not workdir.exists()  # nothing compiled, nothing written
+
+
+def test_cli_unknown_config_field_is_one_line_with_the_closest_names(tmp_path):
+  workdir = tmp_path / "run"
+  result = run_cli("--config=configs/q204.py:tiny", f"--workdir={workdir}",
+                   "--config.mining_opt_step=5", timeout=60)
+  assert result.returncode != 0
+  assert result.stderr.strip().splitlines() == [
+      "error: --config.mining_opt_step: no such config field (closest: mining_opt_steps, "
+      "mining_strategy, mining_noise_scale)"]
+  assert not workdir.exists()
 
 
 def test_unknown_key_in_config_file_is_rejected():

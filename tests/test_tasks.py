@@ -155,3 +155,14 @@ def test_spd_inverse_matches_numpy():
   want = np.linalg.inv(a)
   rel = np.linalg.norm(x - want, axis=(1, 2)) / np.linalg.norm(want, axis=(1, 2))
   assert rel.max() < 1e-3, rel.max()
+
+
+@pytest.mark.parametrize("name", tasks.TASK_NAMES)
+def test_exact_answers_are_the_targets(name):
+  """``exact`` recomputes the float64 host targets from the inputs (lowrank has none)."""
+  task = tasks.get_task(name, 5)
+  inputs, targets = task.sample_numpy(np.random.RandomState(2), 6, True)
+  if name == "lowrank":
+    assert task.exact is None
+  else:
+    np.testing.assert_allclose(task.exact(inputs), targets, rtol=1e-9, atol=1e-12)

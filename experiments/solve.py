@@ -1,0 +1,111 @@
+r"""Solve your own problems with a trained run (ired_cd.solve).
+
+  python -m experiments.solve --workdir=results/ds_inverse/cd_full_cpu --input=A.npy \
+      --output=X.npy --inner_steps=5,10,20
+
+For the inverse task A.npy holds matrices, (n, rank, rank) or (n, rank^2);
+the answers X ~ A^{-1} have the same layout: X.npy for one inner-step count,
+X_steps5.npy, X_steps10.npy, ... for several. Uses the EMA parameters of the
+newest (or --checkpoint_step) checkpoint; the answers are the sampler's
+unscaled x0. Prints per inner-step count the mean and median residual
+(||A X - I||_F) and the MSE against the exact answer (numpy.linalg.inv), where
+the task has them. Bad input: one line on stderr, exit 1, nothing written.
+Problems unlike the training inputs are solved with a warning line each.
+"""
+
+import os
+import sys
+
+import numpy as np
+from absl import app, flags, logging
+
+from ired_cd import solve, tasks
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments.run (required).")
+_INPUT = flags.DEFINE_string("input", None, ".npy file of problems (required).")
+_OUTPUT = flags.DEFINE_string("output", None, ".npy file for the answers (required); with "
+                              "several --inner_steps, one file per count: X_steps5.npy, ...")
+_INNER = flags.DEFINE_list("inner_steps", ["5"], "Inner descent steps per timestep, e.g. 5,10,20.")
+_STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the newest).")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampler's start noise.")
+
+# How the printout names each task's residual and exact answer.
+METRIC_NAMES = {"inverse": ("||A X - I||_F", "numpy.linalg.inv"),
+                "addition": ("||X - (A1 + A2)||_F", "A1 + A2")}
+
+
+def read_input(path):
+  """The array in the .npy file ``path``; SolveError naming --input otherwise."""
+  try:
+    array = np.load(path, allow_pickle=False)
+  except (OSError, ValueError, EOFError) as err:
+    raise solve.SolveError("input", f"cannot read {path} as a .npy array ({err})") from err
+  if not isinstance(array, np.ndarray):
+    array.close()
+    raise solve.SolveError("input", f"{path} is a .npz archive; one .npy array expected")
+  return array
+
+
+def output_paths(output, inner_steps):
+  """{inner_steps: path}: ``output`` for one count, <stem>_steps<k>.npy for several."""
+  stem = output[:-len(".npy")] if output.endswith(".npy") else output
+  if len(inner_steps) == 1:
+    return {inner_steps[0]: f"{stem}.npy"}
+  return {k: f"{stem}_steps{k}.npy" for k in inner_steps}
+
+
+def check_output(output):
+  parent = os.path.dirname(os.path.abspath(output))
+  if not os.path.isdir(parent):
+    raise solve.SolveError("output", f"directory {parent} does not exist")
+  if os.path.isdir(output):
+    raise solve.SolveError("output", f"{output} is a directory; name a .npy file")
+
+
+def describe(task_name, metrics):
+  residual, exact = METRIC_NAMES.get(task_name, ("residual", "the exact answer"))
+  parts = []
+  if "residual_mean" in metrics:
+    parts.append(f"residual {residual} mean {metrics['residual_mean']:.5g} median "
+                 f"{metrics['residual_median']:.5g}")
+  if "mse" in metrics:
+    parts.append(f"MSE vs {exact} {metrics['mse']:.5g}")
+  return ", ".join(parts) or "no residual or exact answer for this task"
+
+
+def main(argv):
+  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
+    logging.set_verbosity(logging.WARNING)
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  try:
+    for flag in (_WORKDIR, _INPUT, _OUTPUT):
+      if not flag.value:
+        raise solve.SolveError(flag.name, "required")
+    try:
+      inner_steps = solve.check_inner_steps([int(k) for k in _INNER.value])
+    except ValueError as err:
+      raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
+    config = solve.read_config(_WORKDIR.value, _STEP.value)
+    task = tasks.get_task(config.task, config.rank)
+    inputs = read_input(_INPUT.value)
+    problems = solve.check_inputs(inputs, task, config.rank)
+    check_output(_OUTPUT.value)
+  except solve.SolveError as err:
+    sys.exit(f"error: --{err.field}: {err.message}")
+  for line in solve.distribution_warnings(task, config.rank, problems):
+    print(f"warning: {line}", file=sys.stderr)
+  model = solve.load(_WORKDIR.value, _STEP.value)
+  print(f"{len(problems)} {task.name} problems ({config.rank}x{config.rank}), run "
+        f"{_WORKDIR.value} ({config.mining_strategy}), checkpoint step {model.step}, EMA "
+        "parameters; answers: the sampler's unscaled x0")
+  shape = solve.answer_shape(inputs.shape, task, config.rank)
+  for k, path in output_paths(_OUTPUT.value, inner_steps).items():
+    answers = solve.answer(model, problems, k, _SEED.value)
+    np.save(path, answers.reshape(shape))
+    print(f"inner_steps={k}: {describe(task.name, solve.score(task, problems, answers))} "
+          f"-> {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,105 @@
+"""The figure of one run's curves (WORKDIR/curves.png), drawn from its metrics.jsonl.
+
+Matplotlib's object API (no pyplot): drawing does not select or need a
+display backend, so a training run can write its own figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ired_cd import metrics_io, tasks
+
+
+def series(rows, key):
+  """(steps, values) of the rows that carry ``key``; non-finite values (stored as text) too."""
+  points = [(r["step"], float(r[key])) for r in rows if key in r]
+  steps, values = zip(*points) if points else ((), ())
+  return np.asarray(steps, dtype=np.int64), np.asarray(values, dtype=np.float64)
+
+
+def set_yscale(ax, values):
+  """Log scale for positive data, symlog where it crosses zero (energies, CD losses)."""
+  finite = values[np.isfinite(values)]
+  if finite.size and np.all(finite > 0):
+    ax.set_yscale("log")
+  elif finite.size:
+    # Linear up to the typical magnitude, log beyond (a runaway stays on the axis); few
+    # decade ticks, so the labels around zero stay apart.
+    magnitudes = np.abs(finite[finite != 0])
+    ax.set_yscale("symlog", linscale=2.0,
+                  linthresh=float(np.median(magnitudes)) if magnitudes.size else 1.0)
+    ax.yaxis.get_major_locator().set_params(numticks=6)
+
+
+def read_json(path):
+  """The JSON object in ``path``, or None when there is none."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def _health_panels(out_dim):
+  """(title, [(key, style)], reference lines) of each training-health panel."""
+  return [
+      ("energy gap E_neg - E_pos", [("train/energy_gap", "-")], []),
+      ("‖∇E‖ (score norm)", [("train/score_norm", "-")],
+       [(math.sqrt(out_dim), f"√D = {math.sqrt(out_dim):.3g} (healthy)")]),
+      ("x0 prediction norm", [("train/pred_norm", "-"), ("train/target_norm", "--")], []),
+      ("Langevin displacement", [("train/langevin_displacement", "-")], []),
+  ]
+
+
+def plot_curves(workdir):
+  """Writes WORKDIR/curves.png from metrics.jsonl, config.json and summary.json; returns its path."""
+  rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  if not rows:
+    raise FileNotFoundError(f"no metrics rows in {os.path.join(workdir, 'metrics.jsonl')}")
+  config = read_json(os.path.join(workdir, "config.json"))
+  if config is None:
+    raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
+  summary = read_json(os.path.join(workdir, "summary.json")) or {}
+  out_dim = tasks.get_task(config["task"], config["rank"]).out_dim
+  panels = [("training loss", [("train/loss", "-"), ("train/loss_mse", "--")], []),
+            ("eval MSE (sampler, EMA)", [("eval/mse", "-o"), ("eval/mse_ood", "-s")], [])]
+  panels += _health_panels(out_dim)
+  panels = [p for p in panels if any(series(rows, key)[0].size for key, _ in p[1])]
+  ncols = 3
+  nrows = math.ceil(len(panels) / ncols)
+  fig = Figure(figsize=(5 * ncols, 3.6 * nrows))
+  axes = fig.subplots(nrows, ncols, squeeze=False)
+  for ax, (title, keys, references) in zip(axes.flat, panels):
+    values = []
+    for key, style in keys:
+      steps, ys = series(rows, key)
+      line, = ax.plot(steps, ys, style, ms=3, label=key.split("/", 1)[1])
+      values.append(ys)
+      baseline = series(rows, f"{key}_mean_predictor")[1]
+      if key.startswith("eval/") and baseline.size:
+        ax.axhline(baseline[-1], ls="--", color=line.get_color(), lw=1,
+                   label=f"{key.split('/', 1)[1]} mean predictor")
+    for value, label in references:
+      ax.axhline(value, ls=":", color="gray", label=label)
+    if summary.get("collapse_step") is not None:
+      ax.axvline(summary["collapse_step"], color="red", ls=":", lw=1, label="collapse")
+    set_yscale(ax, np.concatenate(values))
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  for ax in axes.flat[len(panels):]:
+    ax.set_visible(False)
+  status = summary.get("status", "no summary")
+  fig.suptitle(f"{workdir}: {config['mining_strategy']}, seed {config['seed']}, {status}"
+               + (f", collapsed at step {summary['collapse_step']}"
+                  if summary.get("collapse_step") is not None else ""))
+  fig.tight_layout()
+  path = os.path.join(workdir, "curves.png")
+  fig.savefig(path, dpi=110)
+  return path

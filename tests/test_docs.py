@@ -1,0 +1,216 @@
+"""Documented commands: every `python -m experiments.<tool> ...` in README.md and docs/*.md
+names an existing tool, config file and variant, and only flags and config fields that exist.
+
+Commands are parsed, not run. A tool's flags are read by importing it in a subprocess
+(absl refuses a flag defined by two modules, and the tools share names such as --workdir).
+"""
+
+import functools
+import glob
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from configs import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = ["README.md"] + sorted(os.path.relpath(p, REPO)
+                              for p in glob.glob(os.path.join(REPO, "docs", "*.md")))
+COMMAND = re.compile(r"python3? -m experiments\.(\w+)")
+OPERATORS = set(";&|<>")
+FLAG = re.compile(r"^--?([^=]+)")
+
+# Prints the flags a tool accepts (its own, absl's, and app.run's help flags) as JSON.
+_FLAGS_SCRIPT = """
+import importlib, json, sys
+from absl import app, flags
+from ml_collections.config_flags.config_flags import is_config_flag
+importlib.import_module("experiments." + sys.argv[1])
+app.define_help_flags()
+F = flags.FLAGS
+print(json.dumps({name: {"boolean": F[name].boolean, "config": is_config_flag(F[name]),
+                         "default": F[name].default_as_str} for name in F}))
+"""
+
+
+def code_lines(markdown):
+  """The shell text of a markdown document, one logical line each.
+
+  Fenced blocks line by line, a trailing backslash joining the next line; outside
+  them, each inline code span (which may wrap across lines) as one line.
+  """
+  lines, prose, fenced, pending = [], [], False, ""
+  for line in markdown.splitlines():
+    if line.strip().startswith("```"):
+      fenced = not fenced
+      continue
+    if not fenced:
+      prose.append(line)
+    elif line.rstrip().endswith("\\"):
+      pending += line.rstrip()[:-1] + " "
+    else:
+      lines.append(pending + line)
+      pending = ""
+  spans = re.findall(r"`([^`]+)`", "\n".join(prose))
+  return lines + [span.replace("\n", " ") for span in spans]
+
+
+def shell_words(text):
+  """The words of ``text`` up to the first shell operator (&&, |, ;, >).
+
+  A command quoted inside another (ssh --command="... python -m ...") ends at its
+  closing quote: the unbalanced quote and what follows it are dropped.
+  """
+  while True:
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+      words = list(lexer)
+      break
+    except ValueError:  # no closing quotation
+      text = text[:max(text.rfind('"'), text.rfind("'"))]
+  end = next((i for i, w in enumerate(words) if set(w) <= OPERATORS), len(words))
+  return words[:end]
+
+
+def commands(markdown):
+  """[(tool, argv)] of every `python -m experiments.<tool>` command in ``markdown``."""
+  found = []
+  for line in code_lines(markdown):
+    for match in COMMAND.finditer(line):
+      found.append((match.group(1), shell_words(line[match.end():])))
+  return found
+
+
+@functools.lru_cache(maxsize=None)
+def tool_flags(tool):
+  """{flag name: {'boolean', 'config', 'default'}} that experiments.<tool> accepts."""
+  result = subprocess.run([sys.executable, "-c", _FLAGS_SCRIPT, tool], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@functools.lru_cache(maxsize=None)
+def config_fields(spec):
+  """The field names of the config ``path[:variant]`` (a flat ConfigDict's keys)."""
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_doc_config", os.path.join(REPO, path))
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return frozenset(module.get_config(variant or None).keys())
+
+
+def check_config(spec):
+  """What is wrong with the config argument ``path[:variant]`` (None: nothing)."""
+  path, _, variant = spec.partition(":")
+  if not os.path.isfile(os.path.join(REPO, path)):
+    return f"config file {path} does not exist"
+  if variant and variant not in base.VARIANTS:
+    return f"config variant :{variant} is not one of {sorted(base.VARIANTS)}"
+  return None
+
+
+def problems(doc, markdown):
+  """Each thing wrong with a command of ``markdown``, naming ``doc``, the command and what."""
+  found = []
+  for tool, argv in commands(markdown):
+    command = " ".join(["python -m experiments." + tool] + argv)
+    where = f"{doc}: `{command}`"
+    if not os.path.isfile(os.path.join(REPO, "experiments", f"{tool}.py")):
+      found.append(f"{where}: no module experiments.{tool}")
+      continue
+    accepted = tool_flags(tool)
+    configs = {name: spec["default"].strip("'") for name, spec in accepted.items()
+               if spec["config"]}
+    given = {}
+    for word in argv:
+      match = FLAG.match(word)
+      if match is None:
+        continue  # a positional argument (experiments.plot WORKDIR)
+      name = match.group(1)
+      value = word.split("=", 1)[1] if "=" in word else None
+      root, dot, field = name.partition(".")
+      root = root[2:] if root.startswith("no") and root[2:] in configs and dot else root
+      if dot and root in configs:
+        given.setdefault(root, {}).setdefault("fields", []).append(field)
+      elif name in configs:
+        given.setdefault(name, {})["spec"] = value
+      elif name not in accepted and not (name.startswith("no") and name[2:] in accepted
+                                         and accepted[name[2:]]["boolean"]):
+        found.append(f"{where}: experiments.{tool} has no flag --{name}")
+    for name, use in given.items():
+      spec = use.get("spec") or configs[name]
+      wrong = check_config(spec)
+      if wrong:
+        found.append(f"{where}: --{name}: {wrong}")
+        continue
+      fields = config_fields(spec)
+      found += [f"{where}: --{name}.{field}: {spec} has no field {field.split('.')[0]!r}"
+                for field in use.get("fields", []) if field.split(".")[0] not in fields]
+  return found
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_documented_commands_are_valid(doc):
+  with open(os.path.join(REPO, doc)) as f:
+    markdown = f.read()
+  assert commands(markdown), f"{doc}: no python -m experiments.<tool> command found"
+  wrong = problems(doc, markdown)
+  assert not wrong, "\n".join(wrong)
+
+
+def test_the_readme_documents_every_tool():
+  with open(os.path.join(REPO, "README.md")) as f:
+    documented = {tool for tool, _ in commands(f.read())}
+  assert documented == {"run", "ablate", "bench", "plot", "solve"}
+
+
+SAMPLE = """Prose with `python -m experiments.plot
+  results/x --inner_steps=0,1` wrapping, and `--config.seed=1` alone.
+
+```bash
+.venv/bin/python -m experiments.run --config=configs/q204.py:cpu \\
+    --config.seed=2 --workdir=/tmp/a && echo done
+gcloud ssh --command="cd ired-cd && \\
+  python -m experiments.run --config=configs/q204.py --workdir=/mnt/q204"
+python3 -m experiments.ablate --seeds=3 | tee log  # comment
+```
+"""
+
+
+def test_commands_are_found_in_fences_continuations_quotes_and_inline_code():
+  assert commands(SAMPLE) == [
+      ("run", ["--config=configs/q204.py:cpu", "--config.seed=2", "--workdir=/tmp/a"]),
+      ("run", ["--config=configs/q204.py", "--workdir=/mnt/q204"]),
+      ("ablate", ["--seeds=3"]),
+      ("plot", ["results/x", "--inner_steps=0,1"]),
+  ]
+
+
+def test_a_bad_command_is_named_with_its_doc_and_flag():
+  markdown = """```bash
+python -m experiments.run --config=configs/q204.py:gpu --progresss --noprogress
+python -m experiments.run --config=configs/q999.py
+python -m experiments.run --config.batch_sizee=2 --mode=eval
+python -m experiments.ablate --config=configs/none.py:tiny --config.seed=1 --noconfig.ood --workdir=w
+python -m experiments.train --config=configs/q204.py
+```"""
+  assert problems("docs/x.md", markdown) == [
+      "docs/x.md: `python -m experiments.run --config=configs/q204.py:gpu --progresss "
+      "--noprogress`: experiments.run has no flag --progresss",
+      "docs/x.md: `python -m experiments.run --config=configs/q204.py:gpu --progresss "
+      "--noprogress`: --config: config variant :gpu is not one of ['cpu', 'tiny']",
+      "docs/x.md: `python -m experiments.run --config=configs/q999.py`: --config: config file "
+      "configs/q999.py does not exist",
+      "docs/x.md: `python -m experiments.run --config.batch_sizee=2 --mode=eval`: "
+      "--config.batch_sizee: configs/q204.py:cpu has no field 'batch_sizee'",
+      "docs/x.md: `python -m experiments.train --config=configs/q204.py`: no module "
+      "experiments.train",
+  ]
