@@ -29,7 +29,8 @@ from ml_collections import config_flags
 
 from configs import base
 from ired_cd import config as config_lib
-from ired_cd import flops, model, parallel, sampler, train
+from ired_cd import flops, parallel, sampler, train
+from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
@@ -80,7 +81,7 @@ def _xla_flops(compiled):
 def bench_matmul(n, reps, matmul_dtype):
   """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(model.matmul_for(matmul_dtype))
+  dot = jax.jit(matmul_lib.matmul_for(matmul_dtype))
   jax.block_until_ready(dot(a, a))
   times = _time_calls(lambda: dot(a, a), reps)
   gflops = 2 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
@@ -93,7 +94,7 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
   """GFLOP/s of the three product layouts of a layer's training at (batch, hidden) x (hidden,
   hidden): forward x W, input gradient g W^T, weight gradient x^T g (a sum over the batch).
   CPU libraries run them at different rates, bfloat16 most of all."""
-  matmul = model.matmul_for(matmul_dtype)
+  matmul = matmul_lib.matmul_for(matmul_dtype)
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
@@ -159,11 +160,11 @@ def bench_matmul_dtypes(config, strategy, steps):
   """float32 against bfloat16 matmuls: the two compiled steps alternate, so the machine's drift
   hits both alike and the ratio is cleaner than two runs' figures."""
   compiled, states = {}, {}
-  for dtype in model.MATMUL_DTYPES:
+  for dtype in matmul_lib.MATMUL_DTYPES:
     _, _, states[dtype], compiled[dtype], _ = _warm_step(config, strategy, matmul_dtype=dtype)
   times = {dtype: [] for dtype in compiled}
   for i in range(steps):
-    for dtype in model.MATMUL_DTYPES[::1 if i % 2 else -1]:
+    for dtype in matmul_lib.MATMUL_DTYPES[::1 if i % 2 else -1]:
       states[dtype], _, ms = _timed_step(compiled[dtype], states[dtype])
       times[dtype].append(ms)
   median = {dtype: statistics.median(t) for dtype, t in times.items()}

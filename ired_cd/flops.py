@@ -41,7 +41,7 @@ def jaxpr_flops(jaxpr, while_trip_count: int = 1) -> int:
 
   Each (sub-)jaxpr is dead-code eliminated first, as XLA does: a ``custom_vjp``
   backward traced into a score also computes parameter cotangents that nothing
-  uses (model.gram_square_norm), and JAX's own DCE does not enter ``while``
+  uses (gram.gram_square_norm), and JAX's own DCE does not enter ``while``
   bodies. JAX has no public DCE entry point; this is the one jit uses.
   """
   jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))

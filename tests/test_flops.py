@@ -3,7 +3,7 @@
 import jax
 import jax.numpy as jnp
 
-from ired_cd import flops, model
+from ired_cd import flops, gram
 
 
 def test_counts_dots_scans_and_skips_dead_code():
@@ -23,7 +23,7 @@ def test_gram_score_counts_no_parameter_cotangents():
   """A score through gram_square_norm costs W W^T, h (W W^T) and W b, not the z = h W + b
   that only the parameter cotangents would need."""
   h, w, b = jnp.ones((8, 6)), jnp.ones((6, 4)), jnp.ones((4,))
-  score = jax.grad(lambda h_: jnp.sum(model.gram_square_norm(h_, w, b)))
+  score = jax.grad(lambda h_: jnp.sum(gram.gram_square_norm(h_, w, b)))
   per_score = 2 * (6 * 4 * 6 + 8 * 6 * 6 + 6 * 4)
   assert flops.count_matmul_flops(score, h) == per_score
   # Inside a while loop too (the sampler's descent), where JAX's own DCE does not reach.
