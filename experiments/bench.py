@@ -12,7 +12,13 @@ Prints one JSON object per line:
                             (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts
   {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
-   "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
+   "program_memory_bytes", "device_peak_bytes", ...}
+                                    one per strategy, >= --steps timed steps after compile;
+                                    memory: XLA's bytes for the step's program (every backend),
+                                    and the device's peak during the strategy's measurement
+                                    above what was in use before it (null on CPU, which keeps
+                                    no statistics, and where an earlier measurement's peak
+                                    hides it: see experiments/memory.py)
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
 """
@@ -28,6 +34,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
+from experiments import memory
 from ired_cd import config as config_lib
 from ired_cd import flops, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
@@ -59,17 +66,6 @@ def _time_calls(fn, n):
     jax.block_until_ready(fn())
     times.append((time.perf_counter() - tic) * 1e3)
   return times
-
-
-def _peak_memory(compiled):
-  """Device peak where the backend reports it, else XLA's buffer sizes for the program."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"], "device_peak_bytes_in_use"
-  mem = compiled.memory_analysis()
-  total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-           - mem.alias_size_in_bytes)
-  return int(total), "xla_temp+arguments+outputs"
 
 
 def _xla_flops(compiled):
@@ -137,6 +133,8 @@ def _timed_step(compiled, state):
 
 
 def bench_train(config, strategy, steps, peak, num_devices):
+  device = jax.devices()[0]
+  stats_before = device.memory_stats()
   mesh = parallel.make_mesh(num_devices)
   c, exp, state, compiled, compile_s = _warm_step(config, strategy, mesh)
   flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
@@ -145,14 +143,14 @@ def bench_train(config, strategy, steps, peak, num_devices):
     state, metrics, ms = _timed_step(compiled, state)
     times.append(ms)
   median = statistics.median(times)
-  memory, memory_kind = _peak_memory(compiled)
   emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
        devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
        flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None,
-       peak_memory_bytes=memory, memory_kind=memory_kind,
+       program_memory_bytes=memory.program_bytes(compiled),
+       device_peak_bytes=memory.device_peak_bytes(stats_before, device.memory_stats()),
        loss=float(metrics["loss"]))
 
 
