@@ -9,7 +9,8 @@ Prints one JSON object per line:
   {"what": "matmul", ...}   measured GFLOP/s of a large product of float32 arrays, done in
                             config.matmul_dtype as the model does (the hardware's rate)
   {"what": "matmul_layouts", ...}  the same at the model's layer size, for the forward
-                            (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts
+                            (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts;
+                            bfloat16 also with the other choice of the row-major copy
   {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
    "program_memory_bytes", "device_peak_bytes", ...}
@@ -23,6 +24,7 @@ Prints one JSON object per line:
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
 """
 
+import functools
 import json
 import resource
 import statistics
@@ -86,11 +88,9 @@ def bench_matmul(n, reps, matmul_dtype):
   return gflops
 
 
-def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
-  """GFLOP/s of the three product layouts of a layer's training at (batch, hidden) x (hidden,
-  hidden): forward x W, input gradient g W^T, weight gradient x^T g (a sum over the batch).
-  CPU libraries run them at different rates, bfloat16 most of all."""
-  matmul = matmul_lib.matmul_for(matmul_dtype)
+def _layout_rates(matmul, batch, hidden, reps):
+  """GFLOP/s of ``matmul`` in the three product layouts of a layer's training at (batch,
+  hidden) x (hidden, hidden): forward x W, input gradient g W^T, weight gradient x^T g."""
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
@@ -103,8 +103,22 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
     jax.block_until_ready(fn(*args))
     median_ms = statistics.median(_time_calls(lambda: fn(*args), reps))
     rates[name] = 2 * batch * hidden ** 2 / (median_ms * 1e-3) / 1e9
-  emit(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
-       gflops_per_s=rates)
+  return rates
+
+
+def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
+  """The layer-size layouts' GFLOP/s as the model runs them; CPU libraries run them at
+  different rates, bfloat16 most of all. For bfloat16 also with the other choice of
+  ``bf16_matmul``'s row-major copy (made on CPU only), the figure that choice rests on."""
+  record = dict(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
+                gflops_per_s=_layout_rates(matmul_lib.matmul_for(matmul_dtype), batch, hidden,
+                                           reps))
+  if matmul_dtype == "bfloat16":
+    row_major = matmul_lib.row_major_default()
+    other = functools.partial(matmul_lib.bf16_matmul, row_major=not row_major)
+    record.update(row_major_copy=row_major,
+                  gflops_per_s_other_copy_choice=_layout_rates(other, batch, hidden, reps))
+  emit(**record)
 
 
 def _warm_step(config, strategy, mesh=None, **overrides):
