@@ -9,14 +9,22 @@ Prints one JSON object per line:
   {"what": "matmul", ...}   measured GFLOP/s of a large product of float32 arrays, done in
                             config.matmul_dtype as the model does (the hardware's rate)
   {"what": "matmul_layouts", ...}  the same at the model's layer size, for the forward
-                            (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts
+                            (x W), input-gradient (g W^T) and weight-gradient (x^T g) layouts;
+                            bfloat16 also with the other choice of the row-major copy
   {"what": "train", "strategy": ..., "median_ms", "min_ms", "compile_s",
    "flops_analytic", "flops_xla", "gflops_per_s", "fraction_of_matmul_peak",
-   "peak_memory_bytes", ...}        one per strategy, >= --steps timed steps after compile
+   "program_memory_bytes", "device_peak_bytes", ...}
+                                    one per strategy, >= --steps timed steps after compile;
+                                    memory: XLA's bytes for the step's program (every backend),
+                                    and the device's peak during the strategy's measurement
+                                    above what was in use before it (null on CPU, which keeps
+                                    no statistics, and where an earlier measurement's peak
+                                    hides it: see experiments/memory.py)
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
 """
 
+import functools
 import json
 import resource
 import statistics
@@ -28,9 +36,10 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
-from experiments import cli
+from experiments import cli, memory
 from ired_cd import config as config_lib
-from ired_cd import flops, model, parallel, sampler, train
+from ired_cd import flops, parallel, sampler, train
+from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
@@ -61,17 +70,6 @@ def _time_calls(fn, n):
   return times
 
 
-def _peak_memory(compiled):
-  """Device peak where the backend reports it, else XLA's buffer sizes for the program."""
-  stats = jax.devices()[0].memory_stats() or {}
-  if "peak_bytes_in_use" in stats:
-    return stats["peak_bytes_in_use"], "device_peak_bytes_in_use"
-  mem = compiled.memory_analysis()
-  total = (mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
-           - mem.alias_size_in_bytes)
-  return int(total), "xla_temp+arguments+outputs"
-
-
 def _xla_flops(compiled):
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -81,7 +79,7 @@ def _xla_flops(compiled):
 def bench_matmul(n, reps, matmul_dtype):
   """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-  dot = jax.jit(model.matmul_for(matmul_dtype))
+  dot = jax.jit(matmul_lib.matmul_for(matmul_dtype))
   jax.block_until_ready(dot(a, a))
   times = _time_calls(lambda: dot(a, a), reps)
   gflops = 2 * n ** 3 / (statistics.median(times) * 1e-3) / 1e9
@@ -90,11 +88,9 @@ def bench_matmul(n, reps, matmul_dtype):
   return gflops
 
 
-def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
-  """GFLOP/s of the three product layouts of a layer's training at (batch, hidden) x (hidden,
-  hidden): forward x W, input gradient g W^T, weight gradient x^T g (a sum over the batch).
-  CPU libraries run them at different rates, bfloat16 most of all."""
-  matmul = model.matmul_for(matmul_dtype)
+def _layout_rates(matmul, batch, hidden, reps):
+  """GFLOP/s of ``matmul`` in the three product layouts of a layer's training at (batch,
+  hidden) x (hidden, hidden): forward x W, input gradient g W^T, weight gradient x^T g."""
   keys = jax.random.split(jax.random.PRNGKey(0), 3)
   x, g = (jax.random.normal(k, (batch, hidden), jnp.float32) for k in keys[:2])
   w = jax.random.normal(keys[2], (hidden, hidden), jnp.float32)
@@ -107,8 +103,22 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
     jax.block_until_ready(fn(*args))
     median_ms = statistics.median(_time_calls(lambda: fn(*args), reps))
     rates[name] = 2 * batch * hidden ** 2 / (median_ms * 1e-3) / 1e9
-  emit(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
-       gflops_per_s=rates)
+  return rates
+
+
+def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
+  """The layer-size layouts' GFLOP/s as the model runs them; CPU libraries run them at
+  different rates, bfloat16 most of all. For bfloat16 also with the other choice of
+  ``bf16_matmul``'s row-major copy (made on CPU only), the figure that choice rests on."""
+  record = dict(what="matmul_layouts", batch_size=batch, hidden=hidden, matmul_dtype=matmul_dtype,
+                gflops_per_s=_layout_rates(matmul_lib.matmul_for(matmul_dtype), batch, hidden,
+                                           reps))
+  if matmul_dtype == "bfloat16":
+    row_major = matmul_lib.row_major_default()
+    other = functools.partial(matmul_lib.bf16_matmul, row_major=not row_major)
+    record.update(row_major_copy=row_major,
+                  gflops_per_s_other_copy_choice=_layout_rates(other, batch, hidden, reps))
+  emit(**record)
 
 
 def _warm_step(config, strategy, mesh=None, **overrides):
@@ -137,6 +147,8 @@ def _timed_step(compiled, state):
 
 
 def bench_train(config, strategy, steps, peak, num_devices):
+  device = jax.devices()[0]
+  stats_before = device.memory_stats()
   mesh = parallel.make_mesh(num_devices)
   c, exp, state, compiled, compile_s = _warm_step(config, strategy, mesh)
   flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
@@ -145,14 +157,14 @@ def bench_train(config, strategy, steps, peak, num_devices):
     state, metrics, ms = _timed_step(compiled, state)
     times.append(ms)
   median = statistics.median(times)
-  memory, memory_kind = _peak_memory(compiled)
   emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
        devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
        flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None,
-       peak_memory_bytes=memory, memory_kind=memory_kind,
+       program_memory_bytes=memory.program_bytes(compiled),
+       device_peak_bytes=memory.device_peak_bytes(stats_before, device.memory_stats()),
        loss=float(metrics["loss"]))
 
 
@@ -160,11 +172,11 @@ def bench_matmul_dtypes(config, strategy, steps):
   """float32 against bfloat16 matmuls: the two compiled steps alternate, so the machine's drift
   hits both alike and the ratio is cleaner than two runs' figures."""
   compiled, states = {}, {}
-  for dtype in model.MATMUL_DTYPES:
+  for dtype in matmul_lib.MATMUL_DTYPES:
     _, _, states[dtype], compiled[dtype], _ = _warm_step(config, strategy, matmul_dtype=dtype)
   times = {dtype: [] for dtype in compiled}
   for i in range(steps):
-    for dtype in model.MATMUL_DTYPES[::1 if i % 2 else -1]:
+    for dtype in matmul_lib.MATMUL_DTYPES[::1 if i % 2 else -1]:
       states[dtype], _, ms = _timed_step(compiled[dtype], states[dtype])
       times[dtype].append(ms)
   median = {dtype: statistics.median(t) for dtype, t in times.items()}

@@ -45,9 +45,6 @@ class CheckpointStore:
       self.manager.wait_until_finished()
     return step
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def restore(self, like, step: Optional[int] = None) -> Tuple[Optional[object], Optional[int]]:
     """Restores into the structure, shapes and shardings of ``like``.
 

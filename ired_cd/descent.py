@@ -33,7 +33,7 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
     cond: ``energy_fn.condition(params, inp, t)`` if the caller has it already
       (the sampler shares it with its score call); computed here otherwise.
     evaluations: how many energy-and-score calls share the parameters where
-      num_steps is traced (see ``EnergyMLP.gram_pays``).
+      num_steps is traced (see ``gram.pays``).
   Returns:
     y after num_steps, (B, D), gradients stopped.
   """

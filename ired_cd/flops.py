@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 
 import jax
-from jax._src.interpreters import partial_eval as pe
 from jax.extend import core as jax_core
+
+DCE_SYMBOL = "jax.interpreters.partial_eval.dce_jaxpr"
 
 
 def _dot_flops(eqn) -> int:
@@ -36,15 +37,32 @@ def _sub_jaxprs(value):
       yield from _sub_jaxprs(v)
 
 
+def eliminate_dead_code(jaxpr):
+  """``jaxpr`` without the equations its outputs do not need (JAX's own pass, the one jit uses).
+
+  JAX's public API has no dead-code elimination; ``DCE_SYMBOL`` is exported
+  outside ``jax._src`` but not covered by JAX's compatibility policy, so this is
+  the one place that reaches for it, and it says so when a JAX release drops it.
+  """
+  try:
+    from jax.interpreters.partial_eval import dce_jaxpr
+  except ImportError as err:
+    raise ImportError(
+        f"ired_cd.flops needs {DCE_SYMBOL} (JAX's dead-code elimination of a jaxpr), which "
+        f"jax {jax.__version__} does not export: find its new home and update "
+        "flops.eliminate_dead_code") from err
+  return dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))[0]
+
+
 def jaxpr_flops(jaxpr, while_trip_count: int = 1) -> int:
   """Matmul FLOPs of ``jaxpr``'s live equations, sub-jaxprs included.
 
   Each (sub-)jaxpr is dead-code eliminated first, as XLA does: a ``custom_vjp``
   backward traced into a score also computes parameter cotangents that nothing
-  uses (model.gram_square_norm), and JAX's own DCE does not enter ``while``
-  bodies. JAX has no public DCE entry point; this is the one jit uses.
+  uses (gram.gram_square_norm), and JAX's own DCE does not enter ``while``
+  bodies.
   """
-  jaxpr, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+  jaxpr = eliminate_dead_code(jaxpr)
   total = 0
   for eqn in jaxpr.eqns:
     name = eqn.primitive.name

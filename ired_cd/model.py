@@ -12,9 +12,8 @@ once for each of the T timesteps and gathered per sample (about 20 % of an
 energy evaluation's FLOPs saved); the values are those of the per-sample path.
 Parameters use PyTorch's default init (uniform +-1/sqrt(fan_in) for kernels
 and biases), so training starts where the PyTorch runs start.
-``matmul_dtype="bfloat16"`` runs every product (and every derivative of one)
-on bfloat16 operands with float32 accumulation; parameters, activations and
-all other arithmetic stay float32.
+Every product goes through ``matmul.matmul_for(matmul_dtype)``; the cheaper
+score of the last layer is ``gram.gram_square_norm``.
 """
 
 from __future__ import annotations
@@ -28,8 +27,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-
-MATMUL_DTYPES = ("float32", "bfloat16")
+from ired_cd import gram as gram_lib
+from ired_cd.matmul import MATMUL_DTYPES  # noqa: F401  (config.py reads model.MATMUL_DTYPES)
+from ired_cd.matmul import f32_matmul, matmul_for
 
 
 def sinusoidal_embedding(t, dim: int = 128):
@@ -44,73 +44,6 @@ def swish(x):
   return x * jax.nn.sigmoid(x)
 
 
-def f32_matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
-  """op(a) @ op(b) in float32, op transposing where asked: plain XLA products."""
-  return jnp.matmul(a.T if transpose_a else a, b.T if transpose_b else b)
-
-
-def _row_major_transpose(x):
-  """x.T copied to row-major memory: a copy XLA cannot fold back into the product.
-
-  XLA:CPU runs a bfloat16 product at the bfloat16 rate only on row-major,
-  untransposed operands; it computes g W^T and x^T g in float32 otherwise (about
-  1.8x slower at the layer size, ``bench --what=matmul``'s layouts). A flat array
-  has no transposed layout, so the barrier pins the copy.
-  """
-  t = x.T
-  return jax.lax.optimization_barrier(t.reshape(-1)).reshape(t.shape)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def bf16_matmul(a, b, transpose_a: bool = False, transpose_b: bool = False):
-  """op(a) @ op(b) on bfloat16 operands with float32 accumulation and result.
-
-  ``transpose_a``/``transpose_b``: op transposes that operand (copied to row-major
-  bfloat16 first). The derivatives are ``bf16_matmul`` products again, to any
-  order, so a score and the gradient of a score keep the bfloat16 speed (plain
-  autodiff of a cast would multiply float32 cotangents by bfloat16 operands, at
-  float32 speed). Operands and cotangents stay float32 outside the products.
-  """
-  a, b = a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)
-  if transpose_a:
-    a = _row_major_transpose(a)
-  if transpose_b:
-    b = _row_major_transpose(b)
-  return jnp.dot(a, b, preferred_element_type=jnp.float32)
-
-
-def _bf16_matmul_forward(a, b, transpose_a, transpose_b):
-  # The product goes through the custom rule again: a higher-order derivative
-  # differentiates this function as plain code.
-  return bf16_matmul(a, b, transpose_a, transpose_b), (a, b)
-
-
-def _bf16_matmul_backward(transpose_a, transpose_b, residuals, g):
-  # C = op(A) op(B): d op(A) = G op(B)^T and d op(B) = op(A)^T G, transposed back
-  # where op transposes.
-  a, b = residuals
-  if transpose_a:
-    grad_a = bf16_matmul(b, g, transpose_b, True)
-  else:
-    grad_a = bf16_matmul(g, b, False, not transpose_b)
-  if transpose_b:
-    grad_b = bf16_matmul(g, a, True, transpose_a)
-  else:
-    grad_b = bf16_matmul(a, g, not transpose_a, False)
-  return grad_a, grad_b
-
-
-bf16_matmul.defvjp(_bf16_matmul_forward, _bf16_matmul_backward)
-
-
-def matmul_for(matmul_dtype: str) -> Callable:
-  """The product ``(a, b, transpose_a=False, transpose_b=False) -> op(a) @ op(b)`` the
-  model uses for ``matmul_dtype`` (one of ``MATMUL_DTYPES``)."""
-  if matmul_dtype not in MATMUL_DTYPES:
-    raise ValueError(f"matmul_dtype={matmul_dtype!r}; allowed: {MATMUL_DTYPES}")
-  return bf16_matmul if matmul_dtype == "bfloat16" else f32_matmul
-
-
 def _dense_dot_general(matmul, lhs, rhs, dimension_numbers, precision=None,
                        preferred_element_type=None):
   """``nn.Dense``'s dot_general through ``matmul`` (2-D inputs, Dense's default precision)."""
@@ -118,35 +51,6 @@ def _dense_dot_general(matmul, lhs, rhs, dimension_numbers, precision=None,
   if dimension_numbers != (((1,), (0,)), ((), ())):
     raise ValueError(f"Dense through matmul_for() takes (B, in) inputs, got {dimension_numbers}")
   return matmul(lhs, rhs)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def gram_square_norm(h, w, b, matmul=f32_matmul):
-  """|h W + b|^2 per row, (B, hidden) -> (B,), differentiated through W W^T.
-
-  The gradient w.r.t. h is 2 (h W W^T + W b): one hidden x hidden product in
-  place of h W and its transpose (2 x hidden x out). The parameter cotangents
-  need z = h W + b; XLA drops them where only dE/dh is used (a score). Any
-  order of reverse-mode differentiation works (the denoising loss takes the
-  gradient of this gradient w.r.t. the parameters). ``matmul``: the product
-  used (``matmul_for``).
-  """
-  return _gram_forward(h, w, b, matmul)[0]
-
-
-def _gram_forward(h, w, b, matmul):
-  c = w @ b
-  u_plus_c = matmul(h, matmul(w, w, transpose_b=True)) + c
-  return jnp.sum(h * (u_plus_c + c), axis=-1) + jnp.sum(jnp.square(b)), (h, w, b, u_plus_c)
-
-
-def _gram_backward(matmul, residuals, g):
-  h, w, b, u_plus_c = residuals
-  gz = 2.0 * g[:, None] * (matmul(h, w) + b)
-  return 2.0 * g[:, None] * u_plus_c, matmul(h, gz, transpose_a=True), jnp.sum(gz, axis=0)
-
-
-gram_square_norm.defvjp(_gram_forward, _gram_backward)
 
 
 class SplitInputDense(nn.Module):
@@ -182,7 +86,7 @@ class EnergyMLP(nn.Module):
   does not depend on y (fc1's input half, the FiLM gains and biases), and
   ``energy_given(cond, y)`` the rest, so a chain of moves in y computes the
   former once. ``inp_dim`` defaults to ``out_dim``. ``matmul_dtype``: one of
-  ``MATMUL_DTYPES``, the dtype of every product's operands (``bf16_matmul``).
+  ``MATMUL_DTYPES``, the dtype of every product's operands (``matmul.matmul_for``).
   """
 
   out_dim: int
@@ -233,8 +137,8 @@ class EnergyMLP(nn.Module):
   def energy_given(self, cond, y, gram: bool = False):
     """E from ``conditioning``'s output and y (B, out_dim) -> (B, 1).
 
-    ``gram``: the last layer as ``gram_square_norm`` (same value, cheaper
-    dE/dy for large batches; see ``gram_pays``).
+    ``gram``: the last layer as ``gram.gram_square_norm`` (same value, cheaper
+    dE/dy for large batches; see ``gram.pays``).
     """
     h_inp, g2, b2, g3, b3 = cond
     h = swish(h_inp + self.fc1.project_b(y))
@@ -242,19 +146,8 @@ class EnergyMLP(nn.Module):
     h = swish(self.fc3(h) * (1.0 + g3) + b3)
     if gram:
       fc4 = self.fc4.variables["params"]
-      return gram_square_norm(h, fc4["kernel"], fc4["bias"], self.matmul)[:, None]
+      return gram_lib.gram_square_norm(h, fc4["kernel"], fc4["bias"], self.matmul)[:, None]
     return jnp.sum(jnp.square(self.fc4(h)), axis=-1, keepdims=True)
-
-  def gram_pays(self, batch: int, evaluations: int = 1) -> bool:
-    """Whether dE/dy through W4 W4^T needs fewer multiply-adds (static).
-
-    Direct: fc4 and its transpose, 2 B hidden out_dim. Gram: B hidden^2, plus
-    hidden^2 out_dim once for W4 W4^T, shared by the ``evaluations`` calls of a
-    loop (XLA hoists it). For hidden 512, out_dim 400 it pays from B = 712 for
-    one call and B = 72 for a 10-step chain, saving 8 % of a score evaluation's
-    matmuls, and as much again in the denoising loss's gradient of the score.
-    """
-    return batch * evaluations * (2 * self.out_dim - self.hidden) > self.hidden * self.out_dim
 
   def __call__(self, inp, y, t):
     return self.energy_given(self.conditioning(inp, t), y)
@@ -307,9 +200,10 @@ def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y,
   Summing is exact per sample: each E_i depends on y_i only, so a sample's score
   does not depend on the batch it sits in (no division by the batch size).
   ``evaluations``: how many calls share the parameters (a chain's steps), for
-  ``EnergyMLP.gram_pays``.
+  ``gram.pays``.
   """
-  gram = energy_fn.module.gram_pays(y.shape[0], evaluations)
+  module = energy_fn.module
+  gram = gram_lib.pays(y.shape[0], module.hidden, module.out_dim, evaluations)
 
   def total(y_):
     e = energy_fn.given(params, cond, y_, gram)[:, 0]

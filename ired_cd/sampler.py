@@ -26,7 +26,7 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
                 return_x0: bool = False):
   """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D)."""
   batch = inp.shape[0]
-  evaluations = schedule.num_timesteps  # score calls sharing params (EnergyMLP.gram_pays)
+  evaluations = schedule.num_timesteps  # score calls sharing params (gram.pays)
 
   def body(y, tt):
     t = jnp.full((batch,), tt, jnp.int32)

@@ -13,10 +13,23 @@ GOLDEN = pathlib.Path(os.environ.get(
     "IRED_GOLDEN_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"))
 
 
+def on_ci(environ=os.environ) -> bool:
+  """Whether we run under CI (``CI=true``, as CI services set it)."""
+  return environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
 def golden(name):
+  """The golden arrays ``name`` as a dict of numpy arrays.
+
+  Missing arrays skip the test on a workstation but fail it on CI, where a
+  skipped parity test would pass the build without checking parity.
+  """
   path = GOLDEN / f"{name}.npz"
   if not path.exists():
-    pytest.skip(f"golden arrays not found at {path} (set IRED_GOLDEN_DIR)")
+    message = f"golden arrays not found at {path} (set IRED_GOLDEN_DIR)"
+    if on_ci():
+      pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
+    pytest.skip(message)
   return dict(np.load(path))
 
 

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
+
+from experiments import memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,13 +25,23 @@ def test_bench_prints_one_json_record_per_measure(matmul_dtype):
   assert kinds == ["device", "matmul", "matmul_layouts", "train", "train", "sampler", "process"]
   by_kind = {r["what"]: r for r in records}
   assert by_kind["matmul"]["matmul_dtype"] == matmul_dtype
-  assert set(by_kind["matmul_layouts"]["gflops_per_s"]) == {"x_w", "g_wT", "xT_g"}
+  layouts = by_kind["matmul_layouts"]
+  assert set(layouts["gflops_per_s"]) == {"x_w", "g_wT", "xT_g"}
+  if matmul_dtype == "bfloat16":  # the copy is made on CPU: the other choice is without it
+    assert layouts["row_major_copy"] is True
+    assert set(layouts["gflops_per_s_other_copy_choice"]) == {"x_w", "g_wT", "xT_g"}
+  else:
+    assert "row_major_copy" not in layouts
   trains = [r for r in records if r["what"] == "train"]
   assert [r["strategy"] for r in trains] == ["none", "cd_full"]
   for r in trains + [by_kind["sampler"]]:
     assert r["matmul_dtype"] == matmul_dtype
     assert r["median_ms"] >= r["min_ms"] > 0 and r["flops_analytic"] > 0
     assert r["fraction_of_matmul_peak"] > 0
+  for r in trains:  # this machine's CPU keeps no device statistics
+    assert r["program_memory_bytes"] > 0 and r["device_peak_bytes"] is None
+  # The replay buffer and the chain's negatives are cd_full's own: a figure per strategy.
+  assert trains[1]["program_memory_bytes"] > trains[0]["program_memory_bytes"]
   assert trains[1]["flops_analytic"] > trains[0]["flops_analytic"]  # the chain's products
 
 
@@ -49,3 +63,21 @@ def test_bench_rejects_an_unknown_measure():
       [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", "--what=flops"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode != 0 and "--what: 'flops' is not one of" in out.stderr
+
+
+def test_device_peak_is_the_measurements_own_or_none():
+  """The device's high-water mark is the process's: a measurement gets a figure (its peak above
+  the bytes in use when it began) only where it raised the mark; CPU keeps no statistics."""
+  before = {"bytes_in_use": 100, "peak_bytes_in_use": 900}
+  assert memory.device_peak_bytes(before, {"bytes_in_use": 100, "peak_bytes_in_use": 1500}) == 1400
+  assert memory.device_peak_bytes(before, {"bytes_in_use": 100, "peak_bytes_in_use": 900}) is None
+  assert memory.device_peak_bytes(None, None) is None  # CPU: memory_stats() is None
+  assert memory.device_peak_bytes({}, {}) is None
+
+
+def test_program_bytes_count_arguments_and_outputs_less_donated():
+  """An elementwise step updates a donated argument in place: its output costs nothing more."""
+  x = jnp.zeros((256, 256), jnp.float32)
+  step = lambda a: a * 2.0 + 1.0  # noqa: E731
+  assert memory.program_bytes(jax.jit(step).lower(x).compile()) == 2 * x.nbytes
+  assert memory.program_bytes(jax.jit(step, donate_argnums=0).lower(x).compile()) == x.nbytes

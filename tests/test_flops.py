@@ -1,9 +1,12 @@
 """The analytic matmul FLOP count the benchmark reports."""
 
+import re
+
 import jax
 import jax.numpy as jnp
+import pytest
 
-from ired_cd import flops, model
+from ired_cd import flops, gram
 
 
 def test_counts_dots_scans_and_skips_dead_code():
@@ -23,9 +26,28 @@ def test_gram_score_counts_no_parameter_cotangents():
   """A score through gram_square_norm costs W W^T, h (W W^T) and W b, not the z = h W + b
   that only the parameter cotangents would need."""
   h, w, b = jnp.ones((8, 6)), jnp.ones((6, 4)), jnp.ones((4,))
-  score = jax.grad(lambda h_: jnp.sum(model.gram_square_norm(h_, w, b)))
+  score = jax.grad(lambda h_: jnp.sum(gram.gram_square_norm(h_, w, b)))
   per_score = 2 * (6 * 4 * 6 + 8 * 6 * 6 + 6 * 4)
   assert flops.count_matmul_flops(score, h) == per_score
   # Inside a while loop too (the sampler's descent), where JAX's own DCE does not reach.
   descent = lambda h_: jax.lax.fori_loop(0, jnp.int32(3), lambda i, x: score(x), h_)  # noqa: E731
   assert flops.count_matmul_flops(descent, h, while_trip_count=3) == 3 * per_score
+
+
+def test_dead_code_elimination_is_jax_dce_jaxpr():
+  """The count leans on ``flops.DCE_SYMBOL``, outside JAX's compatibility policy: this fails,
+  naming it, when a JAX release moves it or changes what it takes or returns."""
+  jaxpr = jax.make_jaxpr(lambda a: (a @ a, a + 1.0)[1])(jnp.ones((3, 3))).jaxpr
+  assert [e.primitive.name for e in jaxpr.eqns] == ["dot_general", "add"]
+  try:
+    live = flops.eliminate_dead_code(jaxpr)
+  except Exception as err:  # noqa: BLE001 - any failure here means the symbol changed
+    raise AssertionError(f"{flops.DCE_SYMBOL} no longer works as flops expects: {err!r}") from err
+  assert [e.primitive.name for e in live.eqns] == ["add"], (flops.DCE_SYMBOL, live)
+
+
+def test_missing_dead_code_elimination_names_the_symbol(monkeypatch):
+  monkeypatch.delattr(jax.interpreters.partial_eval, "dce_jaxpr")
+  message = rf"{re.escape(flops.DCE_SYMBOL)}.*jax {re.escape(jax.__version__)} does not export"
+  with pytest.raises(ImportError, match=message):
+    flops.count_matmul_flops(lambda a: a @ a, jnp.ones((2, 2)))

@@ -1,7 +1,5 @@
 """Gradient flow: per-sample scores, CD through E_neg only, double backprop of the denoiser."""
 
-import re
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -9,7 +7,9 @@ import pytest
 
 from ired_cd import langevin, strategies
 from ired_cd import model as model_lib
+from ired_cd.matmul import MATMUL_DTYPES
 from tests import _tiny
+from tests._programs import dot_operands
 
 D = _tiny.DIM
 
@@ -157,96 +157,12 @@ def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
                                  atol=1e-4 * _max_abs(want), err_msg=f"{name}/{part}")
 
 
-def _dot_operands(jaxpr):
-  """((lhs dtype, rhs dtype), (lhs shape, rhs shape)) of every dot_general in ``jaxpr`` and
-  its sub-jaxprs."""
-  dots = []
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      dots.append((tuple(str(v.aval.dtype) for v in eqn.invars),
-                   tuple(v.aval.shape for v in eqn.invars)))
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        sub = getattr(sub, "jaxpr", sub)
-        if hasattr(sub, "eqns"):
-          dots += _dot_operands(sub)
-  return dots
-
-
-@pytest.mark.parametrize("transpose_a,transpose_b", [(False, False), (False, True),
-                                                     (True, False), (True, True)])
-def test_bf16_matmul_derivatives_match_autodiff_of_rounded_operands(transpose_a, transpose_b):
-  """bf16_matmul's first and second derivatives, for each operand layout, equal plain float32
-  autodiff applied to bfloat16-rounded operands (up to the rounding of the cotangents), and
-  every product in them, at any order, multiplies bfloat16 by bfloat16."""
-  shape_a, shape_b = (24, 32) if transpose_a else (32, 24), (16, 24) if transpose_b else (24, 16)
-  a, b = (jax.random.normal(k, s) for k, s in zip(jax.random.split(jax.random.PRNGKey(0)),
-                                                  [shape_a, shape_b]))
-  rounded = lambda x: x.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
-  op_a = lambda x: x.T if transpose_a else x  # noqa: E731
-  op_b = lambda x: x.T if transpose_b else x  # noqa: E731
-  bf16 = lambda x, y: model_lib.bf16_matmul(x, y, transpose_a, transpose_b)  # noqa: E731
-
-  def loss(matmul, a_, b_):
-    return jnp.sum(jnp.sin(matmul(a_, b_)))
-
-  def second_order(matmul):
-    """d/db of |d loss / d a|^2: the shape of the denoising loss's gradient."""
-    return jax.grad(lambda b_: jnp.sum(jax.grad(loss, 1)(matmul, a, b_) ** 2))(b)
-
-  exact = op_a(rounded(a)) @ op_b(rounded(b))  # bf16 x bf16 products are exact in float32
-  np.testing.assert_allclose(bf16(a, b), exact, rtol=1e-5, atol=1e-6 * _max_abs(exact))
-  for argnum in (1, 2):
-    np.testing.assert_allclose(
-        jax.grad(loss, argnum)(bf16, a, b),
-        jax.grad(loss, argnum)(lambda x, y: op_a(rounded(x)) @ op_b(rounded(y)), a, b),
-        rtol=2e-2, atol=2e-2)
-  want = second_order(lambda x, y: op_a(x) @ op_b(y))
-  np.testing.assert_allclose(second_order(bf16), want, rtol=5e-2, atol=5e-2 * _max_abs(want))
-  dots = _dot_operands(jax.make_jaxpr(lambda: second_order(bf16))().jaxpr)
-  assert len(dots) >= 4 and {dtypes for dtypes, _ in dots} == {("bfloat16", "bfloat16")}, dots
-
-
-def test_bf16_matmul_runs_transposed_operands_row_major():
-  """XLA keeps every bfloat16 product of a layer's training in bfloat16 with row-major,
-  untransposed operands (the only layout XLA:CPU runs at the bfloat16 rate; it computes the
-  others in float32): no product of the compiled score-gradient takes a float32 operand."""
-  keys = jax.random.split(jax.random.PRNGKey(0), 2)
-  x, w = jax.random.normal(keys[0], (64, 32)), jax.random.normal(keys[1], (32, 32))
-
-  def score_gradient(w_):
-    score = jax.grad(lambda x_: jnp.sum(jnp.tanh(model_lib.bf16_matmul(x_, w_)) ** 2))(x)
-    return jnp.sum(score ** 2)
-
-  hlo = jax.jit(jax.grad(score_gradient)).lower(w).compile().as_text()
-  dots = _compiled_dots(hlo)
-  assert len(dots) >= 4 and set(dots) == {("bf16", "bf16", "1", "0")}, dots
-
-
-def _compiled_dots(hlo):
-  """(lhs type, rhs type, lhs contracting dim, rhs contracting dim) of every dot in compiled
-  HLO text; operand types are looked up in the dot's computation (its parameters included)."""
-  dots, types = [], {}
-  for line in hlo.splitlines():
-    header = re.match(r"^\S.*?\((.*)\) -> .*\{$", line)
-    if header:
-      types = dict(re.findall(r"([\w.\-]+): (\w+)\[", header.group(1)))
-    defined = re.match(r"\s+(?:ROOT )?%([\w.\-]+) = (\w+)\[", line)
-    if defined:
-      types[defined.group(1)] = defined.group(2)
-    dot = re.search(r" dot\(%([\w.\-]+), %([\w.\-]+)\), lhs_contracting_dims=\{(\d)\}, "
-                    r"rhs_contracting_dims=\{(\d)\}", line)
-    if dot:
-      dots.append((types[dot.group(1)], types[dot.group(2)], dot.group(3), dot.group(4)))
-  return dots
-
-
 @pytest.mark.parametrize("evaluations", [1, 2], ids=["direct", "gram"])
 def test_bf16_model_denoising_gradient(evaluations):
   """With matmul_dtype='bfloat16' the denoising loss's parameter gradient runs its batch-sized
   products on bfloat16 operands only, and stays within bfloat16 error of the float32 one."""
   grads = {}
-  for dtype in model_lib.MATMUL_DTYPES:
+  for dtype in MATMUL_DTYPES:
     m = model_lib.EnergyMLP(out_dim=D, hidden=24, emb_dim=16, num_timesteps=_tiny.T,
                             matmul_dtype=dtype)
     fn, params = model_lib.EnergyFunction(m), model_lib.init_params(m, jax.random.PRNGKey(2))
@@ -259,7 +175,7 @@ def test_bf16_model_denoising_gradient(evaluations):
 
     grads[dtype] = jax.jit(jax.grad(loss))(params)
     if dtype == "bfloat16":
-      dots = _dot_operands(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
+      dots = dot_operands(jax.make_jaxpr(jax.grad(loss))(params).jaxpr)
       batch_sized = [dtypes for dtypes, shapes in dots if any(32 in s for s in shapes)]
       assert len(batch_sized) >= 8 and set(batch_sized) == {("bfloat16", "bfloat16")}, dots
       # float32 products left: W4 b4 of the Gram form and its derivatives (parameter-sized).
