@@ -160,8 +160,8 @@ def cpu_variant(c):
 
   Every strategy runs on these equal terms. The guide's lr 1e-4 needs ~8,000
   steps at batch 256 before `none` beats the mean predictor; 1e-3 with the
-  cosine decay gets there by step 1,000 and ends lower by step 2,000 than
-  1e-4 does at 8,000 (docs/stabilisers.md has the evidence). cd_full's
+  cosine decay gets there by step 1,000 and by step 2,000 comes within 4 %
+  of what 1e-4 reaches at 8,000 (docs/stabilisers.md has the evidence). cd_full's
   energy warm-up keeps the guide's proportion: 20 % of the run (20k of 100k).
   For a longer run set train_steps and learning_rate_decay_steps together.
   """
