@@ -17,7 +17,6 @@ recorded and flagged; the others go on. Then:
   WORKDIR/ablation.png   eval MSE vs step and the training-health curves
 """
 
-import json
 import os
 import re
 import shlex
@@ -59,21 +58,6 @@ def run_dir(workdir, strategy, seed):
   return os.path.join(workdir, strategy, f"seed{seed}")
 
 
-def is_finished(config, subdir):
-  """True when ``subdir`` holds the outcome of exactly ``config``: nothing to redo.
-
-  That is a run completed at ``train_steps``, or one that diverged (training is
-  deterministic: a rerun from its last checkpoint diverges again).
-  """
-  summary = plotting.read_json(os.path.join(subdir, "summary.json"))
-  saved = plotting.read_json(os.path.join(subdir, "config.json"))
-  if (summary is None or saved is None
-      or config_lib.with_added_fields(saved) != json.loads(config.to_json_best_effort())):
-    return False
-  return (summary.get("status") == "completed" and summary.get("steps") == config.train_steps
-          or summary.get("status") == "diverged")
-
-
 def _last_value(rows, key):
   steps, values = plotting.series(rows, key)
   return float(values[-1]) if values.size else None
@@ -88,7 +72,7 @@ def _failed_step(message):
 def run_one(config, strategy, seed, subdir):
   """Trains (or skips) one run; returns its record. Never raises for a failed run."""
   tic = time.time()
-  skipped = is_finished(config, subdir)
+  skipped = experiment.holds_outcome(config, subdir)
   if skipped:
     summary = plotting.read_json(os.path.join(subdir, "summary.json"))
   else:

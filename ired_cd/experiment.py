@@ -32,12 +32,17 @@ from jax.experimental import multihost_utils
 from ired_cd import checkpoint, evaluation, metrics_io, parallel, plotting, train
 from ired_cd import config as config_lib
 
+# Fields that name or describe a run: nothing reads them, so they never make two runs differ.
+BOOKKEEPING_FIELDS = frozenset({
+    "experiment_name", "description", "investigation", "ablation_stage", "notes", "output_dir"})
 # Fields a resumed run may change: they steer logging and evaluation, not the
 # trajectory of the train state.
 RESUMABLE_FIELDS = frozenset({
     "train_steps", "eval_every", "eval_size", "eval_seed", "eval_inner_steps", "eval_chunk",
-    "eval_return_x0", "log_every", "checkpoint_every", "keep_checkpoints", "output_dir",
-    "notes", "description", "collapse_after_steps"})
+    "eval_return_x0", "log_every", "checkpoint_every", "keep_checkpoints",
+    "collapse_after_steps"})
+# The resumable fields that change a finished run's reported numbers.
+EVALUATION_FIELDS = frozenset({"eval_size", "eval_seed", "eval_inner_steps"})
 
 # A collapse is a landscape that had formed and went flat: ||dE/dy|| had reached
 # FORMED_SCORE_FRACTION of sqrt(D) (a fresh model's is near 0) and is now below
@@ -69,21 +74,47 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(saved)
 
 
-def check_workdir(config, workdir: str, allow_config_change: bool = False):
-  """Refuses a workdir that holds a run of a different config (differing fields named)."""
+def _saved_differences(config, workdir: str, ignore) -> Optional[Dict]:
+  """{field: (saved, current)} where WORKDIR/config.json differs from ``config`` outside
+  ``ignore``; None when the workdir holds no config.json."""
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
-    return
+    return None
   with open(path) as f:
     saved = config_lib.with_added_fields(json.load(f))
   current = _config_dict(config)
-  differ = sorted(k for k in set(saved) | set(current)
-                  if saved.get(k) != current.get(k) and k not in RESUMABLE_FIELDS)
+  return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
+          if saved.get(k) != current.get(k) and k not in ignore}
+
+
+def check_workdir(config, workdir: str, allow_config_change: bool = False):
+  """Refuses a workdir that holds a run of a different config (differing fields named).
+
+  "Different" means a field that steers the train state's trajectory: bookkeeping
+  and resumable fields may change.
+  """
+  differ = _saved_differences(config, workdir, BOOKKEEPING_FIELDS | RESUMABLE_FIELDS)
   if differ and not allow_config_change:
-    details = ", ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in differ)
+    details = ", ".join(f"{k}: {saved!r} -> {current!r}" for k, (saved, current) in differ.items())
     raise config_lib.ConfigError(
         f"workdir {workdir} holds a run of a different config ({details}). Use another "
         "--workdir, or pass --allow_config_change to resume it with the new values.")
+
+
+def holds_outcome(config, workdir: str) -> bool:
+  """True when ``workdir`` holds the outcome of exactly ``config``: nothing to redo.
+
+  That is the same trajectory and the same evaluation (``EVALUATION_FIELDS``),
+  completed at ``train_steps``, or diverged (training is deterministic: a rerun
+  from its last checkpoint diverges again).
+  """
+  summary = plotting.read_json(os.path.join(workdir, "summary.json"))
+  differ = _saved_differences(
+      config, workdir, BOOKKEEPING_FIELDS | (RESUMABLE_FIELDS - EVALUATION_FIELDS))
+  if summary is None or differ is None or differ:
+    return False
+  return (summary.get("status") == "completed" and summary.get("steps") == config.train_steps
+          or summary.get("status") == "diverged")
 
 
 class _StopSignal:

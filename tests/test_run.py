@@ -170,13 +170,30 @@ def test_run_written_before_an_added_field_resumes(tmp_path):
   del saved["matmul_dtype"]
   metrics_io.write_json_atomic(path, saved)
   assert experiment.load_config(workdir).matmul_dtype == "float32"
-  assert ablate.is_finished(tiny(train_steps=10, eval_every=0), workdir)
+  assert experiment.holds_outcome(tiny(train_steps=10, eval_every=0), workdir)
   with pytest.raises(config_lib.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
     experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
                                   workdir, progress=False)
   summary = experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0), workdir,
                                           progress=False)
   assert summary["steps"] == 20
+
+
+def test_outcome_ignores_names_but_not_trajectory_or_evaluation(tmp_path):
+  """A finished run is the outcome of a renamed config (bookkeeping fields), not of one
+  with another seed or another evaluation set; the workdir check agrees on the rest."""
+  workdir = str(tmp_path / "run")
+  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  renamed = tiny(train_steps=10, eval_every=0, experiment_name="renamed", ablation_stage="x",
+                 output_dir="elsewhere", investigation="y")
+  assert experiment.holds_outcome(renamed, workdir)
+  experiment.check_workdir(renamed, workdir)
+  assert not experiment.holds_outcome(tiny(train_steps=20, eval_every=0), workdir)
+  assert not experiment.holds_outcome(tiny(train_steps=10, eval_every=0, eval_size=8), workdir)
+  experiment.check_workdir(tiny(train_steps=10, eval_size=8), workdir)
+  assert not experiment.holds_outcome(tiny(train_steps=10, eval_every=0, seed=1), workdir)
+  with pytest.raises(config_lib.ConfigError, match="seed: 0 -> 1"):
+    experiment.check_workdir(tiny(train_steps=10, seed=1), workdir)
 
 
 def test_cli_sigterm_checkpoints_resume_and_eval(tmp_path):
