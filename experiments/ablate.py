@@ -18,7 +18,6 @@ recorded and flagged; the others go on. Then:
 """
 
 import os
-import re
 import shlex
 import sys
 import time
@@ -63,12 +62,6 @@ def _last_value(rows, key):
   return float(values[-1]) if values.size else None
 
 
-def _failed_step(message):
-  """The step a divergence message names ('... at step N ...'), if any."""
-  match = re.search(r"at step (\d+)", message or "")
-  return int(match.group(1)) if match else None
-
-
 def run_one(config, strategy, seed, subdir):
   """Trains (or skips) one run; returns its record. Never raises for a failed run."""
   tic = time.time()
@@ -93,7 +86,7 @@ def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
   record = dict(strategy=strategy, seed=seed, workdir=subdir, status=status, skipped=skipped,
                 steps=summary.get("steps"), collapse_step=summary.get("collapse_step"),
                 message=summary.get("message"), seconds=seconds)
-  record["failed_step"] = _failed_step(record["message"]) if status == "diverged" else None
+  record["failed_step"] = summary.get("failed_step")
   record["train/steps_per_sec"] = summary.get("train/steps_per_sec")
   for key in EVAL_KEYS:
     record[key] = summary.get(key)
@@ -330,7 +323,7 @@ def main(argv):
   command = "python -m experiments.ablate " + shlex.join(sys.argv[1:])
   try:
     report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command)
-  except (config_lib.ConfigError, ValueError) as err:
+  except config_lib.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]
   flagged = [r for r in runs if r["status"] != "completed" or r["collapse_step"] is not None]

@@ -8,6 +8,7 @@ so an evaluation is a deterministic function of the parameters.
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, Sequence
 
 import jax
@@ -42,6 +43,16 @@ class Evaluator:
     """Sampler outputs for ``inputs`` (N, inp_dim), in chunks of ``self.chunk``."""
     return predict(self._sample, params, inputs, inner_steps, self.chunk,
                    jax.random.PRNGKey(self.seed))
+
+  @functools.cached_property
+  def mean_predictor(self) -> Dict[str, float]:
+    """{'eval/mse_mean_predictor', 'eval/mse_ood_mean_predictor'}: the trivial baseline."""
+    return {f"eval/{k}": v for k, v in mean_predictor_mse(self.task, self.sets, self.seed).items()}
+
+  def report(self, params, inner_steps: Sequence[int] = (5,)) -> Dict[str, float]:
+    """``self(params, inner_steps)`` as 'eval/...' metrics, with ``mean_predictor`` beside."""
+    return {**{f"eval/{k}": v for k, v in self(params, inner_steps).items()},
+            **self.mean_predictor}
 
   def __call__(self, params, inner_steps: Sequence[int] = (5,)) -> Dict[str, float]:
     """{'mse', 'mse_ood', 'residual', 'residual_ood', 'pred_norm', ...}.

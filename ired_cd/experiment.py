@@ -15,6 +15,7 @@ run. Outputs in the workdir:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -202,6 +203,95 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
+@dataclasses.dataclass
+class RunRecord:
+  """What a run has done so far; ``summary()`` is its summary.json."""
+
+  config: ml_collections.ConfigDict
+  step: int
+  mean_predictor: Dict[str, float]
+  peak_score: float = 0.0  # running max of ||dE/dy|| (collapse_check)
+  started: float = dataclasses.field(default_factory=time.time)
+  status: str = "completed"  # completed | interrupted | diverged
+  train_seconds: float = 0.0  # execution time of the timed steps, compilation excluded
+  timed_steps: int = 0
+  collapse_step: Optional[int] = None
+  failed_step: Optional[int] = None  # the first non-finite step of a diverged run
+  message: Optional[str] = None
+  last_eval: Optional[Dict[str, float]] = None
+
+  def advance(self, steps: int, seconds: float) -> None:
+    self.step += steps
+    self.train_seconds += seconds
+    self.timed_steps += steps
+
+  def summary(self) -> Dict:
+    c = self.config
+    summary = {
+        "status": self.status, "steps": self.step, "mining_strategy": c.mining_strategy,
+        "seed": c.seed, "batch_size": c.batch_size,
+        "train/steps_per_sec": self.timed_steps / self.train_seconds if self.train_seconds
+                               else None,
+        "wall_clock_sec": time.time() - self.started, "collapse_step": self.collapse_step,
+        "failed_step": self.failed_step, **self.mean_predictor, **(self.last_eval or {})}
+    if self.message:
+      summary["message"] = self.message
+    return summary
+
+
+class _CompiledSteps:
+  """``make_multi_step`` compiled ahead of time once per chunk length, and timed."""
+
+  def __init__(self, exp, mesh):
+    self._exp, self._mesh, self._compiled = exp, mesh, {}
+
+  def __call__(self, state, chunk: int):
+    """(state, metrics, health, execution seconds) after ``chunk`` steps, on the host."""
+    if chunk not in self._compiled:
+      self._compiled[chunk] = train.make_multi_step(
+          self._exp, chunk, self._mesh, state).lower(state).compile()
+    tic = time.perf_counter()
+    state, metrics, health = self._compiled[chunk](state)
+    metrics, health = jax.device_get((metrics, health))
+    return state, metrics, health, time.perf_counter() - tic
+
+
+def _divergence(health, step: int, chunk: int, store) -> Tuple[int, str]:
+  """(first non-finite step, the error message) of a chunk whose health flags failed."""
+  first = step + int(health["first_nonfinite"]) + 1
+  good = store.steps()
+  return first, (f"non-finite loss, gradient or parameters at step {first} (steps {step + 1}-"
+                 f"{step + chunk}); last good checkpoint: "
+                 f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Consider "
+                 "energy_reg_weight > 0, langevin_grad_clip, or a smaller energy_loss_weight.")
+
+
+def _note_collapse(record: RunRecord, metrics, out_dim: int) -> None:
+  """Updates the record's peak score; records (and warns of) the first collapse."""
+  peak_before = record.peak_score
+  record.peak_score, collapsed = collapse_check(
+      peak_before, float(metrics["score_norm"]), float(metrics["loss_mse"]), out_dim)
+  if (collapsed and record.collapse_step is None
+      and record.step >= record.config.collapse_after_steps):
+    record.collapse_step = record.step
+    logging.warning(
+        "COLLAPSE at step %d: ||dE/dy|| = %.3g (healthy ~%.0f, up to %.3g before) while the "
+        "denoising MSE is %.3f: the energy landscape has gone flat (null predictor).",
+        record.step, metrics["score_norm"], math.sqrt(out_dim), peak_before, metrics["loss_mse"])
+
+
+def _progress(metrics, steps_per_sec: float, record: RunRecord) -> Dict[str, str]:
+  """The progress bar's postfix: loss, speed, energy gap, last eval MSE, collapse."""
+  postfix = dict(loss=f"{metrics['loss']:.4f}", sps=f"{steps_per_sec:.1f}")
+  if "energy_gap" in metrics:
+    postfix["gap"] = f"{metrics['energy_gap']:.3g}"
+  if record.last_eval:
+    postfix["mse"] = f"{record.last_eval['eval/mse']:.4f}"
+  if record.collapse_step is not None:
+    postfix["COLLAPSED"] = str(record.collapse_step)
+  return postfix
+
+
 def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                        progress: bool = True, defaults=None, num_devices=None) -> Dict:
   """Trains ``config`` in ``workdir`` (resuming what is there) and returns the summary.
@@ -215,14 +305,13 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   check_workdir(config, workdir, allow_config_change)
-  start_wall = time.time()
   exp = train.build_experiment(config)
   state = train.init_state(exp, mesh=mesh)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored, restored_step = store.restore(state)
-  step = 0
   if restored is not None:
-    state, step = restored, restored_step
+    state = restored
+  step = restored_step or 0
   description = describe_run(config, mesh, workdir, step)
   logging.info(description)
   if main_process:
@@ -230,121 +319,62 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
   evaluator = evaluation.Evaluator(exp)
-  baselines = evaluation.mean_predictor_mse(exp.task, evaluator.sets, evaluator.seed)
-  inner_steps = tuple(config.eval_inner_steps)
-  runners = {}
-  train_time, timed_steps = 0.0, 0
-  collapse_step = None
-  peak_score = _peak_score(workdir, step)
-  status = "completed"
-  last_eval = None
+  record = RunRecord(config, step, evaluator.mean_predictor, _peak_score(workdir, step))
+  run_chunk = _CompiledSteps(exp, mesh)
 
-  def evaluate():
-    if not main_process:
-      return {}
-    params = jax.device_get(state.ema_params)  # replicated: every host holds a full copy
-    result = {f"eval/{k}": v for k, v in evaluator(params, inner_steps).items()}
-    result.update({f"eval/{k}": v for k, v in baselines.items()})
-    return result
+  def evaluate():  # the EMA parameters are replicated: host 0 holds a full copy
+    return (evaluator.report(jax.device_get(state.ema_params), tuple(config.eval_inner_steps))
+            if main_process else {})
 
   bar = tqdm.tqdm(total=config.train_steps, initial=step, disable=not (progress and main_process),
                   dynamic_ncols=True, desc=config.mining_strategy)
   try:
     with _StopSignal() as stop:
-      while step < config.train_steps and not _any_process(stop.received is not None):
-        chunk = min(config.log_every - step % config.log_every, config.train_steps - step)
-        if chunk not in runners:  # compiled ahead of time: the timing below is execution only
-          runners[chunk] = train.make_multi_step(exp, chunk, mesh, state).lower(state).compile()
-        tic = time.perf_counter()
-        state, metrics = runners[chunk](state)
-        metrics = jax.device_get(metrics)
-        elapsed = time.perf_counter() - tic
-        train_time += elapsed
-        timed_steps += chunk
-        if metrics["nonfinite_steps"] or not metrics["params_finite"]:
-          first = step + int(metrics["first_nonfinite"]) + 1
-          good = store.steps()
-          status = "diverged"
-          message = (f"non-finite loss, gradient or parameters at step {first} (steps {step + 1}-"
-                     f"{step + chunk}); last good checkpoint: "
-                     f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. "
-                     "Consider energy_reg_weight > 0, langevin_grad_clip, or a smaller "
-                     "energy_loss_weight.")
+      while record.step < config.train_steps and not _any_process(stop.received is not None):
+        chunk = min(config.log_every - record.step % config.log_every,
+                    config.train_steps - record.step)
+        state, metrics, health, seconds = run_chunk(state, chunk)
+        if health["nonfinite_steps"] or not health["params_finite"]:
+          record.status = "diverged"
+          record.failed_step, record.message = _divergence(health, record.step, chunk, store)
           if main_process:
-            writer.write(step + chunk, {"train/nonfinite_steps": metrics["nonfinite_steps"]})
-            _write_summary(workdir, config, step, last_eval, train_time, timed_steps,
-                           start_wall, status, collapse_step, baselines, message)
-          raise TrainingDiverged(message)
-        step += chunk
-        row = {f"train/{k}": v for k, v in metrics.items()
-               if k not in ("nonfinite_steps", "params_finite", "first_nonfinite")}
-        row["train/steps_per_sec"] = chunk / elapsed
-        peak_before = peak_score
-        peak_score, collapsed = collapse_check(peak_score, float(metrics["score_norm"]),
-                                               float(metrics["loss_mse"]), exp.task.out_dim)
-        if collapse_step is None and step >= config.collapse_after_steps and collapsed:
-          collapse_step = step
-          warning = (f"COLLAPSE at step {step}: ||dE/dy|| = {metrics['score_norm']:.3g} "
-                     f"(healthy ~{math.sqrt(exp.task.out_dim):.0f}, up to {peak_before:.3g} "
-                     f"before) while the denoising MSE is {metrics['loss_mse']:.3f}: the energy "
-                     "landscape has gone flat (null predictor).")
-          logging.warning(warning)
-        if config.eval_every and step % config.eval_every == 0 or step == config.train_steps:
-          last_eval = evaluate()
-          row.update(last_eval)
+            writer.write(record.step + chunk,
+                         {"train/nonfinite_steps": health["nonfinite_steps"]})
+            metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), record.summary())
+          raise TrainingDiverged(record.message)
+        record.advance(chunk, seconds)
+        _note_collapse(record, metrics, exp.task.out_dim)
+        row = {**{f"train/{k}": v for k, v in metrics.items()},
+               "train/steps_per_sec": chunk / seconds}
+        if (config.eval_every and record.step % config.eval_every == 0
+            or record.step == config.train_steps):
+          record.last_eval = evaluate()
+          row.update(record.last_eval)
         if main_process:
-          writer.write(step, row)
-        if step % config.checkpoint_every == 0:
+          writer.write(record.step, row)
+        if record.step % config.checkpoint_every == 0:
           store.save(state)
         bar.update(chunk)
-        postfix = dict(loss=f"{metrics['loss']:.4f}", sps=f"{chunk / elapsed:.1f}")
-        if "energy_gap" in metrics:
-          postfix["gap"] = f"{metrics['energy_gap']:.3g}"
-        if last_eval:
-          postfix["mse"] = f"{last_eval['eval/mse']:.4f}"
-        if collapse_step is not None:
-          postfix["COLLAPSED"] = collapse_step
-        bar.set_postfix(postfix)
+        bar.set_postfix(_progress(metrics, chunk / seconds, record))
       store.save(state, wait=True)
-      if step < config.train_steps:
-        status = "interrupted"
-        tqdm.tqdm.write(f"{stop.received or 'stop'}: checkpoint saved at step {step}; rerun "
-                        "the same command to resume.")
-        return {"status": status, "steps": step}
-    if not main_process:
-      return {"status": status, "steps": step}
-    if last_eval is None or step != config.train_steps:
-      last_eval = evaluate()
-      writer.write(step, last_eval)
-    return _write_summary(workdir, config, step, last_eval, train_time, timed_steps, start_wall,
-                          status, collapse_step, baselines)
+      if record.step < config.train_steps:
+        record.status = "interrupted"
+        tqdm.tqdm.write(f"{stop.received or 'stop'}: checkpoint saved at step {record.step}; "
+                        "rerun the same command to resume.")
+    if record.status == "interrupted" or not main_process:
+      return {"status": record.status, "steps": record.step}
+    if record.last_eval is None or record.step != config.train_steps:
+      record.last_eval = evaluate()
+      writer.write(record.step, record.last_eval)
+    summary = record.summary()
+    metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
+    return summary
   finally:
     bar.close()
     if writer is not None:
       writer.close()
       _write_curves(workdir)
     store.close()
-
-
-def _write_summary(workdir, config, step, last_eval, train_time, timed_steps, start_wall,
-                   status, collapse_step, baselines, message=None) -> Dict:
-  summary = {
-      "status": status,
-      "steps": step,
-      "mining_strategy": config.mining_strategy,
-      "seed": config.seed,
-      "batch_size": config.batch_size,
-      "train/steps_per_sec": timed_steps / train_time if train_time else None,
-      "wall_clock_sec": time.time() - start_wall,
-      "collapse_step": collapse_step,
-  }
-  summary.update({f"eval/{k}": v for k, v in baselines.items()})
-  if last_eval:
-    summary.update(last_eval)
-  if message:
-    summary["message"] = message
-  metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
-  return summary
 
 
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
@@ -359,10 +389,7 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
     raise FileNotFoundError(f"no checkpoint in {store.directory}")
   inner_steps = tuple(inner_steps or config.eval_inner_steps)
   evaluator = evaluation.Evaluator(exp, size=eval_size)
-  params = state.ema_params if use_ema else state.params
-  result = {f"eval/{k}": v for k, v in evaluator(params, inner_steps).items()}
-  result.update({f"eval/{k}": v for k, v in
-                 evaluation.mean_predictor_mse(exp.task, evaluator.sets, evaluator.seed).items()})
+  result = evaluator.report(state.ema_params if use_ema else state.params, inner_steps)
   result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
                 params="ema" if use_ema else "online")
   metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)

@@ -193,22 +193,23 @@ def make_train_step(exp: Experiment, mesh=None) -> Callable:
   return train_step
 
 
-def _jit(fn, state_like, mesh):
-  """jit with the state donated and, on a mesh, its shardings pinned in and out."""
+def _jit(fn, state_like, mesh, num_host_outputs: int = 1):
+  """jit with the state donated and, on a mesh, its shardings pinned in and out (the
+  ``num_host_outputs`` outputs after the state replicated)."""
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   shardings = parallel.state_shardings(state_like, mesh)
   return jax.jit(fn, donate_argnums=0, in_shardings=(shardings,),
-                 out_shardings=(shardings, parallel.replicated(mesh)))
+                 out_shardings=(shardings,) + (parallel.replicated(mesh),) * num_host_outputs)
 
 
 def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None) -> Callable:
-  """Jitted ``run(state) -> (state, metrics)`` doing ``num_steps`` steps on device.
+  """Jitted ``run(state) -> (state, metrics, health)`` doing ``num_steps`` steps on device.
 
-  The state is donated. Metrics are the mean over the steps, plus health
-  flags: ``nonfinite_steps`` (steps with a non-finite loss or gradient norm: an
-  infinite norm makes clipping zero every update), ``first_nonfinite``
-  (index of the first, or num_steps) and ``params_finite``.
+  The state is donated. ``metrics`` are the means over the steps. ``health``:
+  ``nonfinite_steps`` (steps with a non-finite loss or gradient norm: an
+  infinite norm makes clipping zero every update), ``first_nonfinite`` (index
+  of the first, or num_steps) and ``params_finite``.
   """
   train_step = make_train_step(exp, mesh)
 
@@ -216,13 +217,14 @@ def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None)
     state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
     metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
     bad = ~jnp.isfinite(stacked["loss"]) | ~jnp.isfinite(stacked["grad_norm"])
-    metrics["nonfinite_steps"] = jnp.sum(bad)
-    metrics["first_nonfinite"] = jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps)
-    metrics["params_finite"] = jnp.all(jnp.stack(
-        [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(state.params)]))
-    return state, metrics
+    health = dict(
+        nonfinite_steps=jnp.sum(bad),
+        first_nonfinite=jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps),
+        params_finite=jnp.all(jnp.stack(
+            [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(state.params)])))
+    return state, metrics, health
 
-  return _jit(run, state_like, mesh)
+  return _jit(run, state_like, mesh, num_host_outputs=2)
 
 
 def jit_train_step(exp: Experiment, mesh=None, state_like=None) -> Callable:

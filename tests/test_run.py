@@ -145,9 +145,12 @@ def test_damaged_checkpoints_are_skipped(tmp_path, caplog):
 def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny("cd_langevin", energy_loss_weight=float("inf"), eval_every=0)
-  with pytest.raises(experiment.TrainingDiverged, match=r"non-finite .* at step \d+"):
+  with pytest.raises(experiment.TrainingDiverged, match=r"non-finite .* at step \d+") as err:
     experiment.train_and_evaluate(config, workdir, progress=False)
-  assert json.load(open(os.path.join(workdir, "summary.json")))["status"] == "diverged"
+  summary = json.load(open(os.path.join(workdir, "summary.json")))
+  assert summary["status"] == "diverged" and summary["message"] == str(err.value)
+  assert f"at step {summary['failed_step']} " in summary["message"]
+  assert 1 <= summary["failed_step"] <= config.log_every
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):

@@ -72,7 +72,7 @@ def test_multi_step_equals_single_steps():
   """make_multi_step(exp, 3) = three single steps (state) and the mean of their metrics."""
   exp = _tiny.tiny_experiment("cd_full")
   singles, metrics = _run("cd_full", 3)
-  multi, multi_metrics = train.make_multi_step(exp, 3)(train.init_state(exp))
+  multi, multi_metrics, health = train.make_multi_step(exp, 3)(train.init_state(exp))
   assert int(multi.step) == 3
   np.testing.assert_array_equal(multi.key, singles.key)
   np.testing.assert_array_equal(multi.replay.count, singles.replay.count)
@@ -84,7 +84,8 @@ def test_multi_step_equals_single_steps():
   for name in ("loss", "loss_mse", "energy_weight", "replay_fill"):
     want = np.mean([float(m[name]) for m in metrics])
     np.testing.assert_allclose(multi_metrics[name], want, rtol=1e-4, atol=1e-7)
-  assert int(multi_metrics["nonfinite_steps"]) == 0
+  assert int(health["nonfinite_steps"]) == 0 and bool(health["params_finite"])
+  assert int(health["first_nonfinite"]) == 3 and "nonfinite_steps" not in multi_metrics
 
 
 def test_bfloat16_matmuls_track_float32():
