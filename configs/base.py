@@ -13,6 +13,8 @@ run, ``:guide`` the guide's literal CD values; join them with ',' (``:cpu,guide`
 import ml_collections
 from ml_collections import config_dict
 
+from ired_cd import config as config_lib
+
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
@@ -196,6 +198,16 @@ def tiny_variant(c):
   c.replay_buffer_size = 64
   c.energy_loss_warmup_steps = min(c.energy_loss_warmup_steps, 20)
   c.output_dir = c.output_dir + "_tiny"
+
+
+def run_config(config, strategy=None, **overrides):
+  """A validated copy of ``config`` with ``strategy``'s switches (config_lib.apply_strategy)
+  and ``overrides``: how the ablation, the benchmarks and the tests derive a run's config."""
+  c = config.copy_and_resolve_references()
+  if strategy is not None:
+    config_lib.apply_strategy(c, strategy)
+  c.update(overrides)
+  return config_lib.validate(c, get_config())
 
 
 VARIANTS = {"cpu": cpu_variant, "tiny": tiny_variant, "guide": guide_variant}

@@ -22,13 +22,15 @@ import shlex
 import sys
 import time
 
+import matplotlib
 import numpy as np
 import tqdm
 from absl import app, flags, logging
+from matplotlib.figure import Figure
 from ml_collections import config_flags
 
 from configs import base
-from experiments import cli, plot
+from experiments import cli
 from ired_cd import config as config_lib
 from ired_cd import experiment, metrics_io, plotting, tasks
 
@@ -44,13 +46,6 @@ HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of e
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
-
-
-def run_config(config, strategy, seed):
-  """A copy of ``config`` with ``strategy``'s switches and ``seed``."""
-  c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
-  c.seed = seed
-  return c
 
 
 def run_dir(workdir, strategy, seed):
@@ -215,11 +210,12 @@ def plot_ablation(report, path):
   panels = [("eval MSE, in-distribution", "eval/mse"), ("eval MSE, harder", "eval/mse_ood"),
             ("energy gap E_neg - E_pos", "train/energy_gap"),
             ("‖∇E‖ (score norm)", "train/score_norm")]
-  fig, axes = plot.plt.subplots(2, 2, figsize=(13, 9))
+  fig = Figure(figsize=(13, 9))
+  axes = fig.subplots(2, 2)
   for ax, (title, key) in zip(axes.flat, panels):
     plotted = []
     for i, strategy in enumerate(report["strategies"]):
-      color = plot.plt.cm.tab10(i % 10)
+      color = matplotlib.colormaps["tab10"](i % 10)
       runs = [r for r in report["runs"] if r["strategy"] == strategy]
       done = [r for r in runs if r["status"] == "completed"]
       steps, values = _by_step(done, key)
@@ -256,7 +252,6 @@ def plot_ablation(report, path):
                f"{', '.join(map(str, report['seeds']))})")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
-  plot.plt.close(fig)
 
 
 def _describe(record):
@@ -287,8 +282,7 @@ def run_ablation(config, strategies, seeds, workdir, command=None):
   plan = []
   for strategy in strategies:
     for seed in range(seeds):
-      c = run_config(config, strategy, seed)
-      config_lib.validate(c, base.get_config())
+      c = base.run_config(config, strategy, seed=seed)
       subdir = run_dir(workdir, strategy, seed)
       experiment.check_workdir(c, subdir)
       plan.append((strategy, seed, c, subdir))

@@ -124,9 +124,7 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
 def _warm_step(config, strategy, mesh=None, **overrides):
   """(config, experiment, state, compiled step, compile seconds) for ``strategy``, after three
   warm-up steps (which also fill the replay buffer, so replay paths are exercised)."""
-  c = config_lib.apply_strategy(config.copy_and_resolve_references(), strategy)
-  c.update(overrides)
-  config_lib.validate(c, base.get_config())
+  c = base.run_config(config, strategy, **overrides)
   exp = train.build_experiment(c)
   state = train.init_state(exp, mesh=mesh)
   tic = time.perf_counter()

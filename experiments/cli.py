@@ -1,6 +1,7 @@
 """Command-line pieces shared by the tools that take a ``--config`` file."""
 
 import sys
+from typing import List, Optional, Sequence
 
 from absl import app
 
@@ -16,3 +17,19 @@ def parse_flags(argv):
   except config_lib.ConfigError as err:
     sys.exit(f"error: {err}")
   return app.parse_flags_with_usage(argv)
+
+
+def step_counts(flag_name: str, values: Optional[Sequence[str]]) -> Optional[List[int]]:
+  """A list flag of inner-step counts (``--name=0,1,2,5``) as integers >= 0; None if unset.
+
+  Raises ConfigError naming the flag otherwise.
+  """
+  if values is None:
+    return None
+  try:
+    counts = [int(k) for k in values]
+  except ValueError:
+    counts = []
+  if not counts or min(counts) < 0:
+    raise config_lib.ConfigError(f"--{flag_name}: integers >= 0, got {list(values)}")
+  return counts

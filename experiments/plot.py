@@ -8,20 +8,18 @@ Writes WORKDIR/curves.png from WORKDIR/metrics.jsonl (losses, eval MSE against
 the mean predictor, and the health instruments the run logged). With
 --inner_steps it also scores the latest checkpoint with each number of inner
 descent steps (experiment.evaluate_checkpoint, which writes WORKDIR/eval.json)
-and plots the MSE against them in WORKDIR/inner_steps.png. Headless (Agg).
+and plots the MSE against them in WORKDIR/inner_steps.png. Headless: files only.
 """
 
 import os
 import sys
 
-import matplotlib
+from absl import app, flags, logging
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # headless: files only, no display needed
-
-import matplotlib.pyplot as plt  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
-
-from ired_cd import experiment, plotting  # noqa: E402
+from experiments import cli
+from ired_cd import config as config_lib
+from ired_cd import experiment, plotting
 
 _INNER = flags.DEFINE_list("inner_steps", None,
                            "Also sweep the sampler's inner descent steps, e.g. 0,1,2,5,10,20.")
@@ -40,7 +38,8 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
   config = experiment.load_config(workdir)
   result = experiment.evaluate_checkpoint(config, workdir, inner_steps=inner_steps,
                                           eval_size=eval_size)
-  fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 3.6))
+  fig = Figure(figsize=(5 * len(SPLITS), 3.6))
+  axes = fig.subplots(1, len(SPLITS))
   for ax, (suffix, title) in zip(axes, SPLITS.items()):
     # One inner-step count gives unsuffixed keys; several give ..._k{n} keys.
     mse = [result[f"eval/mse{suffix}_k{k}" if len(inner_steps) > 1 else f"eval/mse{suffix}"]
@@ -59,7 +58,6 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
   fig.tight_layout()
   path = os.path.join(workdir, "inner_steps.png")
   fig.savefig(path, dpi=110)
-  plt.close(fig)
   return path, result
 
 
@@ -70,11 +68,9 @@ def main(argv):
     sys.exit("usage: python -m experiments.plot WORKDIR [--inner_steps=0,1,2,5] [--eval_size=N]")
   workdir = argv[1]
   try:
-    inner = [int(k) for k in _INNER.value] if _INNER.value else None
-  except ValueError:
-    sys.exit(f"error: --inner_steps: integers >= 0, got {_INNER.value}")
-  if inner is not None and min(inner) < 0:
-    sys.exit(f"error: --inner_steps: integers >= 0, got {_INNER.value}")
+    inner = cli.step_counts(_INNER.name, _INNER.value)
+  except config_lib.ConfigError as err:
+    sys.exit(f"error: {err}")
   if _SIZE.value is not None and _SIZE.value <= 0:
     sys.exit(f"error: --eval_size: must be a positive integer, got {_SIZE.value}")
   try:

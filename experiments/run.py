@@ -48,15 +48,13 @@ def main(argv):
   workdir = _WORKDIR.value or config.output_dir
   try:
     config_lib.validate(config, base.get_config())
-    inner = [int(k) for k in _INNER.value] if _INNER.value else None
-    if inner is not None and (not inner or min(inner) < 0):
-      raise config_lib.ConfigError(f"--eval_inner_steps: integers >= 0, got {_INNER.value}")
+    inner = cli.step_counts(_INNER.name, _INNER.value)
     if _SIZE.value is not None and _SIZE.value <= 0:
       raise config_lib.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
     if _MODE.value == "train":
       experiment.check_devices(config, parallel.make_mesh())
       experiment.check_workdir(config, workdir, _ALLOW_CHANGE.value)
-  except (config_lib.ConfigError, ValueError) as err:
+  except config_lib.ConfigError as err:
     sys.exit(f"error: {err}")
   if _MODE.value == "eval":
     result = experiment.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,

@@ -19,6 +19,8 @@ import sys
 import numpy as np
 from absl import app, flags, logging
 
+from experiments import cli
+from ired_cd import config as config_lib
 from ired_cd import solve, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments.run (required).")
@@ -83,8 +85,8 @@ def main(argv):
       if not flag.value:
         raise solve.SolveError(flag.name, "required")
     try:
-      inner_steps = solve.check_inner_steps([int(k) for k in _INNER.value])
-    except ValueError as err:
+      inner_steps = solve.check_inner_steps(cli.step_counts(_INNER.name, _INNER.value))
+    except config_lib.ConfigError as err:
       raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
     config = solve.read_config(_WORKDIR.value, _STEP.value)
     task = tasks.get_task(config.task, config.rank)

@@ -10,7 +10,6 @@ import functools
 import jax
 
 from configs import base
-from ired_cd import config as config_lib
 from ired_cd import train
 from ired_cd.diffusion import cosine_schedule
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
@@ -43,10 +42,7 @@ def schedule():
 
 def tiny_config(strategy, **overrides):
   """configs/base.py 'tiny' with the stage switches of ``strategy``."""
-  c = config_lib.apply_strategy(base.get_config("tiny"), strategy)
-  for key, value in overrides.items():
-    c[key] = value
-  return config_lib.validate(c, defaults=base.get_config())
+  return base.run_config(base.get_config("tiny"), strategy, **overrides)
 
 
 @functools.lru_cache(maxsize=None)

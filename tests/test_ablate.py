@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
-from configs import q204
+from configs import base, q204
 from experiments import ablate
 from ired_cd import metrics_io
 
@@ -24,9 +24,7 @@ COLUMNS = ["strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ 
 
 
 def tiny(**overrides):
-  c = q204.get_config("tiny")
-  c.update(dict(SHORT, **overrides))
-  return c
+  return base.run_config(q204.get_config("tiny"), **SHORT, **overrides)
 
 
 def assert_png(path):

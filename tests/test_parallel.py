@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 
-from configs import q204
+from configs import base, q204
 from ired_cd import checkpoint, config as config_lib, experiment, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -21,13 +21,10 @@ def run_on_devices(code: str, devices: int = 4, timeout: int = 300):
              PYTHONPATH=REPO)
   prelude = textwrap.dedent("""
       import json, jax, numpy as np
-      from configs import q204
+      from configs import base, q204
       from ired_cd import config as config_lib, experiment, parallel, train
       def tiny(strategy, **overrides):
-        c = q204.get_config("tiny")
-        config_lib.apply_strategy(c, strategy)
-        c.update(overrides)
-        return c
+        return base.run_config(q204.get_config("tiny"), strategy, **overrides)
       """)
   result = subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=REPO,
                           env=env, capture_output=True, text=True, timeout=timeout)
@@ -100,8 +97,7 @@ def test_four_device_checkpoint_restores_on_one_device(tmp_path):
       print(json.dumps(dict(steps=summary["steps"])))
       """)
   assert out["steps"] == 20
-  config = q204.get_config("tiny")
-  config_lib.apply_strategy(config, "cd_langevin_replay")
+  config = base.run_config(q204.get_config("tiny"), "cd_langevin_replay")
   exp = train.build_experiment(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"))
   state, step = store.restore(train.init_state(exp))

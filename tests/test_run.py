@@ -20,10 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny(strategy="cd_full", **overrides):
-  c = q204.get_config("tiny")
-  config_lib.apply_strategy(c, strategy)
-  c.update(overrides)
-  return c
+  return base.run_config(q204.get_config("tiny"), strategy, **overrides)
 
 
 def run_cli(*args, timeout=240):
