@@ -13,13 +13,14 @@ run, ``:guide`` the guide's literal CD values; join them with ',' (``:cpu,guide`
 import ml_collections
 from ml_collections import config_dict
 
-from ired_cd import config as config_lib
+from ired_cd import schema
 
 
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
 
-  # Bookkeeping (carried from the guide's JSON; not read by training).
+  # Bookkeeping, carried from the guide's JSON so the configs match it key for key:
+  # nothing reads these, and they never make two runs differ (loop.BOOKKEEPING_FIELDS).
   c.experiment_name = "ired"
   c.description = ""
   c.investigation = "ired-cd"
@@ -38,7 +39,8 @@ def get_config(arg=None):
   c.diffusion_steps = 10
   # float32 | bfloat16: the dtype of every matmul's operands (accumulation and
   # all other arithmetic stay float32). float32 compares with the PyTorch runs;
-  # bfloat16 trains 1.4-1.6x faster on the project's AVX-512 CPU, same curves.
+  # bfloat16 trains faster where the hardware multiplies bf16 natively, with the
+  # same curves (docs/speed.md).
   c.matmul_dtype = "float32"
 
   # Optimisation: clip_by_global_norm then Adam; EMA with ema-pytorch semantics.
@@ -65,6 +67,8 @@ def get_config(arg=None):
   c.ired_descent_steps = 2
   c.nce_loss_weight = 0.5
   # CD (guide sections A-F).
+  # The guide's switches for the chain and the CD loss: kept so the config files
+  # match the guide key for key; nothing reads them and only True is accepted.
   c.use_langevin = True
   c.use_cd_loss = True
   c.mining_opt_steps = 10
@@ -114,7 +118,7 @@ def get_config(arg=None):
   c.checkpoint_every = 5_000
   c.keep_checkpoints = 3
   # Training health: warn once when ||dE/dy||, having reached sqrt(D) / 2, collapses
-  # while the MSE sits near 1, from this step on (experiment.collapse_check).
+  # while the MSE sits near 1, from this step on (loop.collapse_check).
   c.collapse_after_steps = 1_000
 
   if arg:
@@ -201,13 +205,13 @@ def tiny_variant(c):
 
 
 def run_config(config, strategy=None, **overrides):
-  """A validated copy of ``config`` with ``strategy``'s switches (config_lib.apply_strategy)
+  """A validated copy of ``config`` with ``strategy``'s switches (schema.apply_strategy)
   and ``overrides``: how the ablation, the benchmarks and the tests derive a run's config."""
   c = config.copy_and_resolve_references()
   if strategy is not None:
-    config_lib.apply_strategy(c, strategy)
+    schema.apply_strategy(c, strategy)
   c.update(overrides)
-  return config_lib.validate(c, get_config())
+  return schema.validate(c, get_config())
 
 
 VARIANTS = {"cpu": cpu_variant, "tiny": tiny_variant, "guide": guide_variant}

@@ -31,12 +31,12 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli
-from ired_cd import config as config_lib
-from ired_cd import experiment, metrics_io, plotting, tasks
+from ired_cd import schema
+from ired_cd import loop, metrics_io, plotting, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
-_STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES),
+_STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES),
                                 "Strategies to compare (config.apply_strategy).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
 _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
@@ -60,13 +60,13 @@ def _last_value(rows, key):
 def run_one(config, strategy, seed, subdir):
   """Trains (or skips) one run; returns its record. Never raises for a failed run."""
   tic = time.time()
-  skipped = experiment.holds_outcome(config, subdir)
+  skipped = loop.holds_outcome(config, subdir)
   if skipped:
     summary = plotting.read_json(os.path.join(subdir, "summary.json"))
   else:
     try:
-      summary = experiment.train_and_evaluate(config, subdir, progress=False)
-    except experiment.TrainingDiverged as err:
+      summary = loop.train_and_evaluate(config, subdir, progress=False)
+    except loop.TrainingDiverged as err:
       summary = plotting.read_json(os.path.join(subdir, "summary.json")) or {}
       summary.update(status="diverged", message=str(err))
     except Exception as err:  # noqa: BLE001 - any failure is recorded; the others go on
@@ -275,16 +275,16 @@ def run_ablation(config, strategies, seeds, workdir, command=None):
   raise ConfigError before anything runs. Returns the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
-    raise config_lib.ConfigError(f"strategies: a non-empty list without repeats, got "
+    raise schema.ConfigError(f"strategies: a non-empty list without repeats, got "
                                  f"{list(strategies)}")
   if seeds < 1:
-    raise config_lib.ConfigError(f"seeds: must be >= 1, got {seeds}")
+    raise schema.ConfigError(f"seeds: must be >= 1, got {seeds}")
   plan = []
   for strategy in strategies:
     for seed in range(seeds):
       c = base.run_config(config, strategy, seed=seed)
       subdir = run_dir(workdir, strategy, seed)
-      experiment.check_workdir(c, subdir)
+      loop.check_workdir(c, subdir)
       plan.append((strategy, seed, c, subdir))
   records = []
   bar = tqdm.tqdm(plan, desc="ablation", unit="run", dynamic_ncols=True)
@@ -317,7 +317,7 @@ def main(argv):
   command = "python -m experiments.ablate " + shlex.join(sys.argv[1:])
   try:
     report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command)
-  except config_lib.ConfigError as err:
+  except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]
   flagged = [r for r in runs if r["status"] != "completed" or r["collapse_step"] is not None]

@@ -37,12 +37,12 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli, memory
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import flops, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
-_STRATEGIES = flags.DEFINE_list("strategies", list(config_lib.STRATEGIES), "Strategies to time.")
+_STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES), "Strategies to time.")
 MEASURES = ("matmul", "train", "sampler", "dtypes")
 _WHAT = flags.DEFINE_list(
     "what", ["matmul", "train", "sampler"],
@@ -122,18 +122,18 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
 
 
 def _warm_step(config, strategy, mesh=None, **overrides):
-  """(config, experiment, state, compiled step, compile seconds) for ``strategy``, after three
+  """(config, setup, state, compiled step, compile seconds) for ``strategy``, after three
   warm-up steps (which also fill the replay buffer, so replay paths are exercised)."""
   c = base.run_config(config, strategy, **overrides)
-  exp = train.build_experiment(c)
-  state = train.init_state(exp, mesh=mesh)
+  setup = train.build_setup(c)
+  state = train.init_state(setup, mesh=mesh)
   tic = time.perf_counter()
-  compiled = train.jit_train_step(exp, mesh, state).lower(state).compile()
+  compiled = train.jit_train_step(setup, mesh, state).lower(state).compile()
   compile_s = time.perf_counter() - tic
   for _ in range(3):
     state, _ = compiled(state)
   jax.block_until_ready(state)
-  return c, exp, state, compiled, compile_s
+  return c, setup, state, compiled, compile_s
 
 
 def _timed_step(compiled, state):
@@ -148,8 +148,8 @@ def bench_train(config, strategy, steps, peak, num_devices):
   device = jax.devices()[0]
   stats_before = device.memory_stats()
   mesh = parallel.make_mesh(num_devices)
-  c, exp, state, compiled, compile_s = _warm_step(config, strategy, mesh)
-  flops_analytic = flops.count_matmul_flops(train.make_train_step(exp, mesh), state)
+  c, setup, state, compiled, compile_s = _warm_step(config, strategy, mesh)
+  flops_analytic = flops.count_matmul_flops(train.make_train_step(setup, mesh), state)
   times = []
   for _ in range(steps):
     state, metrics, ms = _timed_step(compiled, state)
@@ -183,10 +183,10 @@ def bench_matmul_dtypes(config, strategy, steps):
 
 
 def bench_sampler(config, inner_steps, reps, peak):
-  exp = train.build_experiment(config)
-  params = train.init_state(exp).ema_params
-  sample = sampler.make_sampler(exp.energy_fn, exp.schedule, exp.task.out_dim)
-  inp, _ = exp.task.sample(jax.random.PRNGKey(1), config.batch_size, False)
+  setup = train.build_setup(config)
+  params = train.init_state(setup).ema_params
+  sample = sampler.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
+  inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.batch_size, False)
   key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
   tic = time.perf_counter()
   compiled = sample.lower(params, inp, key, k).compile()
@@ -208,8 +208,8 @@ def main(argv):
   del argv
   config = _CONFIG.value
   for s in _STRATEGIES.value:
-    if s not in config_lib.STRATEGIES:
-      raise app.UsageError(f"--strategies: {s!r} is not one of {config_lib.STRATEGIES}")
+    if s not in schema.STRATEGIES:
+      raise app.UsageError(f"--strategies: {s!r} is not one of {schema.STRATEGIES}")
   for w in _WHAT.value:
     if w not in MEASURES:
       raise app.UsageError(f"--what: {w!r} is not one of {MEASURES}")

@@ -6,15 +6,15 @@ from typing import List, Optional, Sequence
 from absl import app
 
 from configs import base
-from ired_cd import config as config_lib
+from ired_cd import schema
 
 
 def parse_flags(argv):
   """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``), after checking the
   ``--config.<field>`` names: an unknown one exits with one line naming it and the closest."""
   try:
-    config_lib.check_overrides(argv[1:], base.get_config())
-  except config_lib.ConfigError as err:
+    schema.check_overrides(argv[1:], base.get_config())
+  except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   return app.parse_flags_with_usage(argv)
 
@@ -31,5 +31,5 @@ def step_counts(flag_name: str, values: Optional[Sequence[str]]) -> Optional[Lis
   except ValueError:
     counts = []
   if not counts or min(counts) < 0:
-    raise config_lib.ConfigError(f"--{flag_name}: integers >= 0, got {list(values)}")
+    raise schema.ConfigError(f"--{flag_name}: integers >= 0, got {list(values)}")
   return counts

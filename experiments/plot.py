@@ -7,7 +7,7 @@ r"""Plots of one run: its training and evaluation curves, and an inference-steps
 Writes WORKDIR/curves.png from WORKDIR/metrics.jsonl (losses, eval MSE against
 the mean predictor, and the health instruments the run logged). With
 --inner_steps it also scores the latest checkpoint with each number of inner
-descent steps (experiment.evaluate_checkpoint, which writes WORKDIR/eval.json)
+descent steps (loop.evaluate_checkpoint, which writes WORKDIR/eval.json)
 and plots the MSE against them in WORKDIR/inner_steps.png. Headless: files only.
 """
 
@@ -18,8 +18,8 @@ from absl import app, flags, logging
 from matplotlib.figure import Figure
 
 from experiments import cli
-from ired_cd import config as config_lib
-from ired_cd import experiment, plotting
+from ired_cd import schema
+from ired_cd import loop, plotting
 
 _INNER = flags.DEFINE_list("inner_steps", None,
                            "Also sweep the sampler's inner descent steps, e.g. 0,1,2,5,10,20.")
@@ -35,8 +35,8 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
   Returns (png path, evaluate_checkpoint's result, also in WORKDIR/eval.json).
   """
   inner_steps = [int(k) for k in inner_steps]
-  config = experiment.load_config(workdir)
-  result = experiment.evaluate_checkpoint(config, workdir, inner_steps=inner_steps,
+  config = loop.load_config(workdir)
+  result = loop.evaluate_checkpoint(config, workdir, inner_steps=inner_steps,
                                           eval_size=eval_size)
   fig = Figure(figsize=(5 * len(SPLITS), 3.6))
   axes = fig.subplots(1, len(SPLITS))
@@ -69,7 +69,7 @@ def main(argv):
   workdir = argv[1]
   try:
     inner = cli.step_counts(_INNER.name, _INNER.value)
-  except config_lib.ConfigError as err:
+  except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   if _SIZE.value is not None and _SIZE.value <= 0:
     sys.exit(f"error: --eval_size: must be a positive integer, got {_SIZE.value}")

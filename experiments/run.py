@@ -17,8 +17,8 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli
-from ired_cd import config as config_lib
-from ired_cd import experiment, parallel
+from ired_cd import schema
+from ired_cd import loop, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant), e.g. configs/q204.py:cpu.")
@@ -47,25 +47,25 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.output_dir
   try:
-    config_lib.validate(config, base.get_config())
+    schema.validate(config, base.get_config())
     inner = cli.step_counts(_INNER.name, _INNER.value)
     if _SIZE.value is not None and _SIZE.value <= 0:
-      raise config_lib.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
+      raise schema.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
     if _MODE.value == "train":
-      experiment.check_devices(config, parallel.make_mesh())
-      experiment.check_workdir(config, workdir, _ALLOW_CHANGE.value)
-  except config_lib.ConfigError as err:
+      loop.check_devices(config, parallel.make_mesh())
+      loop.check_workdir(config, workdir, _ALLOW_CHANGE.value)
+  except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   if _MODE.value == "eval":
-    result = experiment.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
+    result = loop.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
                                             use_ema=not _ONLINE.value)
     print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
                    for k, v in result.items()))
     return
   try:
-    summary = experiment.train_and_evaluate(config, workdir, _ALLOW_CHANGE.value,
+    summary = loop.train_and_evaluate(config, workdir, _ALLOW_CHANGE.value,
                                             progress=_PROGRESS.value)
-  except experiment.TrainingDiverged as err:
+  except loop.TrainingDiverged as err:
     sys.exit(f"error: training diverged: {err}")
   if summary.get("status") == "completed" and "eval/mse" in summary:
     print(f"done: steps={summary['steps']} eval/mse={summary['eval/mse']:.5f} "

@@ -20,7 +20,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from experiments import cli
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import solve, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments.run (required).")
@@ -86,7 +86,7 @@ def main(argv):
         raise solve.SolveError(flag.name, "required")
     try:
       inner_steps = solve.check_inner_steps(cli.step_counts(_INNER.name, _INNER.value))
-    except config_lib.ConfigError as err:
+    except schema.ConfigError as err:
       raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
     config = solve.read_config(_WORKDIR.value, _STEP.value)
     task = tasks.get_task(config.task, config.rank)

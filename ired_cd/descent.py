@@ -63,7 +63,7 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
     energy, grad = value_and_score(y)
     y, energy, grad = jax.lax.fori_loop(0, num_steps - 1, body, (y, energy, grad))
     proposal = propose(num_steps - 1, y, grad)
-    accept = energy_fn.given(params, cond, proposal)[:, 0] <= energy
+    accept = energy_fn.energy_given(params, cond, proposal)[:, 0] <= energy
     return jnp.where(accept[:, None], proposal, y)
 
   if isinstance(num_steps, int):

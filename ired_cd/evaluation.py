@@ -24,19 +24,19 @@ SPLITS = {"": False, "_ood": True}  # metric suffix -> ood flag
 class Evaluator:
   """Runs the sampler over both evaluation sets in chunks; returns host floats."""
 
-  def __init__(self, exp, size: int = None, chunk: int = None, seed: int = None,
+  def __init__(self, setup, size: int = None, chunk: int = None, seed: int = None,
                return_x0: bool = None):
-    c = exp.config
-    self.task = exp.task
+    c = setup.config
+    self.task = setup.task
     self.size = size or c.eval_size
     self.chunk = min(chunk or c.eval_chunk, self.size)
     self.seed = c.eval_seed if seed is None else seed
-    self.sets = {suffix: tasks.eval_set(exp.task, self.size, self.seed, ood)
+    self.sets = {suffix: tasks.eval_set(setup.task, self.size, self.seed, ood)
                  for suffix, ood in SPLITS.items()}
     self._sample = sampler_lib.make_sampler(
-        exp.energy_fn, exp.schedule, exp.task.out_dim,
+        setup.energy_fn, setup.schedule, setup.task.out_dim,
         c.eval_return_x0 if return_x0 is None else return_x0)
-    residual = exp.task.residual
+    residual = setup.task.residual
     self._residual = jax.jit(residual) if residual is not None else None
 
   def predict(self, params, inputs, inner_steps: int):

@@ -47,7 +47,7 @@ def sample_negatives(energy_fn, params, inp, y_init, t, key, num_steps: int, sch
   """``langevin_chain`` with each step's (B, D) noise drawn inside the step.
 
   Drawing per step (from ``split(key, num_steps)``) rather than all K x B x D
-  up front keeps the draws cache-sized: on CPU it is 3x faster at B = 2048.
+  up front keeps the draws cache-sized (docs/speed.md has the measurement).
   ``cond``: ``energy_fn.condition(params, inp, t)`` where the caller has it.
   """
   draw = lambda k: jax.random.normal(k, y_init.shape, y_init.dtype)  # noqa: E731

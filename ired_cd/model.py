@@ -82,7 +82,7 @@ class SplitInputDense(nn.Module):
 class EnergyMLP(nn.Module):
   """E(inp, y, t) -> (B, 1).  inp: (B, inp_dim), y: (B, out_dim), t: int (B,).
 
-  Split in two for the samplers: ``conditioning(inp, t)`` is everything that
+  Split in two for the samplers: ``condition(inp, t)`` is everything that
   does not depend on y (fc1's input half, the FiLM gains and biases), and
   ``energy_given(cond, y)`` the rest, so a chain of moves in y computes the
   former once. ``inp_dim`` defaults to ``out_dim``. ``matmul_dtype``: one of
@@ -130,12 +130,12 @@ class EnergyMLP(nn.Module):
     g3, b3 = jnp.split(self.t_map_fc3(temb), 2, axis=-1)
     return g2, b2, g3, b3
 
-  def conditioning(self, inp, t):
+  def condition(self, inp, t):
     """The y-independent part: (fc1(inp half) + bias, g2, b2, g3, b3), each (B, hidden)."""
     return (self.fc1.project_a(inp),) + self.film(t)
 
   def energy_given(self, cond, y, gram: bool = False):
-    """E from ``conditioning``'s output and y (B, out_dim) -> (B, 1).
+    """E from ``condition``'s output and y (B, out_dim) -> (B, 1).
 
     ``gram``: the last layer as ``gram.gram_square_norm`` (same value, cheaper
     dE/dy for large batches; see ``gram.pays``).
@@ -150,7 +150,7 @@ class EnergyMLP(nn.Module):
     return jnp.sum(jnp.square(self.fc4(h)), axis=-1, keepdims=True)
 
   def __call__(self, inp, y, t):
-    return self.energy_given(self.conditioning(inp, t), y)
+    return self.energy_given(self.condition(inp, t), y)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +158,7 @@ class EnergyFunction:
   """Pure-function view of an EnergyMLP.
 
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
-  ``given(params, cond, y)`` split it at the y-independent part.
+  ``energy_given(params, cond, y)`` split it at the y-independent part.
   """
 
   module: EnergyMLP
@@ -167,9 +167,9 @@ class EnergyFunction:
     return self.module.apply({"params": params}, inp, y, t)
 
   def condition(self, params, inp, t):
-    return self.module.apply({"params": params}, inp, t, method=EnergyMLP.conditioning)
+    return self.module.apply({"params": params}, inp, t, method=EnergyMLP.condition)
 
-  def given(self, params, cond, y, gram: bool = False):
+  def energy_given(self, params, cond, y, gram: bool = False):
     return self.module.apply({"params": params}, cond, y, gram, method=EnergyMLP.energy_given)
 
 
@@ -206,7 +206,7 @@ def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y,
   gram = gram_lib.pays(y.shape[0], module.hidden, module.out_dim, evaluations)
 
   def total(y_):
-    e = energy_fn.given(params, cond, y_, gram)[:, 0]
+    e = energy_fn.energy_given(params, cond, y_, gram)[:, 0]
     return jnp.sum(e), e
   (_, energy), score_ = jax.value_and_grad(total, has_aux=True)(y)
   return energy, score_

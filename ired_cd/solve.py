@@ -27,7 +27,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ired_cd import checkpoint, evaluation, experiment, tasks, train
+from ired_cd import checkpoint, evaluation, loop, tasks, train
 from ired_cd import sampler as sampler_lib
 
 SCALE_MARGIN = 2.0  # warn below (training min norm) / margin and above margin * (training max)
@@ -67,7 +67,7 @@ def read_config(workdir: str, checkpoint_step: Optional[int] = None) -> ml_colle
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise SolveError("workdir", f"no config.json in {workdir}: not a run of experiments.run")
   try:
-    config = experiment.load_config(workdir)
+    config = loop.load_config(workdir)
   except (OSError, ValueError, KeyError) as err:
     raise SolveError("workdir", f"config.json in {workdir} is unreadable "
                      f"({type(err).__name__}: {err})") from err
@@ -161,15 +161,15 @@ def distribution_warnings(task: tasks.Task, rank: int, problems: np.ndarray) -> 
 def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
   """The run's config and EMA parameters of its newest readable (or the given) checkpoint."""
   config = read_config(workdir, checkpoint_step)
-  exp = train.build_experiment(config)
+  setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  state, step = store.restore(train.init_state(exp), step=checkpoint_step)
+  state, step = store.restore(train.init_state(setup), step=checkpoint_step)
   store.close()
   if state is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
-  sample = sampler_lib.make_sampler(exp.energy_fn, exp.schedule, exp.task.out_dim,
+  sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim,
                                     return_x0=True)
-  return Model(config, exp.task, jax.device_get(state.ema_params), step, sample)
+  return Model(config, setup.task, jax.device_get(state.ema_params), step, sample)
 
 
 def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0) -> np.ndarray:

@@ -48,7 +48,7 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import langevin, replay
 from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
@@ -57,16 +57,16 @@ from ired_cd.diffusion import Schedule, take
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """The static (Python) settings the loss of one strategy reads."""
+  """The static (Python) settings the loss of one strategy reads: config keys, same names."""
 
-  strategy: str
-  noise_scale: float = 1.5  # CD chain start q_sample(x0, t, noise_scale eps)
-  chain_steps: int = 10
-  sigma_multiplier: float = 1.0
+  mining_strategy: str
+  mining_noise_scale: float = 1.5  # CD chain start q_sample(x0, t, scale eps)
+  mining_opt_steps: int = 10
+  langevin_sigma_multiplier: float = 1.0
   langevin_grad_clip: Optional[float] = None
   energy_loss_weight: float = 0.05
   energy_reg_weight: float = 0.0
-  use_replay: bool = False
+  use_replay_buffer: bool = False
   replay_sample_prob: float = 0.95
   replay_mixing: str = "sample"
   replay_store_condition: bool = False
@@ -74,50 +74,36 @@ class LossSettings:
   residual_filter_quantile: float = 0.3
   residual_tau: Optional[float] = None
   use_energy_schedule: bool = False
-  warmup_steps: int = 20_000
-  max_weight: float = 0.05
-  timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
+  energy_loss_warmup_steps: int = 20_000
+  energy_loss_max_weight: float = 0.05
+  energy_loss_timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
   cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg)
   cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised | denoised: module doc
   energy_grad_surgery: str = "none"  # none | project (train.combine_gradients)
   energy_grad_max_ratio: float = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
   log_grad_conflict: bool = False  # log both gradients' norms and cosine
-  nce_noise_scale: float = 3.0
-  nce_descent_steps: int = 2
+  ired_noise_scale: float = 3.0
+  ired_descent_steps: int = 2
   nce_loss_weight: float = 0.5
 
   @classmethod
   def from_config(cls, c) -> "LossSettings":
-    cd = c.mining_strategy in config_lib.CD_STRATEGIES
-    return cls(
-        strategy=c.mining_strategy,
-        noise_scale=c.mining_noise_scale,
-        chain_steps=c.mining_opt_steps,
-        sigma_multiplier=c.langevin_sigma_multiplier,
+    """Every field from the config key of the same name; the CD stage switches, the
+    timestep range and the gradient surgery only for CD strategies, descent only for ired."""
+    cd = c.mining_strategy in schema.CD_STRATEGIES
+    settings = {field.name: c[field.name] for field in dataclasses.fields(cls)}
+    settings.update(
         langevin_grad_clip=c.langevin_grad_clip or None,
-        energy_loss_weight=c.energy_loss_weight,
-        energy_reg_weight=c.energy_reg_weight,
-        use_replay=cd and c.use_replay_buffer,
-        replay_sample_prob=c.replay_sample_prob,
-        replay_mixing=c.replay_mixing,
-        replay_store_condition=c.replay_store_condition,
+        use_replay_buffer=cd and c.use_replay_buffer,
         use_residual_filter=cd and c.use_residual_filter,
-        residual_filter_quantile=c.residual_filter_quantile,
-        residual_tau=c.residual_tau,
         use_energy_schedule=cd and c.use_energy_schedule,
-        warmup_steps=c.energy_loss_warmup_steps,
-        max_weight=c.energy_loss_max_weight,
-        timestep_range=(config_lib.timestep_range(c.energy_loss_timestep_range, c.diffusion_steps)
-                        if cd and c.use_timestep_range else None),
-        cd_loss=c.cd_loss,
-        cd_negatives=c.cd_negatives,
+        energy_loss_timestep_range=(
+            schema.timestep_range(c.energy_loss_timestep_range, c.diffusion_steps)
+            if cd and c.use_timestep_range else None),
         energy_grad_surgery=c.energy_grad_surgery if cd else "none",
         energy_grad_max_ratio=c.energy_grad_max_ratio if cd else 0.0,
-        log_grad_conflict=c.log_grad_conflict,
-        nce_noise_scale=c.ired_noise_scale,
-        nce_descent_steps=c.ired_descent_steps if c.mining_strategy == "ired" else 0,
-        nce_loss_weight=c.nce_loss_weight,
-    )
+        ired_descent_steps=c.ired_descent_steps if c.mining_strategy == "ired" else 0)
+    return cls(**settings)
 
 
 def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps, cond=None):
@@ -138,15 +124,15 @@ def energy_weight(settings: LossSettings, step):
   """Scalar weight of the energy loss at ``step`` optimiser steps completed."""
   if not settings.use_energy_schedule:
     return jnp.asarray(settings.energy_loss_weight, jnp.float32)
-  progress = jnp.minimum(1.0, step.astype(jnp.float32) / settings.warmup_steps)
-  return settings.max_weight * progress
+  progress = jnp.minimum(1.0, step.astype(jnp.float32) / settings.energy_loss_warmup_steps)
+  return settings.energy_loss_max_weight * progress
 
 
 def timestep_mask(settings: LossSettings, t):
   """1.0 where tmin <= t <= tmax (the guide's integer range), else 0.  (B,)."""
-  if settings.timestep_range is None:
+  if settings.energy_loss_timestep_range is None:
     return jnp.ones(t.shape, jnp.float32)
-  lo, hi = settings.timestep_range
+  lo, hi = settings.energy_loss_timestep_range
   return ((t >= lo) & (t <= hi)).astype(jnp.float32)
 
 
@@ -174,14 +160,14 @@ def _paired_energies(energy_fn, params, inp, x_pos, x_neg, t, inp_neg=None):
 
   ``inp_neg``: the negatives' own inputs where they carry them
   (replay_store_condition). Two B-row calls keep the batch's sharding as it is
-  and beat one call on 2B interleaved rows on CPU at B = 2048 (nce_random 323 vs
-  365 ms). The conditioning is computed here, not taken from the denoising
-  loss: sharing it across both losses' gradients made nce_random at B = 256
-  25 % slower on CPU (46 vs 37 ms).
+  and were faster than one call on 2B interleaved rows. The conditioning is
+  computed here, not taken from the denoising loss: sharing it across both
+  losses' gradients was slower (both measurements: docs/speed.md).
   """
   cond = energy_fn.condition(params, inp, t)
   cond_neg = cond if inp_neg is None else energy_fn.condition(params, inp_neg, t)
-  return energy_fn.given(params, cond, x_pos)[:, 0], energy_fn.given(params, cond_neg, x_neg)[:, 0]
+  return (energy_fn.energy_given(params, cond, x_pos)[:, 0],
+          energy_fn.energy_given(params, cond_neg, x_neg)[:, 0])
 
 
 def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, key,
@@ -190,9 +176,9 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
   energy_params = params if energy_params is None else energy_params
   eps = jax.random.normal(key, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps)
-  x_neg = schedule.q_sample(x0, t, settings.nce_noise_scale * eps)
-  if settings.nce_descent_steps:
-    x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.nce_descent_steps,
+  x_neg = schedule.q_sample(x0, t, settings.ired_noise_scale * eps)
+  if settings.ired_descent_steps:
+    x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.ired_descent_steps,
                            take(schedule.opt_step_size, t), schedule.clamp_bound(t), cond)
   x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
   e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_neg, t)
@@ -214,10 +200,10 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
   k_pos, k_init, k_mix, k_replay, k_chain = jax.random.split(key, 5)
   eps_pos = jax.random.normal(k_pos, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps_pos)
-  x_init = schedule.q_sample(x0, t, settings.noise_scale * jax.random.normal(k_init, x0.shape))
+  x_init = schedule.q_sample(x0, t, settings.mining_noise_scale * jax.random.normal(k_init, x0.shape))
   inp_neg, chain_cond = inp, cond
   metrics = {}
-  if settings.use_replay:
+  if settings.use_replay_buffer:
     x_replay, inp_replay, available = replay.sample_sharded(buffer, k_replay, t)
     if settings.replay_mixing == "sample":
       use = jax.random.bernoulli(k_mix, settings.replay_sample_prob, t.shape) & available
@@ -231,10 +217,10 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
     metrics["replay_use"] = jnp.mean(use.astype(jnp.float32))
 
   x_neg, chain = langevin.sample_negatives(
-      energy_fn, params, inp_neg, x_init, t, k_chain, settings.chain_steps, schedule,
-      settings.sigma_multiplier, settings.langevin_grad_clip,
+      energy_fn, params, inp_neg, x_init, t, k_chain, settings.mining_opt_steps, schedule,
+      settings.langevin_sigma_multiplier, settings.langevin_grad_clip,
       cond=chain_cond)
-  if settings.use_replay:
+  if settings.use_replay_buffer:
     buffer = replay.add_sharded(buffer, x_neg, t,
                                 inp_neg if settings.replay_store_condition else None)
     metrics["replay_fill"] = replay.fill_fraction(buffer)
@@ -290,10 +276,10 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
         pred_norm=jnp.mean(jnp.linalg.norm(x0_hat, axis=-1)),
         target_norm=jnp.mean(jnp.linalg.norm(x0, axis=-1)),
     )
-    if settings.strategy == "none":
+    if settings.mining_strategy == "none":
       loss = jnp.mean(loss_mse)
       return loss, (dict(metrics, loss=loss), buffer)
-    if settings.strategy in ("ired", "nce_random"):
+    if settings.mining_strategy in ("ired", "nce_random"):
       energy_loss, weight, extra = _nce_energy_loss(
           energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg, energy_params)
     else:

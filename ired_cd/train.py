@@ -50,7 +50,7 @@ def ema_decay(call_index, beta: float = 0.995, every: int = 10, after: int = 100
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
+class Setup:
   """Everything static that a run is built from: model, task, schedule, optimiser, loss."""
 
   config: Any
@@ -74,7 +74,7 @@ def learning_rate_schedule(config):
   return optax.cosine_decay_schedule(config.learning_rate, config.learning_rate_decay_steps)
 
 
-def build_experiment(config) -> Experiment:
+def build_setup(config) -> Setup:
   """Validates nothing (call config.validate first); builds the static pieces."""
   task = tasks.get_task(config.task, config.rank)
   model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
@@ -83,30 +83,30 @@ def build_experiment(config) -> Experiment:
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2))
-  return Experiment(config, task, model, cosine_schedule(config.diffusion_steps), optimizer,
+  return Setup(config, task, model, cosine_schedule(config.diffusion_steps), optimizer,
                     strategies.LossSettings.from_config(config))
 
 
-def init_state(exp: Experiment, seed: Optional[int] = None, mesh=None) -> TrainState:
+def init_state(setup: Setup, seed: Optional[int] = None, mesh=None) -> TrainState:
   """A fresh train state: torch-style init, EMA = params, empty replay buffer.
 
   With a mesh the state is built directly in its shardings (replay buffer: one
   shard per device on the data axis, everything else replicated).
   """
-  c = exp.config
+  c = setup.config
   num_shards = parallel.data_size(mesh)
 
   def build():
     key = jax.random.PRNGKey(c.seed if seed is None else seed)
     k_init, k_train = jax.random.split(key)
-    params = init_params(exp.model, k_init)
+    params = init_params(setup.model, k_init)
     buffer = None
-    if exp.loss_settings.use_replay:
+    if setup.loss_settings.use_replay_buffer:
       buffer = replay_lib.create_sharded(
           num_shards, c.diffusion_steps, c.replay_buffer_buckets, c.replay_buffer_size,
-          exp.task.out_dim, exp.task.inp_dim if c.replay_store_condition else None)
+          setup.task.out_dim, setup.task.inp_dim if c.replay_store_condition else None)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=exp.optimizer.init(params),
+                      opt_state=setup.optimizer.init(params),
                       ema_params=jax.tree_util.tree_map(jnp.copy, params), replay=buffer,
                       key=k_train)
 
@@ -149,14 +149,14 @@ def combine_gradients(grad_denoise, grad_energy, surgery: str = "none", max_rati
   return grad, metrics
 
 
-def make_train_step(exp: Experiment, mesh=None) -> Callable:
+def make_train_step(setup: Setup, mesh=None) -> Callable:
   """The un-jitted ``train_step(state) -> (state, metrics)``; with a mesh the batch is
   generated sharded along its data axis."""
-  c = exp.config
-  loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, exp.loss_settings,
-                                    exp.task.residual)
-  settings = exp.loss_settings
-  split = settings.strategy != "none" and (
+  c = setup.config
+  loss_fn = strategies.make_loss_fn(setup.energy_fn, setup.schedule, setup.loss_settings,
+                                    setup.task.residual)
+  settings = setup.loss_settings
+  split = settings.mining_strategy != "none" and (
       settings.energy_grad_surgery != "none" or settings.energy_grad_max_ratio > 0
       or settings.log_grad_conflict)
   if split:  # d/d(params, energy_params) at the same values: (denoising, energy) parts
@@ -167,7 +167,7 @@ def make_train_step(exp: Experiment, mesh=None) -> Callable:
 
   def train_step(state: TrainState):
     key, k_data, k_loss = jax.random.split(state.key, 3)
-    inp, x0 = exp.task.sample(k_data, c.batch_size, c.ood)
+    inp, x0 = setup.task.sample(k_data, c.batch_size, c.ood)
     if mesh is not None:
       inp, x0 = jax.lax.with_sharding_constraint((inp, x0), parallel.batch_sharding(mesh))
     if split:
@@ -180,7 +180,7 @@ def make_train_step(exp: Experiment, mesh=None) -> Callable:
     else:
       (_, (metrics, buffer)), grads = grad_fn(state.params, inp, x0, k_loss, state.step,
                                               state.replay)
-    updates, opt_state = exp.optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = setup.optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     decay = ema_decay(state.step, c.ema_decay, c.ema_update_every, c.ema_update_after_step,
                       c.ema_power)
@@ -203,7 +203,7 @@ def _jit(fn, state_like, mesh, num_host_outputs: int = 1):
                  out_shardings=(shardings,) + (parallel.replicated(mesh),) * num_host_outputs)
 
 
-def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None) -> Callable:
+def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) -> Callable:
   """Jitted ``run(state) -> (state, metrics, health)`` doing ``num_steps`` steps on device.
 
   The state is donated. ``metrics`` are the means over the steps. ``health``:
@@ -211,7 +211,7 @@ def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None)
   infinite norm makes clipping zero every update), ``first_nonfinite`` (index
   of the first, or num_steps) and ``params_finite``.
   """
-  train_step = make_train_step(exp, mesh)
+  train_step = make_train_step(setup, mesh)
 
   def run(state):
     state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
@@ -227,9 +227,9 @@ def make_multi_step(exp: Experiment, num_steps: int, mesh=None, state_like=None)
   return _jit(run, state_like, mesh, num_host_outputs=2)
 
 
-def jit_train_step(exp: Experiment, mesh=None, state_like=None) -> Callable:
+def jit_train_step(setup: Setup, mesh=None, state_like=None) -> Callable:
   """``make_train_step`` jitted with the state donated (``state_like``: any state of the
   run, needed with a mesh to pin its shardings)."""
-  return _jit(make_train_step(exp, mesh), state_like, mesh)
+  return _jit(make_train_step(setup, mesh), state_like, mesh)
 
 

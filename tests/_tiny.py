@@ -46,11 +46,11 @@ def tiny_config(strategy, **overrides):
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_experiment(strategy):
-  return train.build_experiment(tiny_config(strategy))
+def tiny_setup(strategy):
+  return train.build_setup(tiny_config(strategy))
 
 
 @functools.lru_cache(maxsize=None)
 def tiny_step(strategy):
-  """``train.jit_train_step`` of the tiny experiment (state donated)."""
-  return train.jit_train_step(tiny_experiment(strategy))
+  """``train.jit_train_step`` of the tiny setup (state donated)."""
+  return train.jit_train_step(tiny_setup(strategy))

@@ -6,14 +6,14 @@ import json
 import pytest
 
 from configs import base
-from ired_cd import config as config_lib
-from ired_cd.config import ConfigError
+from ired_cd import schema
+from ired_cd.schema import ConfigError
 
 SHIPPED = ("q202", "q203", "q204", "cd_stable", "none", "nce_random", "ired")
 
 
 def _validate(c):
-  return config_lib.validate(c, defaults=base.get_config())
+  return schema.validate(c, defaults=base.get_config())
 
 
 def _config(name="q204"):
@@ -85,7 +85,7 @@ def test_config_errors_reach_value_error_handlers():
   c = _config("q202")
   c.batch_size = 0
   cases = [(lambda: _validate(c), "config.batch_size: must be a positive integer, got 0"),
-           (lambda: config_lib.apply_strategy(base.get_config(), "adversarial"),
+           (lambda: schema.apply_strategy(base.get_config(), "adversarial"),
             "mining_strategy must be one of")]
   for bad, message in cases:
     try:
@@ -133,8 +133,8 @@ def test_unknown_variant_raises():
 
 def test_apply_strategy_sets_stage_switches():
   """apply_strategy turns on exactly the switches of each CD stage."""
-  for strategy, preset in config_lib.STAGE_PRESETS.items():
-    c = config_lib.apply_strategy(base.get_config("tiny"), strategy)
+  for strategy, preset in schema.STAGE_PRESETS.items():
+    c = schema.apply_strategy(base.get_config("tiny"), strategy)
     assert c.mining_strategy == strategy
     assert {k: c[k] for k in preset} == preset
     _validate(c)

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 
 from configs import base, q204
-from ired_cd import checkpoint, config as config_lib, experiment, train
+from ired_cd import checkpoint, schema, loop, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,7 +22,7 @@ def run_on_devices(code: str, devices: int = 4, timeout: int = 300):
   prelude = textwrap.dedent("""
       import json, jax, numpy as np
       from configs import base, q204
-      from ired_cd import config as config_lib, experiment, parallel, train
+      from ired_cd import schema, loop, parallel, train
       def tiny(strategy, **overrides):
         return base.run_config(q204.get_config("tiny"), strategy, **overrides)
       """)
@@ -35,10 +35,10 @@ def run_on_devices(code: str, devices: int = 4, timeout: int = 300):
 def test_sharded_state_and_no_buffer_traffic():
   out = run_on_devices("""
       import re
-      exp = train.build_experiment(tiny("cd_full"))
+      setup = train.build_setup(tiny("cd_full"))
       mesh = parallel.make_mesh()
-      state = train.init_state(exp, mesh=mesh)
-      step = train.jit_train_step(exp, mesh, state)
+      state = train.init_state(setup, mesh=mesh)
+      step = train.jit_train_step(setup, mesh, state)
       hlo = step.lower(state).compile().as_text()
       collectives = []
       for line in hlo.splitlines():
@@ -71,10 +71,10 @@ def test_four_devices_match_one_device():
       res = {}
       for strategy in ("none", "ired"):
         for n in (1, 4):
-          exp = train.build_experiment(tiny(strategy))
+          setup = train.build_setup(tiny(strategy))
           mesh = parallel.make_mesh(n)
-          state = train.init_state(exp, mesh=mesh)
-          step = train.jit_train_step(exp, mesh, state)
+          state = train.init_state(setup, mesh=mesh)
+          step = train.jit_train_step(setup, mesh, state)
           losses = []
           for _ in range(3):
             state, metrics = step(state)
@@ -92,15 +92,15 @@ def test_four_devices_match_one_device():
 def test_four_device_checkpoint_restores_on_one_device(tmp_path):
   workdir = str(tmp_path / "run")
   out = run_on_devices(f"""
-      summary = experiment.train_and_evaluate(
+      summary = loop.train_and_evaluate(
           tiny("cd_langevin_replay", train_steps=20, eval_every=0), {workdir!r}, progress=False)
       print(json.dumps(dict(steps=summary["steps"])))
       """)
   assert out["steps"] == 20
   config = base.run_config(q204.get_config("tiny"), "cd_langevin_replay")
-  exp = train.build_experiment(config)
+  setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"))
-  state, step = store.restore(train.init_state(exp))
+  state, step = store.restore(train.init_state(setup))
   store.close()
   assert step == 20 and int(state.step) == 20
   assert state.replay.storage.shape == (1, 10, 64, 16)
@@ -110,7 +110,7 @@ def test_four_device_checkpoint_restores_on_one_device(tmp_path):
   assert int(np.sum(state.replay.count)) > 0.8 * 10 * 64
   assert np.all(np.isfinite(np.asarray(state.replay.storage)))
   config.train_steps = 30
-  summary = experiment.train_and_evaluate(config, workdir, progress=False)
+  summary = loop.train_and_evaluate(config, workdir, progress=False)
   assert summary["steps"] == 30 and summary["status"] == "completed"
 
 

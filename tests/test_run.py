@@ -1,4 +1,4 @@
-"""The experiment runner end to end: outputs, resume, signals, damaged checkpoints, eval, errors."""
+"""The training loop and experiments.run end to end: outputs, resume, signals, damaged checkpoints, eval, errors."""
 
 import json
 import os
@@ -14,7 +14,7 @@ import pytest
 
 from configs import base, q204
 from experiments import ablate
-from ired_cd import checkpoint, config as config_lib, experiment, metrics_io, parallel, train
+from ired_cd import checkpoint, schema, loop, metrics_io, parallel, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,16 +29,16 @@ def run_cli(*args, timeout=240):
 
 
 def restored(config, workdir, step=None):
-  exp = train.build_experiment(config)
+  setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"))
-  state, at = store.restore(train.init_state(exp), step=step)
+  state, at = store.restore(train.init_state(setup), step=step)
   store.close()
   return state, at
 
 
 def test_end_to_end_outputs(tmp_path, capsys, caplog):
   workdir = str(tmp_path / "run")
-  summary = experiment.train_and_evaluate(tiny(), workdir, progress=False)
+  summary = loop.train_and_evaluate(tiny(), workdir, progress=False)
   assert capsys.readouterr().out.splitlines()[0] == (
       f"cd_full, inverse 4x4: 1 {jax.devices()[0].device_kind} device (mesh data=1), batch 32 "
       f"(32 per device), float32 matmuls, 40 steps, workdir {workdir}. Starting fresh.")
@@ -69,7 +69,7 @@ def test_end_to_end_outputs(tmp_path, capsys, caplog):
 
 def test_steps_per_sec_of_a_one_chunk_run_is_a_number(tmp_path):
   """Compilation happens ahead of the timed calls: a run of one host call still has a rate."""
-  summary = experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), str(tmp_path),
+  summary = loop.train_and_evaluate(tiny(train_steps=10, eval_every=0), str(tmp_path),
                                           progress=False)
   rate = json.load(open(tmp_path / "summary.json"))["train/steps_per_sec"]
   assert isinstance(rate, float) and rate > 0 and rate == summary["train/steps_per_sec"]
@@ -82,12 +82,12 @@ def test_collapse_is_a_formed_landscape_gone_flat():
               (0.1, 0.95), (0.05, 0.99)]
   peak, flags = 0.0, []
   for score, mse in sequence:
-    peak, collapsed = experiment.collapse_check(peak, score, mse, out_dim=16)
+    peak, collapsed = loop.collapse_check(peak, score, mse, out_dim=16)
     flags.append(collapsed)
   assert flags == [False, False, False, False, False, False, True, True]
   assert peak == 3.9
-  never_formed = [experiment.collapse_check(1.9, 0.01, 0.99, 16)[1],
-                  experiment.collapse_check(0.0, 0.0, 1.0, 16)[1]]
+  never_formed = [loop.collapse_check(1.9, 0.01, 0.99, 16)[1],
+                  loop.collapse_check(0.0, 0.0, 1.0, 16)[1]]
   assert never_formed == [False, False]
 
 
@@ -97,15 +97,15 @@ def test_a_resumed_run_remembers_how_high_the_score_norm_was(tmp_path):
     for step, score in ((10, 3.0), (20, 5.0), (30, 9.0)):
       f.write(json.dumps({"step": step, "train/score_norm": score}) + "\n")
     f.write(json.dumps({"step": 30, "eval/mse": 0.5}) + "\n")
-  assert experiment._peak_score(str(tmp_path), 20) == 5.0
-  assert experiment._peak_score(str(tmp_path), 0) == 0.0
-  assert experiment._peak_score(str(tmp_path / "none"), 20) == 0.0
+  assert loop._peak_score(str(tmp_path), 20) == 5.0
+  assert loop._peak_score(str(tmp_path), 0) == 0.0
+  assert loop._peak_score(str(tmp_path / "none"), 20) == 0.0
 
 
 def test_run_description_names_what_runs_where():
   mesh = parallel.make_mesh()
   kind = jax.devices()[0].device_kind
-  assert experiment.describe_run(tiny("none", matmul_dtype="bfloat16"), mesh, "w", 20) == (
+  assert loop.describe_run(tiny("none", matmul_dtype="bfloat16"), mesh, "w", 20) == (
       f"none, inverse 4x4: 1 {kind} device (mesh data=1), batch 32 (32 per device), bfloat16 "
       "matmuls, 40 steps, workdir w. Resuming from the checkpoint at step 20.")
 
@@ -113,9 +113,9 @@ def test_run_description_names_what_runs_where():
 def test_resume_is_exact(tmp_path):
   """20 steps + restart + 20 steps gives the state of 40 steps straight (replay buffer too)."""
   straight, split = str(tmp_path / "straight"), str(tmp_path / "split")
-  experiment.train_and_evaluate(tiny(eval_every=0), straight, progress=False)
-  experiment.train_and_evaluate(tiny(eval_every=0, train_steps=20), split, progress=False)
-  experiment.train_and_evaluate(tiny(eval_every=0), split, progress=False)
+  loop.train_and_evaluate(tiny(eval_every=0), straight, progress=False)
+  loop.train_and_evaluate(tiny(eval_every=0, train_steps=20), split, progress=False)
+  loop.train_and_evaluate(tiny(eval_every=0), split, progress=False)
   a, _ = restored(tiny(), straight, 40)
   b, _ = restored(tiny(), split, 40)
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
@@ -126,7 +126,7 @@ def test_resume_is_exact(tmp_path):
 
 def test_damaged_checkpoints_are_skipped(tmp_path, caplog):
   workdir = str(tmp_path / "run")
-  experiment.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
+  loop.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
   ckpts = os.path.join(workdir, "checkpoints")
   # A write killed midway leaves a temporary directory: never taken for a checkpoint.
   shutil.copytree(os.path.join(ckpts, "40"), os.path.join(ckpts, "60.orbax-checkpoint-tmp-1"))
@@ -135,15 +135,15 @@ def test_damaged_checkpoints_are_skipped(tmp_path, caplog):
   state, step = restored(tiny(), workdir)
   assert step == 20 and int(state.step) == 20
   assert "unreadable" in caplog.text
-  summary = experiment.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
+  summary = loop.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
   assert summary["steps"] == 40
 
 
 def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
   workdir = str(tmp_path / "run")
   config = tiny("cd_langevin", energy_loss_weight=float("inf"), eval_every=0)
-  with pytest.raises(experiment.TrainingDiverged, match=r"non-finite .* at step \d+") as err:
-    experiment.train_and_evaluate(config, workdir, progress=False)
+  with pytest.raises(loop.TrainingDiverged, match=r"non-finite .* at step \d+") as err:
+    loop.train_and_evaluate(config, workdir, progress=False)
   summary = json.load(open(os.path.join(workdir, "summary.json")))
   assert summary["status"] == "diverged" and summary["message"] == str(err.value)
   assert f"at step {summary['failed_step']} " in summary["message"]
@@ -152,10 +152,10 @@ def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
 
 def test_workdir_of_another_config_is_refused(tmp_path):
   workdir = str(tmp_path / "run")
-  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
-  with pytest.raises(config_lib.ConfigError, match="learning_rate: 0.0001 -> 0.001"):
-    experiment.train_and_evaluate(tiny(learning_rate=1e-3), workdir, progress=False)
-  summary = experiment.train_and_evaluate(tiny(learning_rate=1e-3, train_steps=20, eval_every=0),
+  loop.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  with pytest.raises(schema.ConfigError, match="learning_rate: 0.0001 -> 0.001"):
+    loop.train_and_evaluate(tiny(learning_rate=1e-3), workdir, progress=False)
+  summary = loop.train_and_evaluate(tiny(learning_rate=1e-3, train_steps=20, eval_every=0),
                                           workdir, allow_config_change=True, progress=False)
   assert summary["steps"] == 20
 
@@ -164,17 +164,17 @@ def test_run_written_before_an_added_field_resumes(tmp_path):
   """A config.json that predates matmul_dtype reads as float32: the run resumes (and the
   ablation and the plots see the same config); asking it for bfloat16 is refused."""
   workdir = str(tmp_path / "run")
-  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  loop.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
   path = os.path.join(workdir, "config.json")
   saved = json.load(open(path))
   del saved["matmul_dtype"]
   metrics_io.write_json_atomic(path, saved)
-  assert experiment.load_config(workdir).matmul_dtype == "float32"
-  assert experiment.holds_outcome(tiny(train_steps=10, eval_every=0), workdir)
-  with pytest.raises(config_lib.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
-    experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
+  assert loop.load_config(workdir).matmul_dtype == "float32"
+  assert loop.holds_outcome(tiny(train_steps=10, eval_every=0), workdir)
+  with pytest.raises(schema.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
+    loop.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
                                   workdir, progress=False)
-  summary = experiment.train_and_evaluate(tiny(train_steps=20, eval_every=0), workdir,
+  summary = loop.train_and_evaluate(tiny(train_steps=20, eval_every=0), workdir,
                                           progress=False)
   assert summary["steps"] == 20
 
@@ -183,17 +183,17 @@ def test_outcome_ignores_names_but_not_trajectory_or_evaluation(tmp_path):
   """A finished run is the outcome of a renamed config (bookkeeping fields), not of one
   with another seed or another evaluation set; the workdir check agrees on the rest."""
   workdir = str(tmp_path / "run")
-  experiment.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
+  loop.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
   renamed = tiny(train_steps=10, eval_every=0, experiment_name="renamed", ablation_stage="x",
                  output_dir="elsewhere", investigation="y")
-  assert experiment.holds_outcome(renamed, workdir)
-  experiment.check_workdir(renamed, workdir)
-  assert not experiment.holds_outcome(tiny(train_steps=20, eval_every=0), workdir)
-  assert not experiment.holds_outcome(tiny(train_steps=10, eval_every=0, eval_size=8), workdir)
-  experiment.check_workdir(tiny(train_steps=10, eval_size=8), workdir)
-  assert not experiment.holds_outcome(tiny(train_steps=10, eval_every=0, seed=1), workdir)
-  with pytest.raises(config_lib.ConfigError, match="seed: 0 -> 1"):
-    experiment.check_workdir(tiny(train_steps=10, seed=1), workdir)
+  assert loop.holds_outcome(renamed, workdir)
+  loop.check_workdir(renamed, workdir)
+  assert not loop.holds_outcome(tiny(train_steps=20, eval_every=0), workdir)
+  assert not loop.holds_outcome(tiny(train_steps=10, eval_every=0, eval_size=8), workdir)
+  loop.check_workdir(tiny(train_steps=10, eval_size=8), workdir)
+  assert not loop.holds_outcome(tiny(train_steps=10, eval_every=0, seed=1), workdir)
+  with pytest.raises(schema.ConfigError, match="seed: 0 -> 1"):
+    loop.check_workdir(tiny(train_steps=10, seed=1), workdir)
 
 
 def test_cli_sigterm_checkpoints_resume_and_eval(tmp_path):
@@ -258,5 +258,5 @@ def test_cli_unknown_config_field_is_one_line_with_the_closest_names(tmp_path):
 def test_unknown_key_in_config_file_is_rejected():
   config = tiny()
   config.mining_opt_step = 5  # a typo of mining_opt_steps
-  with pytest.raises(config_lib.ConfigError, match="mining_opt_step"):
-    config_lib.validate(config, base.get_config())
+  with pytest.raises(schema.ConfigError, match="mining_opt_step"):
+    schema.validate(config, base.get_config())

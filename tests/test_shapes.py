@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
 
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import langevin, replay, sampler, strategies, tasks
 from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
@@ -94,14 +94,14 @@ class ModelShapesTest(chex.TestCase):
     chex.assert_trees_all_close(s2, s, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(s))))
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_condition_and_given(self):
-    """condition: five (B, hidden) parts; given(cond, y): (B, 1); fc1 split = Dense on concat."""
+  def test_condition_and_energy_given(self):
+    """condition: five (B, hidden) parts; energy_given(cond, y): (B, 1); fc1 split = Dense on concat."""
     fn, params = _tiny.small_energy()
     inp, y, t, _ = _batch()
     cond = self.variant(fn.condition)(params, inp, t)
     chex.assert_shape(list(cond), [(B, 32)] * 5)
     chex.assert_type(list(cond), F32)
-    e = self.variant(fn.given)(params, cond, y)
+    e = self.variant(fn.energy_given)(params, cond, y)
     chex.assert_shape(e, (B, 1))
     e2, s2 = self.variant(lambda *a: model_lib.conditioned_energy_and_score(fn, *a))(
         params, cond, y)
@@ -219,13 +219,13 @@ class LossShapesTest(chex.TestCase):
   """Every strategy's loss_fn: scalar loss, scalar metrics, buffer of unchanged shapes."""
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(*[(s, s) for s in config_lib.STRATEGIES])
+  @parameterized.named_parameters(*[(s, s) for s in schema.STRATEGIES])
   def test_loss_fn(self, strategy):
     settings = _settings(strategy)
     fn, params = _tiny.small_energy()
     task = tasks.get_task("inverse", _tiny.RANK)
     loss_fn = strategies.make_loss_fn(fn, _tiny.schedule(), settings, task.residual)
-    buf = replay.create_sharded(1, _tiny.T, 16, 4, D) if settings.use_replay else None
+    buf = replay.create_sharded(1, _tiny.T, 16, 4, D) if settings.use_replay_buffer else None
     inp, x0 = task.sample(jax.random.PRNGKey(0), B)
     loss, (metrics, new_buf) = self.variant(loss_fn)(params, inp, x0, jax.random.PRNGKey(1),
                                                      jnp.int32(5), buf)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import none
-from ired_cd import evaluation, experiment, solve, tasks, train
+from ired_cd import evaluation, loop, solve, tasks, train
 from ired_cd import sampler as sampler_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,7 +26,7 @@ def workdir(tmp_path_factory):
   path = str(tmp_path_factory.mktemp("run"))
   config = none.get_config("tiny")
   config.train_steps = 20
-  experiment.train_and_evaluate(config, path, progress=False)
+  loop.train_and_evaluate(config, path, progress=False)
   return path
 
 
@@ -58,11 +58,11 @@ def test_answers_in_both_layouts_are_the_unscaled_x0(workdir):
   assert not np.array_equal(by_matrix[0], by_matrix[3])
   # The evaluator's default output is sqrt(abar_0) x0 from the same start noise.
   model = solve.load(workdir)
-  exp = train.build_experiment(model.config)
-  default = sampler_lib.make_sampler(exp.energy_fn, exp.schedule, exp.task.out_dim)
+  setup = train.build_setup(model.config)
+  default = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
   scaled = evaluation.predict(default, model.params, a.reshape(6, -1), 3, 6,
                               jax.random.PRNGKey(0))
-  np.testing.assert_allclose(by_row[3] * float(exp.schedule.sqrt_alphas_cumprod[0]), scaled,
+  np.testing.assert_allclose(by_row[3] * float(setup.schedule.sqrt_alphas_cumprod[0]), scaled,
                              rtol=1e-5, atol=1e-6)
   assert model.step == 20
 

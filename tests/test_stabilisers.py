@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from configs import base
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import langevin, strategies, train
 from tests import _tiny
 
@@ -66,7 +66,7 @@ def test_renoised_negative_is_the_chain_answer_at_the_positive_noise(negatives):
   and differs only in the answer (renoised: the zero-noise estimate x0_estimate; denoised: the
   model's prediction from its score); E_pos is unchanged by the switch."""
   t = jnp.arange(_tiny.T, dtype=jnp.int32)
-  chain = strategies.LossSettings("cd_langevin", chain_steps=2)
+  chain = strategies.LossSettings("cd_langevin", mining_opt_steps=2)
   renoised = dataclasses.replace(chain, cd_negatives=negatives)
   fn, params, inp, x0, key, _, m_chain = _cd_energies(chain, t)
   *_, m_renoised = _cd_energies(renoised, t)
@@ -138,11 +138,11 @@ def test_split_gradients_sum_to_the_loss_gradient(strategy):
   """d/d(params, energy_params) at the same values: the parts add up to d loss / d params,
   the denoising part is that of the denoising loss alone, and the energy part is non-zero."""
   c = _tiny.tiny_config(strategy, mining_opt_steps=2)
-  exp = train.build_experiment(c)
-  settings = dataclasses.replace(exp.loss_settings, use_energy_schedule=False)
-  loss_fn = strategies.make_loss_fn(exp.energy_fn, exp.schedule, settings, exp.task.residual)
-  state = train.init_state(exp)
-  inp, x0 = exp.task.sample(jax.random.PRNGKey(0), c.batch_size)
+  setup = train.build_setup(c)
+  settings = dataclasses.replace(setup.loss_settings, use_energy_schedule=False)
+  loss_fn = strategies.make_loss_fn(setup.energy_fn, setup.schedule, settings, setup.task.residual)
+  state = train.init_state(setup)
+  inp, x0 = setup.task.sample(jax.random.PRNGKey(0), c.batch_size)
   args = (inp, x0, jax.random.PRNGKey(1), jnp.int32(3), state.replay)
 
   @jax.jit
@@ -170,9 +170,9 @@ def test_split_gradients_sum_to_the_loss_gradient(strategy):
 ])
 def test_stabilised_train_steps_run_and_log_the_conflict(overrides):
   """Smoke: three cd_full steps with each stabiliser are finite and log both gradients."""
-  exp = train.build_experiment(_tiny.tiny_config("cd_full", mining_opt_steps=2, **overrides))
-  step = train.jit_train_step(exp)
-  state = train.init_state(exp)
+  setup = train.build_setup(_tiny.tiny_config("cd_full", mining_opt_steps=2, **overrides))
+  step = train.jit_train_step(setup)
+  state = train.init_state(setup)
   for _ in range(3):
     state, metrics = step(state)
   for key in ("loss", "grad_norm", "grad_norm_denoise", "grad_norm_energy", "grad_cosine"):
@@ -194,8 +194,8 @@ def test_surgery_is_a_cd_switch():
 
 def test_none_logs_no_conflict():
   """Without an energy term there is nothing to split: log_grad_conflict is a no-op."""
-  exp = train.build_experiment(_tiny.tiny_config("none", log_grad_conflict=True))
-  _, metrics = train.jit_train_step(exp)(train.init_state(exp))
+  setup = train.build_setup(_tiny.tiny_config("none", log_grad_conflict=True))
+  _, metrics = train.jit_train_step(setup)(train.init_state(setup))
   assert "grad_cosine" not in metrics
 
 
@@ -218,12 +218,12 @@ def test_cosine_learning_rate_schedule():
 def test_bad_stabiliser_values_are_named(field, value, allowed):
   c = base.get_config()
   c[field] = value
-  with pytest.raises(config_lib.ConfigError, match=rf"config\.{field}: .*{allowed}"):
-    config_lib.validate(c, base.get_config())
+  with pytest.raises(schema.ConfigError, match=rf"config\.{field}: .*{allowed}"):
+    schema.validate(c, base.get_config())
 
 
 def test_negative_ratio_is_refused():
   c = base.get_config()
   c.energy_grad_max_ratio = -1.0
-  with pytest.raises(config_lib.ConfigError, match="energy_grad_max_ratio"):
-    config_lib.validate(c)
+  with pytest.raises(schema.ConfigError, match="energy_grad_max_ratio"):
+    schema.validate(c)

@@ -64,7 +64,7 @@ def _ramp_residual(inp, x):
 def test_filter_in_the_loss_zeroes_exactly_the_low_residual_samples():
   """In the CD loss the filter zeroes the samples with residual < tau and leaves the rest as is."""
   t = jnp.full((10,), 4, jnp.int32)
-  by_quantile = strategies.LossSettings("cd_full", chain_steps=2, use_residual_filter=True)
+  by_quantile = strategies.LossSettings("cd_full", mining_opt_steps=2, use_residual_filter=True)
   loss_tau, _, metrics, _ = _cd_loss(dataclasses.replace(by_quantile, residual_tau=3.5), t,
                                      _ramp_residual)
   loss_tau = np.asarray(loss_tau)
@@ -83,20 +83,20 @@ def test_filter_in_the_loss_zeroes_exactly_the_low_residual_samples():
 def test_timestep_mask_range_0_2_to_0_8():
   """(0.2, 0.8) with T=10 is t in 1..7, both ends included."""
   settings = strategies.LossSettings.from_config(q204.get_config())
-  assert settings.timestep_range == (1, 7)
+  assert settings.energy_loss_timestep_range == (1, 7)
   mask = strategies.timestep_mask(settings, jnp.arange(10))
   np.testing.assert_array_equal(mask, [0, 1, 1, 1, 1, 1, 1, 1, 0, 0])
   off = strategies.LossSettings.from_config(q202.get_config())
-  assert off.timestep_range is None
+  assert off.energy_loss_timestep_range is None
   np.testing.assert_array_equal(strategies.timestep_mask(off, jnp.arange(10)), np.ones(10))
 
 
 def test_mask_and_regulariser_on_per_sample_loss():
   """alpha (E_pos^2 + E_neg^2) is added per sample before the mask: masked t contribute 0."""
   t = jnp.arange(10, dtype=jnp.int32)
-  plain, _, metrics, _ = _cd_loss(strategies.LossSettings("cd_langevin", chain_steps=2), t)
+  plain, _, metrics, _ = _cd_loss(strategies.LossSettings("cd_langevin", mining_opt_steps=2), t)
   masked, _, _, _ = _cd_loss(strategies.LossSettings(
-      "cd_full", chain_steps=2, timestep_range=(1, 7), energy_reg_weight=0.5), t)
+      "cd_full", mining_opt_steps=2, energy_loss_timestep_range=(1, 7), energy_reg_weight=0.5), t)
   plain, masked = np.asarray(plain), np.asarray(masked)
   np.testing.assert_allclose(np.mean(plain), metrics["energy_pos"] - metrics["energy_neg"],
                              rtol=1e-5, atol=1e-7)
@@ -110,7 +110,7 @@ def test_mask_and_regulariser_on_per_sample_loss():
 def test_warmup_weight_at_chosen_steps():
   """max_w * min(1, step / warmup) at steps 0, 1, warmup/2, warmup, 2 warmup."""
   settings = strategies.LossSettings.from_config(q204.get_config())
-  assert (settings.warmup_steps, settings.max_weight) == (20_000, 0.05)
+  assert (settings.energy_loss_warmup_steps, settings.energy_loss_max_weight) == (20_000, 0.05)
   steps = [0, 1, 10_000, 20_000, 40_000]
   got = [float(strategies.energy_weight(settings, jnp.int32(s))) for s in steps]
   np.testing.assert_allclose(got, [0.0, 0.05 / 20_000, 0.025, 0.05, 0.05], rtol=1e-6)
@@ -121,11 +121,11 @@ def test_warmup_weight_at_chosen_steps():
 
 def test_warmup_reads_train_state_step():
   """Step k of training (k steps done) weighs the energy loss max_w * k / warmup."""
-  exp = _tiny.tiny_experiment("cd_full")
-  warmup = exp.config.energy_loss_warmup_steps
-  max_w = exp.config.energy_loss_max_weight
+  setup = _tiny.tiny_setup("cd_full")
+  warmup = setup.config.energy_loss_warmup_steps
+  max_w = setup.config.energy_loss_max_weight
   step_fn = _tiny.tiny_step("cd_full")
-  state = train.init_state(exp)
+  state = train.init_state(setup)
   weights = []
   for _ in range(4):
     state, metrics = step_fn(state)
@@ -160,7 +160,7 @@ def _mixing(mode, empty_t=5):
   """Runs the CD loss at t = 0..9 twice over with stored conditions; inputs 100 + i."""
   t = jnp.tile(jnp.arange(_tiny.T, dtype=jnp.int32), 2)
   inp = jnp.broadcast_to(100.0 + jnp.arange(20.0)[:, None], (20, D))
-  settings = strategies.LossSettings("cd_langevin_replay", chain_steps=1, use_replay=True,
+  settings = strategies.LossSettings("cd_langevin_replay", mining_opt_steps=1, use_replay_buffer=True,
                                      replay_sample_prob=1.0, replay_mixing=mode,
                                      replay_store_condition=True)
   _, _, metrics, buf = _cd_loss(settings, t, buffer=_buffer(empty_t), inp=inp)
@@ -197,17 +197,17 @@ def test_batch_mixing_is_all_or_nothing():
 def test_mining_keys_reach_loss_settings():
   """The guide's JSON keys mining_opt_steps / mining_noise_scale drive the chain."""
   s = strategies.LossSettings.from_config(q204.get_config())
-  assert (s.chain_steps, s.noise_scale) == (10, 1.5)
-  assert s.use_replay and s.use_residual_filter and s.use_energy_schedule
+  assert (s.mining_opt_steps, s.mining_noise_scale) == (10, 1.5)
+  assert s.use_replay_buffer and s.use_residual_filter and s.use_energy_schedule
   assert s.residual_filter_quantile == 0.3 and s.residual_tau is None
-  assert s.replay_sample_prob == 0.95 and s.strategy == "cd_full"
+  assert s.replay_sample_prob == 0.95 and s.mining_strategy == "cd_full"
   c = q204.get_config()
   c.mining_opt_steps, c.mining_noise_scale = 3, 1.2
   s = strategies.LossSettings.from_config(c)
-  assert (s.chain_steps, s.noise_scale) == (3, 1.2)
+  assert (s.mining_opt_steps, s.mining_noise_scale) == (3, 1.2)
   s202 = strategies.LossSettings.from_config(q202.get_config())
-  assert not (s202.use_replay or s202.use_residual_filter or s202.use_energy_schedule)
-  assert s202.energy_loss_weight == 0.05 and s202.chain_steps == 10
+  assert not (s202.use_replay_buffer or s202.use_residual_filter or s202.use_energy_schedule)
+  assert s202.energy_loss_weight == 0.05 and s202.mining_opt_steps == 10
 
 
 def test_non_cd_strategies_ignore_cd_switches():
@@ -218,5 +218,5 @@ def test_non_cd_strategies_ignore_cd_switches():
   for strategy, steps in (("ired", 2), ("nce_random", 0), ("none", 0)):
     c.mining_strategy = strategy
     s = strategies.LossSettings.from_config(c)
-    assert not (s.use_replay or s.use_residual_filter or s.use_energy_schedule)
-    assert s.timestep_range is None and s.nce_descent_steps == steps
+    assert not (s.use_replay_buffer or s.use_residual_filter or s.use_energy_schedule)
+    assert s.energy_loss_timestep_range is None and s.ired_descent_steps == steps

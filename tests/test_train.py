@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ired_cd import config as config_lib
+from ired_cd import schema
 from ired_cd import replay, train
 from tests import _tiny
 
@@ -16,9 +16,9 @@ def _host(tree):
 
 
 def _run(strategy, steps, seed=None):
-  exp = _tiny.tiny_experiment(strategy)
+  setup = _tiny.tiny_setup(strategy)
   step_fn = _tiny.tiny_step(strategy)
-  state = train.init_state(exp, seed)
+  state = train.init_state(setup, seed)
   metrics = []
   for _ in range(steps):
     state, m = step_fn(state)
@@ -26,11 +26,11 @@ def _run(strategy, steps, seed=None):
   return state, metrics
 
 
-@pytest.mark.parametrize("strategy", config_lib.STRATEGIES)
+@pytest.mark.parametrize("strategy", schema.STRATEGIES)
 def test_every_strategy_trains(strategy):
   """Two steps: finite metrics, step counter 2, parameters moved, one compiled executable."""
-  exp = _tiny.tiny_experiment(strategy)
-  init = _host(train.init_state(exp).params)
+  setup = _tiny.tiny_setup(strategy)
+  init = _host(train.init_state(setup).params)
   state, metrics = _run(strategy, 2)
   assert int(state.step) == 2
   for m in metrics:
@@ -40,7 +40,7 @@ def test_every_strategy_trains(strategy):
   moved = jax.tree_util.tree_map(lambda a, b: float(np.max(np.abs(np.asarray(a) - b))),
                                  state.params, init)
   assert all(v > 0 for v in jax.tree_util.tree_leaves(moved))
-  if strategy in config_lib.CD_STRATEGIES:
+  if strategy in schema.CD_STRATEGIES:
     assert {"energy_pos", "energy_neg", "langevin_displacement"} <= set(metrics[-1])
   assert ("replay_fill" in metrics[-1]) == (strategy in ("cd_langevin_replay", "cd_full"))
   assert _tiny.tiny_step(strategy)._cache_size() == 1
@@ -69,10 +69,10 @@ def test_train_step_compiles_once():
 
 
 def test_multi_step_equals_single_steps():
-  """make_multi_step(exp, 3) = three single steps (state) and the mean of their metrics."""
-  exp = _tiny.tiny_experiment("cd_full")
+  """make_multi_step(setup, 3) = three single steps (state) and the mean of their metrics."""
+  setup = _tiny.tiny_setup("cd_full")
   singles, metrics = _run("cd_full", 3)
-  multi, multi_metrics, health = train.make_multi_step(exp, 3)(train.init_state(exp))
+  multi, multi_metrics, health = train.make_multi_step(setup, 3)(train.init_state(setup))
   assert int(multi.step) == 3
   np.testing.assert_array_equal(multi.key, singles.key)
   np.testing.assert_array_equal(multi.replay.count, singles.replay.count)
@@ -91,7 +91,7 @@ def test_multi_step_equals_single_steps():
 def test_bfloat16_matmuls_track_float32():
   """matmul_dtype='bfloat16' (cd_full, 3 steps from the same seed): the same batches and
   negatives, losses within bfloat16 error of float32, and a different program (bf16 dots)."""
-  exp16 = train.build_experiment(_tiny.tiny_config("cd_full", matmul_dtype="bfloat16"))
+  exp16 = train.build_setup(_tiny.tiny_config("cd_full", matmul_dtype="bfloat16"))
   step16 = train.jit_train_step(exp16)
   state16 = train.init_state(exp16)
   assert "bf16" in step16.lower(state16).as_text()
@@ -105,9 +105,9 @@ def test_bfloat16_matmuls_track_float32():
 
 def test_ema_copies_params_on_first_step():
   """EMA = params after step 1 (decay 0); step 2 is off the every-10 grid, so EMA stays put."""
-  exp = _tiny.tiny_experiment("none")
+  setup = _tiny.tiny_setup("none")
   step_fn = _tiny.tiny_step("none")
-  state, _ = step_fn(train.init_state(exp))
+  state, _ = step_fn(train.init_state(setup))
   for e, p in zip(jax.tree_util.tree_leaves(state.ema_params),
                   jax.tree_util.tree_leaves(state.params)):
     np.testing.assert_array_equal(e, p)
@@ -121,9 +121,9 @@ def test_ema_copies_params_on_first_step():
 
 def test_replay_buffer_fills():
   """cd_langevin_replay stores every step's batch of negatives: 32 after one step, 64 after two."""
-  exp = _tiny.tiny_experiment("cd_langevin_replay")
+  setup = _tiny.tiny_setup("cd_langevin_replay")
   step_fn = _tiny.tiny_step("cd_langevin_replay")
-  state = train.init_state(exp)
+  state = train.init_state(setup)
   assert state.replay is not None and int(jnp.sum(state.replay.count)) == 0
   assert state.replay.storage.shape == (1, 10, 64, 16)  # one shard on one device
   slots = state.replay.num_rows * state.replay.capacity
@@ -138,8 +138,8 @@ def test_replay_buffer_fills():
 
 def test_state_is_donated():
   """The jitted step donates its input: the old state's arrays are deleted afterwards."""
-  exp = _tiny.tiny_experiment("cd_langevin_replay")
-  old = train.init_state(exp)
+  setup = _tiny.tiny_setup("cd_langevin_replay")
+  old = train.init_state(setup)
   new, _ = _tiny.tiny_step("cd_langevin_replay")(old)
   assert old.params["fc1"]["kernel"].is_deleted()
   assert all(x.is_deleted() for x in jax.tree_util.tree_leaves(old.opt_state))

@@ -31,7 +31,7 @@ import tqdm
 from jax.experimental import multihost_utils
 
 from ired_cd import checkpoint, evaluation, metrics_io, parallel, plotting, train
-from ired_cd import config as config_lib
+from ired_cd import schema
 
 # Fields that name or describe a run: nothing reads them, so they never make two runs differ.
 BOOKKEEPING_FIELDS = frozenset({
@@ -69,7 +69,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
   with open(path) as f:
-    saved = config_lib.with_added_fields(json.load(f))
+    saved = schema.with_added_fields(json.load(f))
   for field in TUPLE_FIELDS:
     saved[field] = tuple(saved[field])
   return ml_collections.ConfigDict(saved)
@@ -82,7 +82,7 @@ def _saved_differences(config, workdir: str, ignore) -> Optional[Dict]:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    saved = config_lib.with_added_fields(json.load(f))
+    saved = schema.with_added_fields(json.load(f))
   current = _config_dict(config)
   return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k) and k not in ignore}
@@ -97,7 +97,7 @@ def check_workdir(config, workdir: str, allow_config_change: bool = False):
   differ = _saved_differences(config, workdir, BOOKKEEPING_FIELDS | RESUMABLE_FIELDS)
   if differ and not allow_config_change:
     details = ", ".join(f"{k}: {saved!r} -> {current!r}" for k, (saved, current) in differ.items())
-    raise config_lib.ConfigError(
+    raise schema.ConfigError(
         f"workdir {workdir} holds a run of a different config ({details}). Use another "
         "--workdir, or pass --allow_config_change to resume it with the new values.")
 
@@ -191,7 +191,7 @@ def check_devices(config, mesh) -> None:
   """The global batch must split evenly over the data axis."""
   devices = parallel.data_size(mesh)
   if config.batch_size % devices:
-    raise config_lib.ConfigError(
+    raise schema.ConfigError(
         f"config.batch_size: {config.batch_size} does not split over {devices} devices; use a "
         f"multiple of {devices}, e.g. {devices * max(1, config.batch_size // devices)}")
 
@@ -242,8 +242,8 @@ class RunRecord:
 class _CompiledSteps:
   """``make_multi_step`` compiled ahead of time once per chunk length, and timed."""
 
-  def __init__(self, exp, mesh):
-    self._exp, self._mesh, self._compiled = exp, mesh, {}
+  def __init__(self, setup, mesh):
+    self._exp, self._mesh, self._compiled = setup, mesh, {}
 
   def __call__(self, state, chunk: int):
     """(state, metrics, health, execution seconds) after ``chunk`` steps, on the host."""
@@ -299,14 +299,14 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
   Data-parallel over the first ``num_devices`` devices (default: all devices of
   all hosts); host 0 writes metrics, config and summary, every host checkpoints.
   """
-  config_lib.validate(config, defaults)
+  schema.validate(config, defaults)
   mesh = parallel.make_mesh(num_devices)
   check_devices(config, mesh)
   main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   check_workdir(config, workdir, allow_config_change)
-  exp = train.build_experiment(config)
-  state = train.init_state(exp, mesh=mesh)
+  setup = train.build_setup(config)
+  state = train.init_state(setup, mesh=mesh)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   restored, restored_step = store.restore(state)
   if restored is not None:
@@ -318,9 +318,9 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     tqdm.tqdm.write(description)
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
-  evaluator = evaluation.Evaluator(exp)
+  evaluator = evaluation.Evaluator(setup)
   record = RunRecord(config, step, evaluator.mean_predictor, _peak_score(workdir, step))
-  run_chunk = _CompiledSteps(exp, mesh)
+  run_chunk = _CompiledSteps(setup, mesh)
 
   def evaluate():  # the EMA parameters are replicated: host 0 holds a full copy
     return (evaluator.report(jax.device_get(state.ema_params), tuple(config.eval_inner_steps))
@@ -343,7 +343,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
             metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), record.summary())
           raise TrainingDiverged(record.message)
         record.advance(chunk, seconds)
-        _note_collapse(record, metrics, exp.task.out_dim)
+        _note_collapse(record, metrics, setup.task.out_dim)
         row = {**{f"train/{k}": v for k, v in metrics.items()},
                "train/steps_per_sec": chunk / seconds}
         if (config.eval_every and record.step % config.eval_every == 0
@@ -381,14 +381,14 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
                         inner_steps=None, eval_size: Optional[int] = None,
                         use_ema: bool = True) -> Dict:
   """Evaluates the latest (or the given) checkpoint of ``workdir``; writes eval.json."""
-  exp = train.build_experiment(config)
+  setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  state, restored_step = store.restore(train.init_state(exp), step=step)
+  state, restored_step = store.restore(train.init_state(setup), step=step)
   store.close()
   if state is None:
     raise FileNotFoundError(f"no checkpoint in {store.directory}")
   inner_steps = tuple(inner_steps or config.eval_inner_steps)
-  evaluator = evaluation.Evaluator(exp, size=eval_size)
+  evaluator = evaluation.Evaluator(setup, size=eval_size)
   result = evaluator.report(state.ema_params if use_ema else state.params, inner_steps)
   result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
                 params="ema" if use_ema else "online")
