@@ -17,8 +17,7 @@ import jax.numpy as jnp
 from ired_cd import model as model_lib
 
 
-def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None,
-                   evaluations: int = 1):
+def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, cond=None):
   """Energy descent from y.
 
   Args:
@@ -32,21 +31,20 @@ def energy_descent(energy_fn, params, inp, y, t, num_steps, step_size, bound, co
       samples share t, so both agree there).
     cond: ``energy_fn.condition(params, inp, t)`` if the caller has it already
       (the sampler shares it with its score call); computed here otherwise.
-    evaluations: how many energy-and-score calls share the parameters where
-      num_steps is traced (see ``gram.pays``).
   Returns:
     y after num_steps, (B, D), gradients stopped.
   """
   params = jax.lax.stop_gradient(params)
   y = jax.lax.stop_gradient(y)
-  evaluations = num_steps if isinstance(num_steps, int) else evaluations
+  if isinstance(num_steps, int):  # else the caller's energy_fn.sharing(...) says
+    energy_fn = energy_fn.sharing(num_steps)
   if cond is None:
     cond = energy_fn.condition(params, inp, t)
   cond = jax.lax.stop_gradient(cond)
 
   def run(y):
     value_and_score = lambda y_: model_lib.conditioned_energy_and_score(  # noqa: E731
-        energy_fn, params, cond, y_, evaluations)
+        energy_fn, params, cond, y_)
 
     def propose(i, y, grad):
       multiplier = jnp.where(i == 0, 1.0, 2.0)

@@ -14,15 +14,15 @@ import jax.numpy as jnp
 from ired_cd.matmul import f32_matmul
 
 
-def pays(batch: int, hidden: int, out_dim: int, evaluations: int = 1) -> bool:
+def pays(batch: int, hidden: int, out_dim: int, calls: int = 1) -> bool:
   """Whether dE/dh through W W^T needs fewer multiply-adds than through W (static).
 
   Direct: the layer and its transpose, 2 B hidden out_dim. Gram: B hidden^2,
-  plus hidden^2 out_dim once for W W^T, shared by the ``evaluations`` calls of a
-  loop (XLA hoists it out). For hidden 512, out_dim 400 it pays from B = 712 for
+  plus hidden^2 out_dim once for W W^T, shared by the ``calls`` of a loop on the
+  same parameters (XLA hoists it out; ``EnergyFunction.sharing`` says how many). For hidden 512, out_dim 400 it pays from B = 712 for
   one call and from B = 72 for a 10-step chain.
   """
-  return batch * evaluations * (2 * out_dim - hidden) > hidden * out_dim
+  return batch * calls * (2 * out_dim - hidden) > hidden * out_dim
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

@@ -62,11 +62,12 @@ def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
   params = jax.lax.stop_gradient(params)
   cond = jax.lax.stop_gradient(
       energy_fn.condition(params, inp, t) if cond is None else cond)
+  energy_fn = energy_fn.sharing(len(xs))
   eta = take(schedule.opt_step_size, t)
   sigma = sigma_multiplier * jnp.sqrt(2.0 * eta)
 
   def step(y, x):
-    grad = model_lib.conditioned_score(energy_fn, params, cond, y, evaluations=len(xs))
+    grad = model_lib.conditioned_score(energy_fn, params, cond, y)
     grad_norm = jnp.linalg.norm(grad, axis=-1, keepdims=True)
     if grad_clip is not None:
       grad = grad * jnp.minimum(1.0, grad_clip / jnp.maximum(grad_norm, 1e-12))

@@ -159,9 +159,17 @@ class EnergyFunction:
 
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
   ``energy_given(params, cond, y)`` split it at the y-independent part.
+  ``calls_per_params``: how many score calls share one set of parameters (a
+  chain's or the sampler's steps; ``sharing`` sets it), so that ``gram.pays``
+  can count the Gram product W W^T once for all of them.
   """
 
   module: EnergyMLP
+  calls_per_params: int = 1
+
+  def sharing(self, calls: int) -> "EnergyFunction":
+    """This energy inside a loop of ``calls`` score calls on the same parameters."""
+    return dataclasses.replace(self, calls_per_params=calls)
 
   def __call__(self, params, inp, y, t):
     return self.module.apply({"params": params}, inp, y, t)
@@ -193,17 +201,14 @@ def energy_and_score(energy_fn: EnergyFunction, params, inp, y, t):
   return conditioned_energy_and_score(energy_fn, params, energy_fn.condition(params, inp, t), y)
 
 
-def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y,
-                                 evaluations: int = 1):
+def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y):
   """(E (B,), dE/dy (B, D)): ``jax.value_and_grad`` of the summed energy given ``cond``.
 
   Summing is exact per sample: each E_i depends on y_i only, so a sample's score
   does not depend on the batch it sits in (no division by the batch size).
-  ``evaluations``: how many calls share the parameters (a chain's steps), for
-  ``gram.pays``.
   """
   module = energy_fn.module
-  gram = gram_lib.pays(y.shape[0], module.hidden, module.out_dim, evaluations)
+  gram = gram_lib.pays(y.shape[0], module.hidden, module.out_dim, energy_fn.calls_per_params)
 
   def total(y_):
     e = energy_fn.energy_given(params, cond, y_, gram)[:, 0]
@@ -212,9 +217,9 @@ def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y,
   return energy, score_
 
 
-def conditioned_score(energy_fn: EnergyFunction, params, cond, y, evaluations: int = 1):
+def conditioned_score(energy_fn: EnergyFunction, params, cond, y):
   """dE/dy (B, D) given ``cond``; differentiable w.r.t. params (the denoiser's output)."""
-  return conditioned_energy_and_score(energy_fn, params, cond, y, evaluations)[1]
+  return conditioned_energy_and_score(energy_fn, params, cond, y)[1]
 
 
 def score(energy_fn: EnergyFunction, params, inp, y, t):

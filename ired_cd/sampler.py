@@ -26,17 +26,17 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
                 return_x0: bool = False):
   """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D)."""
   batch = inp.shape[0]
-  evaluations = schedule.num_timesteps  # score calls sharing params (gram.pays)
+  energy_fn = energy_fn.sharing(schedule.num_timesteps)  # score calls on the same params
 
   def body(y, tt):
     t = jnp.full((batch,), tt, jnp.int32)
     sqrt_abar = schedule.sqrt_alphas_cumprod[tt]
     cond = energy_fn.condition(params, inp, t)
-    eps = model_lib.conditioned_score(energy_fn, params, cond, y, evaluations)
+    eps = model_lib.conditioned_score(energy_fn, params, cond, y)
     x0 = jnp.clip(schedule.predict_start_from_noise(y, t, eps), -2.0, 2.0)
     y = sqrt_abar * x0
     y = energy_descent(energy_fn, params, inp, y, t, inner_steps,
-                       schedule.opt_step_size[tt], 2.0 * sqrt_abar, cond, evaluations)
+                       schedule.opt_step_size[tt], 2.0 * sqrt_abar, cond)
     y = jnp.clip(y, -2.0 * sqrt_abar, 2.0 * sqrt_abar)
     x0 = schedule.sqrt_recip_alphas_cumprod[tt] * y
     y_prev = schedule.sqrt_alphas_cumprod[jnp.maximum(tt - 1, 0)] * x0

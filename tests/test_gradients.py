@@ -121,21 +121,22 @@ def test_denoising_loss_double_backprop():
   np.testing.assert_allclose(float(fd), float(norm), rtol=1e-2)
 
 
-@pytest.mark.parametrize("evaluations,gram", [(1, False), (2, True)], ids=["direct", "gram"])
-def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
+@pytest.mark.parametrize("calls,gram", [(1, False), (2, True)], ids=["direct", "gram"])
+def test_gram_score_matches_plain_autodiff_to_second_order(calls, gram):
   """The score through the Gram last layer equals the plain autodiff score, and so do the
   parameter gradients of a loss on it (what the denoising loss differentiates).
 
-  hidden 24, out 16: W4 W4^T pays from B * evaluations = 48, so 32 rows take the direct form
-  once and the Gram form when two calls share it (seen as a hidden x hidden product).
+  hidden 24, out 16: W4 W4^T pays from B * calls = 48, so 32 rows take the direct form
+  once and the Gram form when two calls share it (``sharing(2)``: a hidden x hidden product).
   """
   m = model_lib.EnergyMLP(out_dim=D, hidden=24, emb_dim=16, num_timesteps=_tiny.T)
-  fn, params = model_lib.EnergyFunction(m), model_lib.init_params(m, jax.random.PRNGKey(2))
+  fn = model_lib.EnergyFunction(m).sharing(calls)
+  params = model_lib.init_params(m, jax.random.PRNGKey(2))
   inp, y, t = _data(32, seed=5)
   target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
 
   def with_rule(p):
-    return model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y, evaluations)
+    return model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y)
 
   def autodiff(p):
     return jax.grad(lambda y_: jnp.sum(fn(p, inp, y_, t)))(y)
@@ -144,8 +145,7 @@ def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
   assert ("f32[24,24] = dot_general" in jaxpr) == gram
   np.testing.assert_allclose(jax.jit(with_rule)(params), autodiff(params), rtol=1e-4,
                              atol=1e-5 * _max_abs(autodiff(params)))
-  energy, _ = model_lib.conditioned_energy_and_score(fn, params, fn.condition(params, inp, t), y,
-                                                     evaluations)
+  energy, _ = model_lib.conditioned_energy_and_score(fn, params, fn.condition(params, inp, t), y)
   np.testing.assert_allclose(energy, fn(params, inp, y, t)[:, 0], rtol=1e-5)
   loss = lambda score_fn, p: jnp.mean(jnp.square(score_fn(p) - target))  # noqa: E731
   g_rule = jax.jit(jax.grad(lambda p: loss(with_rule, p)))(params)
@@ -157,20 +157,21 @@ def test_gram_score_matches_plain_autodiff_to_second_order(evaluations, gram):
                                  atol=1e-4 * _max_abs(want), err_msg=f"{name}/{part}")
 
 
-@pytest.mark.parametrize("evaluations", [1, 2], ids=["direct", "gram"])
-def test_bf16_model_denoising_gradient(evaluations):
+@pytest.mark.parametrize("calls", [1, 2], ids=["direct", "gram"])
+def test_bf16_model_denoising_gradient(calls):
   """With matmul_dtype='bfloat16' the denoising loss's parameter gradient runs its batch-sized
   products on bfloat16 operands only, and stays within bfloat16 error of the float32 one."""
   grads = {}
   for dtype in MATMUL_DTYPES:
     m = model_lib.EnergyMLP(out_dim=D, hidden=24, emb_dim=16, num_timesteps=_tiny.T,
                             matmul_dtype=dtype)
-    fn, params = model_lib.EnergyFunction(m), model_lib.init_params(m, jax.random.PRNGKey(2))
+    fn = model_lib.EnergyFunction(m).sharing(calls)
+    params = model_lib.init_params(m, jax.random.PRNGKey(2))
     inp, y, t = _data(32, seed=5)
     target = jax.random.normal(jax.random.PRNGKey(6), y.shape)
 
     def loss(p):
-      s = model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y, evaluations)
+      s = model_lib.conditioned_score(fn, p, fn.condition(p, inp, t), y)
       return jnp.mean(jnp.square(s - target))
 
     grads[dtype] = jax.jit(jax.grad(loss))(params)
@@ -181,7 +182,7 @@ def test_bf16_model_denoising_gradient(evaluations):
       # float32 products left: W4 b4 of the Gram form and its derivatives (parameter-sized).
       float32 = [shapes for dtypes, shapes in dots if "float32" in dtypes]
       assert all(D in shapes[0] + shapes[1] for shapes in float32), dots
-      assert bool(float32) == (evaluations > 1), dots
+      assert bool(float32) == (calls > 1), dots
   for name, layer in grads["float32"].items():
     for part, want in layer.items():
       np.testing.assert_allclose(grads["bfloat16"][name][part], want, rtol=0.1,
