@@ -22,8 +22,11 @@ Prints one JSON object per line:
                                     hides it: see experiments/memory.py)
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
+  {"what": "gram", ...}             --what=gram: the Gram last layer (gram.pays) against the
+                                    plain one, train steps interleaved, and the sampler
 """
 
+import contextlib
 import functools
 import json
 import resource
@@ -38,16 +41,17 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli, memory
 from ired_cd import schema
-from ired_cd import flops, parallel, sampler, train
+from ired_cd import flops, gram, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES), "Strategies to time.")
-MEASURES = ("matmul", "train", "sampler", "dtypes")
+MEASURES = ("matmul", "train", "sampler", "dtypes", "gram")
 _WHAT = flags.DEFINE_list(
     "what", ["matmul", "train", "sampler"],
-    "What to measure: matmul, train, sampler, and dtypes (float32 against bfloat16 matmuls, "
-    "steps interleaved in one process; not in the default).")
+    "What to measure: matmul, train, sampler, and (not in the default, steps interleaved in "
+    "one process) dtypes (float32 against bfloat16 matmuls) and gram (the Gram last layer "
+    "against the plain one).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (or sampler calls) after compile.")
 _INNER = flags.DEFINE_integer("inner_steps", 5, "Sampler inner descent steps.")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 4096, "Square size of the matmul probe.")
@@ -182,6 +186,55 @@ def bench_matmul_dtypes(config, strategy, steps):
        median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])
 
 
+@contextlib.contextmanager
+def _gram(on: bool):
+  """Traces inside use the Gram last layer where it pays (on) or never (off)."""
+  pays = gram.pays
+  gram.pays = pays if on else (lambda *args, **kwargs: False)
+  try:
+    yield
+  finally:
+    gram.pays = pays
+
+
+def bench_gram(config, strategy, steps, inner_steps):
+  """The Gram last layer against the plain one: train steps alternating, then the sampler
+  on ``config.eval_chunk`` problems alternating, both compiled in one process."""
+  modes = {"gram": True, "plain": False}
+  compiled, states = {}, {}
+  for mode, on in modes.items():
+    with _gram(on):
+      _, _, states[mode], compiled[mode], _ = _warm_step(config, strategy)
+  times = {mode: [] for mode in modes}
+  for i in range(steps):
+    for mode in list(modes)[::1 if i % 2 else -1]:
+      states[mode], _, ms = _timed_step(compiled[mode], states[mode])
+      times[mode].append(ms)
+  train_ms = {mode: statistics.median(t) for mode, t in times.items()}
+  setup = train.build_setup(config)
+  params = train.init_state(setup).ema_params
+  inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.eval_chunk, False)
+  key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
+  samplers = {}
+  for mode, on in modes.items():
+    with _gram(on):
+      samplers[mode] = sampler.make_sampler(setup.energy_fn, setup.schedule,
+                                            setup.task.out_dim).lower(params, inp, key, k).compile()
+    jax.block_until_ready(samplers[mode](params, inp, key, k))
+  times = {mode: [] for mode in modes}
+  for i in range(max(5, steps // 4)):
+    for mode in list(modes)[::1 if i % 2 else -1]:
+      times[mode] += _time_calls(lambda: samplers[mode](params, inp, key, k), 1)
+  sampler_ms = {mode: statistics.median(t) for mode, t in times.items()}
+  emit(what="gram", strategy=strategy, batch_size=config.batch_size,
+       matmul_dtype=config.matmul_dtype, steps=steps,
+       train_programs_differ=compiled["gram"].as_text() != compiled["plain"].as_text(),
+       train_median_ms=train_ms,
+       train_plain_over_gram=train_ms["plain"] / train_ms["gram"],
+       sampler_rows=config.eval_chunk, inner_steps=inner_steps, sampler_median_ms=sampler_ms,
+       sampler_plain_over_gram=sampler_ms["plain"] / sampler_ms["gram"])
+
+
 def bench_sampler(config, inner_steps, reps, peak):
   setup = train.build_setup(config)
   params = train.init_state(setup).ema_params
@@ -228,6 +281,9 @@ def main(argv):
   if "dtypes" in _WHAT.value:
     for strategy in _STRATEGIES.value:
       bench_matmul_dtypes(config, strategy, _STEPS.value)
+  if "gram" in _WHAT.value:
+    for strategy in _STRATEGIES.value:
+      bench_gram(config, strategy, _STEPS.value, _INNER.value)
   if "sampler" in _WHAT.value:
     bench_sampler(config, _INNER.value, max(5, _STEPS.value // 2), peak)
   emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)

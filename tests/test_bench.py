@@ -58,6 +58,22 @@ def test_bench_dtypes_interleaves_both_matmul_dtypes():
   assert abs(record["speedup_bfloat16"] - ratio) < 1e-9
 
 
+@pytest.mark.parametrize("rank,differ", [(4, False), (8, True)])
+def test_bench_gram_compares_the_two_last_layers(rank, differ):
+  """Hidden 64: out 16 (rank 4) never pays for the Gram form, so both programs are one;
+  out 64 (rank 8) pays in cd_full's 10-step chain at batch 32."""
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny",
+       f"--config.rank={rank}", "--what=gram", "--strategies=cd_full", "--steps=2",
+       "--inner_steps=1"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+  (record,) = [json.loads(line) for line in out.stdout.splitlines()
+               if json.loads(line)["what"] == "gram"]
+  assert record["train_programs_differ"] is differ
+  assert set(record["train_median_ms"]) == set(record["sampler_median_ms"]) == {"gram", "plain"}
+  ratio = record["train_median_ms"]["plain"] / record["train_median_ms"]["gram"]
+  assert abs(record["train_plain_over_gram"] - ratio) < 1e-9
+
+
 def test_bench_rejects_an_unknown_measure():
   out = subprocess.run(
       [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", "--what=flops"],
