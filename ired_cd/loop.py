@@ -8,7 +8,8 @@ run. Outputs in the workdir:
   metrics.jsonl    one row per logged step: "step", "train/..." and "eval/..." keys
   tensorboard/     the same scalars as TensorBoard events
   checkpoints/     orbax checkpoints of the full train state
-  summary.json     final eval/mse, eval/mse_ood, train/steps_per_sec, steps, wall clock
+  summary.json     RunRecord.summary(): status, steps, final eval/mse and eval/mse_ood (with
+                   the mean predictor's), steps/s, wall clock, collapse_step, failed_step
   curves.png       the run's curves (plotting.plot_curves), drawn when the run ends
   eval.json        written by evaluate_checkpoint
 """
