@@ -40,6 +40,9 @@ _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES),
                                 "Strategies to compare (config.apply_strategy).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
 _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
+_REPORT_ONLY = flags.DEFINE_bool(
+    "report_only", False, "Train nothing: write the table and figure from the runs that have "
+    "finished (e.g. while the grid runs in another process).")
 
 EVAL_KEYS = ("eval/mse", "eval/mse_ood")
 HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
@@ -57,12 +60,19 @@ def _last_value(rows, key):
   return float(values[-1]) if values.size else None
 
 
-def run_one(config, strategy, seed, subdir):
-  """Trains (or skips) one run; returns its record. Never raises for a failed run."""
+def run_one(config, strategy, seed, subdir, report_only=False):
+  """Trains (or skips) one run; returns its record. Never raises for a failed run.
+
+  ``report_only``: train nothing; a run without its outcome is recorded as not
+  finished, at the last step it logged.
+  """
   tic = time.time()
   skipped = loop.holds_outcome(config, subdir)
   if skipped:
     summary = plotting.read_json(os.path.join(subdir, "summary.json"))
+  elif report_only:
+    rows = metrics_io.read_jsonl(os.path.join(subdir, "metrics.jsonl"))
+    summary = dict(steps=rows[-1]["step"]) if rows else {}
   else:
     try:
       summary = loop.train_and_evaluate(config, subdir, progress=False)
@@ -116,7 +126,8 @@ def _flags(runs):
     elif r["status"] == "failed":
       notes.append(f"{seed} failed ({r['message'].split(':')[0]})")
     elif r["status"] is None:
-      notes.append(f"{seed} not run")
+      notes.append(f"{seed} not run" if r["steps"] is None
+                   else f"{seed} unfinished (step {r['steps']})")
     if r["collapse_step"] is not None:
       notes.append(f"{seed} collapsed at step {r['collapse_step']}")
   return notes
@@ -259,6 +270,8 @@ def _describe(record):
   name = f"{record['strategy']}/seed{record['seed']}"
   if record["skipped"]:
     return f"{name}: already {record['status']}, skipped"
+  if record["status"] is None:
+    return f"{name}: not finished (last logged step {record['steps']}), not trained"
   if record["status"] != "completed":
     return (f"{name}: {record['status'].upper()} after step {record['steps']}"
             + (f": {record['message']}" if record["message"] else ""))
@@ -268,11 +281,12 @@ def _describe(record):
           f"{collapse} ({record['seconds'] / 60:.1f} min)")
 
 
-def run_ablation(config, strategies, seeds, workdir, command=None):
+def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
   ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
-  raise ConfigError before anything runs. Returns the report.
+  raise ConfigError before anything runs. ``report_only``: train nothing, report
+  what has finished (a grid still running elsewhere). Returns the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
     raise schema.ConfigError(f"strategies: a non-empty list without repeats, got "
@@ -290,7 +304,7 @@ def run_ablation(config, strategies, seeds, workdir, command=None):
   bar = tqdm.tqdm(plan, desc="ablation", unit="run", dynamic_ncols=True)
   for strategy, seed, c, subdir in bar:
     bar.set_postfix_str(f"{strategy}/seed{seed}")
-    record = run_one(c, strategy, seed, subdir)
+    record = run_one(c, strategy, seed, subdir, report_only)
     records.append(record)
     tqdm.tqdm.write(_describe(record))
     if record["status"] == "interrupted":
@@ -314,9 +328,12 @@ def main(argv):
   if len(argv) > 1:
     sys.exit(f"error: unexpected arguments {argv[1:]}")
   workdir = _WORKDIR.value
-  command = "python -m experiments.ablate " + shlex.join(sys.argv[1:])
+  # The command that makes the grid: a report-only call names the training one.
+  command = "python -m experiments.ablate " + shlex.join(
+      a for a in sys.argv[1:] if not a.lstrip("-").startswith(("report_only", "noreport_only")))
   try:
-    report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command)
+    report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command,
+                          _REPORT_ONLY.value)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

@@ -12,7 +12,7 @@ from jax.experimental.compilation_cache import compilation_cache
 
 from configs import base, q204
 from experiments import ablate
-from ired_cd import metrics_io
+from ired_cd import loop, metrics_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
@@ -24,7 +24,7 @@ COLUMNS = ["strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ 
 
 
 def tiny(**overrides):
-  return base.run_config(q204.get_config("tiny"), **SHORT, **overrides)
+  return base.run_config(q204.get_config("tiny"), **dict(SHORT, **overrides))
 
 
 def assert_png(path):
@@ -169,6 +169,20 @@ def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
       ("completed", True), ("diverged", True)]
   assert os.stat(diverged).st_mtime_ns == before
   assert again["rows"]["cd_langevin"]["flags"] == report["rows"]["cd_langevin"]["flags"]
+
+
+def test_report_only_trains_nothing_and_flags_unfinished_runs(tmp_path):
+  workdir = str(tmp_path)
+  partial = ablate.run_dir(workdir, "none", 0)
+  loop.train_and_evaluate(base.run_config(tiny(train_steps=10), "none"), partial,
+                          progress=False)
+  report = ablate.run_ablation(tiny(), ["none", "nce_random"], 1, workdir, report_only=True)
+  assert [(r["status"], r["steps"]) for r in report["runs"]] == [(None, 10), (None, None)]
+  assert report["rows"]["none"]["flags"] == ["0/1 seeds", "seed0 unfinished (step 10)"]
+  assert report["rows"]["nce_random"]["flags"] == ["0/1 seeds", "seed0 not run"]
+  assert not os.path.exists(ablate.run_dir(workdir, "nce_random", 0))
+  assert json.load(open(os.path.join(partial, "summary.json")))["steps"] == 10
+  assert os.path.exists(os.path.join(workdir, "ablation.md"))
 
 
 def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
