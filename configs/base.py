@@ -6,8 +6,8 @@ configs. Experiment configs (q202/q203/q204, baselines) start from
 ``get_config()`` and change what their JSON changes.
 
 Config-file argument: ``--config=configs/q204.py:cpu`` applies ``cpu_variant``
-(the laptop protocol: minutes on 2 CPU cores), ``:tiny`` a seconds-long smoke
-run, ``:guide`` the guide's literal CD values; join them with ',' (``:cpu,guide``).
+(the laptop protocol: minutes on 2 CPU cores), ``:cpu20k`` the same protocol
+10x longer, ``:tiny`` a seconds-long smoke run, ``:guide`` the guide's literal CD values; join them with ',' (``:cpu,guide``).
 """
 
 import ml_collections
@@ -161,7 +161,7 @@ def guide_variant(c):
   c.update({key: defaults[key] for key in STABILISERS})
 
 
-def cpu_variant(c):
+def cpu_variant(c, train_steps=2_000, eval_every=500):
   """The laptop protocol: batch 256, 2,000 steps, lr 1e-3 cosine-decayed to 0, bfloat16.
 
   Every strategy runs on these equal terms. The guide's lr 1e-4 needs ~8,000
@@ -169,21 +169,29 @@ def cpu_variant(c):
   cosine decay gets there by step 1,000 and by step 2,000 comes within 4 %
   of what 1e-4 reaches at 8,000 (docs/stabilisers.md has the evidence). cd_full's
   energy warm-up keeps the guide's proportion: 20 % of the run (20k of 100k).
-  For a longer run set train_steps and learning_rate_decay_steps together.
+  The learning-rate decay and the warm-up follow ``train_steps`` here, in the
+  variant; a ``--config.train_steps`` override does not move them (so a resumed
+  run keeps its trajectory): for a longer protocol use ``cpu20k``.
   """
   c.batch_size = 256
-  c.train_steps = 2_000
-  c.energy_loss_warmup_steps = c.train_steps // 5
+  c.train_steps = train_steps
+  c.energy_loss_warmup_steps = train_steps // 5
   c.learning_rate = 1e-3
   c.learning_rate_schedule = "cosine"
-  c.learning_rate_decay_steps = c.train_steps
+  c.learning_rate_decay_steps = train_steps
   c.matmul_dtype = "bfloat16"
-  c.eval_every = 500
+  c.eval_every = eval_every
   c.eval_size = 1024
   c.log_every = 50
-  c.checkpoint_every = 500
+  c.checkpoint_every = eval_every
   c.collapse_after_steps = 500
-  c.output_dir = c.output_dir + "_cpu"
+  c.output_dir = c.output_dir + ("_cpu" if train_steps == 2_000 else f"_cpu{train_steps // 1000}k")
+
+
+def cpu20k_variant(c):
+  """The laptop protocol run 10x longer (20,000 steps, warm-up 4,000, evaluation every
+  2,000): the comparison once every strategy has converged."""
+  cpu_variant(c, train_steps=20_000, eval_every=2_000)
 
 
 def tiny_variant(c):
@@ -214,7 +222,8 @@ def run_config(config, strategy=None, **overrides):
   return schema.validate(c, get_config())
 
 
-VARIANTS = {"cpu": cpu_variant, "tiny": tiny_variant, "guide": guide_variant}
+VARIANTS = {"cpu": cpu_variant, "cpu20k": cpu20k_variant, "tiny": tiny_variant,
+            "guide": guide_variant}
 
 
 def apply_variant(c, arg):

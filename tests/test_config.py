@@ -112,17 +112,19 @@ def test_rules_apply_only_where_they_matter():
     _validate(c)
 
 
-@pytest.mark.parametrize("arg", [None, "cpu", "tiny"])
+@pytest.mark.parametrize("arg", [None, "cpu", "cpu20k", "tiny"])
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_configs_validate(name, arg):
-  """Every shipped config validates, plain and with the cpu / tiny variants."""
+  """Every shipped config validates, plain and with the cpu / cpu20k / tiny variants."""
   c = importlib.import_module(f"configs.{name}").get_config(arg)
   assert _validate(c) is c
   assert set(c.keys()) == set(base.get_config().keys())
   if arg == "tiny":
     assert c.rank == 4 and c.batch_size == 32
-  elif arg == "cpu":
+  elif arg in ("cpu", "cpu20k"):
+    assert c.train_steps == {"cpu": 2_000, "cpu20k": 20_000}[arg]
     assert c.batch_size == 256 and c.energy_loss_warmup_steps == c.train_steps // 5
+    assert c.learning_rate_decay_steps == c.train_steps  # the cosine ends with the run
     assert c.matmul_dtype == "bfloat16" and c.eval_size == 1024
 
 
