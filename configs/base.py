@@ -80,6 +80,7 @@ def get_config(arg=None):
   # Stabilisers of the CD term (the guide's literal values here; see
   # configs/cd_stable.py and the README's stabiliser study).
   c.cd_loss = "linear"  # linear: E_pos - E_neg (guide) | logistic: softplus(E_pos - E_neg)
+  c.cd_margin = 0.0  # logistic only: softplus(E_pos - E_neg + cd_margin), a gap it keeps asking for
   # chain: the chain's x_t (guide) | renoised: its zero-noise answer at the positive's
   # noise | denoised: the model's denoised answer from it, at the positive's noise.
   c.cd_negatives = "chain"

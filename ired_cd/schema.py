@@ -34,7 +34,7 @@ STAGE_PRESETS = {
 # Fields added after runs were first written, with the value that reproduces
 # those runs: a saved config.json without them means that value.
 ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
-                "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
+                "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
                 "learning_rate_decay_steps": 100_000}
 
@@ -123,8 +123,11 @@ def validate(config, defaults=None):
     _check(c[field] in allowed, field, f"must be one of {allowed}, got {c[field]!r}")
   for field in ("mining_noise_scale", "langevin_sigma_multiplier", "langevin_grad_clip",
                 "energy_reg_weight", "energy_loss_weight", "energy_loss_max_weight",
-                "nce_loss_weight", "ired_noise_scale", "energy_grad_max_ratio"):
+                "nce_loss_weight", "ired_noise_scale", "energy_grad_max_ratio", "cd_margin"):
     _check(c[field] >= 0, field, f"must be >= 0, got {c[field]!r}")
+  _check(c.cd_margin == 0 or c.cd_loss == "logistic", "cd_margin",
+         f"needs cd_loss='logistic' (a margin only shifts the linear loss), got cd_margin="
+         f"{c.cd_margin} with cd_loss={c.cd_loss!r}")
 
   strategy = c.mining_strategy
   if strategy in CD_STRATEGIES:

@@ -26,7 +26,9 @@ Choices where the guide is open (each tested, each in the README):
 Stabilisers of the CD energy term (off, i.e. the guide's literal values, by
 default; ``configs/cd_stable.py`` turns on the ones the study selected):
   * ``cd_loss='logistic'``: softplus(E_pos - E_neg), bounded below like IRED's
-    own NCE, instead of the unbounded linear E_pos - E_neg.
+    own NCE, instead of the unbounded linear E_pos - E_neg. ``cd_margin`` m > 0
+    makes it softplus(E_pos - E_neg + m): the term keeps pushing until the gap
+    exceeds m by a few units, where the plain form fades from a gap of ~3.
   * ``cd_negatives='renoised'``: each chain's answer x0_estimate(x_neg) is put
     back at the positive's own noise, q_sample(x0_hat, t, eps_pos), so the pair
     differs in the answer only (as in IRED's NCE), never in the noise.
@@ -77,7 +79,8 @@ class LossSettings:
   energy_loss_warmup_steps: int = 20_000
   energy_loss_max_weight: float = 0.05
   energy_loss_timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
-  cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg)
+  cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg + margin)
+  cd_margin: float = 0.0
   cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised | denoised: module doc
   energy_grad_surgery: str = "none"  # none | project (train.combine_gradients)
   energy_grad_max_ratio: float = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
@@ -142,14 +145,16 @@ def residual_keep(residuals, quantile: float, tau: Optional[float]):
   return (residuals >= threshold).astype(jnp.float32)
 
 
-def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0, form: str = "linear"):
+def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0, form: str = "linear",
+                  margin: float = 0.0):
   """Per-sample CD loss (+ alpha (E_pos^2 + E_neg^2)).  (B,) each.
 
   form: ``linear`` E_pos - E_neg (the guide; unbounded below, so nothing stops
-  the gap from growing), or ``logistic`` softplus(E_pos - E_neg) (bounded below
-  by 0; its gradient fades once E_neg - E_pos is a few units).
+  the gap from growing), or ``logistic`` softplus(E_pos - E_neg + margin)
+  (bounded below by 0; its gradient fades once E_neg - E_pos exceeds the
+  margin by a few units).
   """
-  out = e_pos - e_neg if form == "linear" else jax.nn.softplus(e_pos - e_neg)
+  out = e_pos - e_neg if form == "linear" else jax.nn.softplus(e_pos - e_neg + margin)
   if reg_weight:
     out = out + reg_weight * (jnp.square(e_pos) + jnp.square(e_neg))
   return out
@@ -236,7 +241,8 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
     x_compare = schedule.q_sample(answer, t, eps_pos)
   e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_compare, t,
                                   inp_neg if settings.replay_store_condition else None)
-  loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight, settings.cd_loss)
+  loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight, settings.cd_loss,
+                       settings.cd_margin)
   if settings.use_residual_filter:
     residuals = residual_fn(inp_neg, answer)
     keep = residual_keep(residuals, settings.residual_filter_quantile, settings.residual_tau)

@@ -40,6 +40,25 @@ def test_logistic_gradient_fades_with_the_gap_and_linear_does_not():
   np.testing.assert_allclose(grad_neg("linear"), -np.ones(3))
 
 
+def test_margin_keeps_the_logistic_term_pushing_until_the_gap_exceeds_it():
+  """softplus(E_pos - E_neg + m): at a gap of 5 the plain form has faded (gradient 0.007),
+  with m = 10 it still pushes at nearly full strength; past m + a few units it fades too."""
+  gaps = jnp.asarray([0.0, 5.0, 20.0])
+
+  def loss_and_grad(margin):
+    fn = lambda n: jnp.sum(strategies.cd_loss_terms(jnp.zeros(3), n, form="logistic",
+                                                     margin=margin))
+    return strategies.cd_loss_terms(jnp.zeros(3), gaps, form="logistic", margin=margin), \
+        jax.grad(fn)(gaps)
+
+  loss, grad = loss_and_grad(10.0)
+  np.testing.assert_allclose(loss, np.log1p(np.exp(10.0 - np.asarray(gaps))), rtol=1e-6)
+  np.testing.assert_allclose(grad, -jax.nn.sigmoid(10.0 - gaps), rtol=1e-6)
+  _, plain = loss_and_grad(0.0)
+  assert abs(float(plain[1])) < 0.01 < 0.99 < abs(float(grad[1]))
+  assert abs(float(grad[2])) < 1e-4
+
+
 def test_logistic_loss_with_regulariser():
   """The regulariser adds alpha (E_pos^2 + E_neg^2) on top of either form."""
   e_pos, e_neg = jnp.asarray([1.0, -2.0]), jnp.asarray([0.5, 3.0])
@@ -167,6 +186,7 @@ def test_split_gradients_sum_to_the_loss_gradient(strategy):
     dict(cd_loss="logistic", cd_negatives="renoised", energy_grad_surgery="project"),
     dict(cd_loss="logistic", energy_grad_max_ratio=0.5),
     dict(cd_loss="logistic", cd_negatives="denoised", energy_grad_surgery="project"),
+    dict(cd_loss="logistic", cd_negatives="denoised", energy_grad_surgery="project", cd_margin=5.0),
 ])
 def test_stabilised_train_steps_run_and_log_the_conflict(overrides):
   """Smoke: three cd_full steps with each stabiliser are finite and log both gradients."""
@@ -219,6 +239,17 @@ def test_bad_stabiliser_values_are_named(field, value, allowed):
   c = base.get_config()
   c[field] = value
   with pytest.raises(schema.ConfigError, match=rf"config\.{field}: .*{allowed}"):
+    schema.validate(c, base.get_config())
+
+
+@pytest.mark.parametrize("cd_loss, margin, message", [
+    ("linear", 1.0, r"config\.cd_margin: needs cd_loss='logistic'"),
+    ("logistic", -1.0, r"config\.cd_margin: must be >= 0"),
+])
+def test_bad_margin_is_named(cd_loss, margin, message):
+  c = base.get_config()
+  c.cd_loss, c.cd_margin = cd_loss, margin
+  with pytest.raises(schema.ConfigError, match=message):
     schema.validate(c, base.get_config())
 
 
