@@ -15,6 +15,12 @@ recorded and flagged; the others go on. Then:
                          gap, steps/s, and per-seed flags (collapse, divergence)
   WORKDIR/ablation.json  the same numbers, and every run's record
   WORKDIR/ablation.png   eval MSE vs step and the training-health curves
+
+With --inner_steps=0,1,2,5,10,20 every completed run's final checkpoint is also
+scored with each number of inner descent steps (its WORKDIR/<strategy>/seed<k>/
+eval.json, reused when it already holds that sweep), and the report gains a
+table of MSE against inner steps (mean ± std over seeds) and
+WORKDIR/ablation_inner_steps.png.
 """
 
 import os
@@ -32,7 +38,7 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli
 from ired_cd import schema
-from ired_cd import loop, metrics_io, plotting, tasks
+from ired_cd import evaluation, loop, metrics_io, plotting, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
@@ -40,6 +46,9 @@ _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES),
                                 "Strategies to compare (config.apply_strategy).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
 _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
+_INNER = flags.DEFINE_list(
+    "inner_steps", None, "Also score every completed run's final checkpoint with each of these "
+    "numbers of inner descent steps, e.g. 0,1,2,5,10,20 (table and ablation_inner_steps.png).")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -102,6 +111,28 @@ def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
   return record
 
 
+def sweep_inner_steps(config, record, inner_steps, report_only=False):
+  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} of a completed run's final checkpoint scored
+  with each of ``inner_steps`` descent steps; None if it is not scored (yet).
+
+  Reuses the run's eval.json when it holds exactly this sweep (the final step,
+  the counts, the run's evaluation set); otherwise evaluates and writes it,
+  except under ``report_only``.
+  """
+  if record["status"] != "completed":
+    return None
+  saved = plotting.read_json(os.path.join(record["workdir"], "eval.json"))
+  current = (saved is not None and saved.get("step") == record["steps"]
+             and saved.get("inner_steps") == list(inner_steps)
+             and saved.get("eval_size") == config.eval_size and saved.get("params") == "ema")
+  if not current:
+    if report_only:
+      return None
+    saved = loop.evaluate_checkpoint(config, record["workdir"], inner_steps=inner_steps)
+  values = {key: evaluation.at_inner_steps(saved, key, inner_steps) for key in EVAL_KEYS}
+  return {str(k): {key: values[key][i] for key in EVAL_KEYS} for i, k in enumerate(inner_steps)}
+
+
 def stats(values):
   """{'mean', 'std' (sample std; None below 2 values), 'n', 'values'} of the non-None values."""
   values = [float(v) for v in values if v is not None]
@@ -150,6 +181,10 @@ def summarize(records, strategies, config, command=None):
       row[f"{key}_rel"] = stats(r[key] / r[f"{key}_mean_predictor"] for r in done)
     for key in HEALTH_KEYS + ("train/steps_per_sec",):
       row[key] = stats(r[key] for r in done)
+    sweeps = [r["inner_steps"] for r in done if r.get("inner_steps")]
+    if sweeps:
+      row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in EVAL_KEYS}
+                            for k in sweeps[0]}
     row["flags"] = _flags(runs)
     rows[strategy] = row
   return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
@@ -203,7 +238,27 @@ def markdown(report):
             f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}). n/a: nothing to "
             "average (no completed seed, or no energy loss). steps/s: training throughput, "
             "compilation excluded."]
+  lines += _inner_steps_markdown(report)
   return "\n".join(lines) + "\n"
+
+
+def _inner_steps_markdown(report):
+  """The inner-steps sweep's table (lines), or nothing when no run was swept."""
+  swept = {s: report["rows"][s]["inner_steps"] for s in report["strategies"]
+           if "inner_steps" in report["rows"][s]}
+  if not swept:
+    return []
+  counts = list(next(iter(swept.values())))
+  lines = ["", "## MSE by inner descent steps", "",
+           "The final checkpoint scored with k inner descent steps per sampler timestep "
+           "(in-distribution / harder; mean ± std over the seeds swept).", "",
+           "| strategy | " + " | ".join(f"k={k}" for k in counts) + " |",
+           "|" + "---|" * (len(counts) + 1)]
+  for strategy, sweep in swept.items():
+    cells = [f"{_fmt(sweep[k]['eval/mse'], '.4g')} / {_fmt(sweep[k]['eval/mse_ood'], '.4g')}"
+             for k in counts]
+    lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+  return lines
 
 
 def _by_step(runs, key):
@@ -265,6 +320,33 @@ def plot_ablation(report, path):
   fig.savefig(path, dpi=110)
 
 
+def plot_inner_steps(report, path):
+  """MSE against inner descent steps (mean over seeds, std as error bars), both sets."""
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, 2)
+  for ax, (key, title) in zip(axes, zip(EVAL_KEYS, ("in-distribution", "harder"))):
+    for i, strategy in enumerate(report["strategies"]):
+      sweep = report["rows"][strategy].get("inner_steps")
+      if not sweep:
+        continue
+      counts = [int(k) for k in sweep]
+      means = [sweep[k][key]["mean"] for k in sweep]
+      stds = [sweep[k][key]["std"] or 0.0 for k in sweep]
+      ax.errorbar(counts, means, yerr=stds, fmt="-o", capsize=3, ms=4,
+                  color=matplotlib.colormaps["tab10"](i % 10), label=strategy)
+    if report["baseline"][key] is not None:
+      ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlabel("inner descent steps per timestep")
+    ax.set_ylabel("MSE")
+    ax.set_title(f"eval MSE, {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
 def _describe(record):
   """One line per finished run for the log above the progress bar."""
   name = f"{record['strategy']}/seed{record['seed']}"
@@ -281,12 +363,15 @@ def _describe(record):
           f"{collapse} ({record['seconds'] / 60:.1f} min)")
 
 
-def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False):
+def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
+                 inner_steps=None):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
   ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
   raise ConfigError before anything runs. ``report_only``: train nothing, report
-  what has finished (a grid still running elsewhere). Returns the report.
+  what has finished (a grid still running elsewhere). ``inner_steps``: also
+  score each completed run with these numbers of descent steps
+  (sweep_inner_steps; ablation_inner_steps.png). Returns the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
     raise schema.ConfigError(f"strategies: a non-empty list without repeats, got "
@@ -313,12 +398,17 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   # After an interruption the runs not reached are recorded with status None.
   records += [_record(strategy, seed, subdir, {}) for strategy, seed, _, subdir
               in plan[len(records):]]
+  if inner_steps:
+    for (_, _, c, _), record in zip(plan, records):
+      record["inner_steps"] = sweep_inner_steps(c, record, inner_steps, report_only)
   report = summarize(records, strategies, config, command)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
     f.write(markdown(report))
   metrics_io.write_json_atomic(os.path.join(workdir, "ablation.json"), report)
   plot_ablation(report, os.path.join(workdir, "ablation.png"))
+  if inner_steps:
+    plot_inner_steps(report, os.path.join(workdir, "ablation_inner_steps.png"))
   return report
 
 
@@ -332,8 +422,9 @@ def main(argv):
   command = "python -m experiments.ablate " + shlex.join(
       a for a in sys.argv[1:] if not a.lstrip("-").startswith(("report_only", "noreport_only")))
   try:
+    inner = cli.step_counts(_INNER.name, _INNER.value)
     report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command,
-                          _REPORT_ONLY.value)
+                          _REPORT_ONLY.value, inner)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from experiments import cli
 from ired_cd import schema
-from ired_cd import loop, plotting
+from ired_cd import evaluation, loop, plotting
 
 _INNER = flags.DEFINE_list("inner_steps", None,
                            "Also sweep the sampler's inner descent steps, e.g. 0,1,2,5,10,20.")
@@ -41,9 +41,7 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
   fig = Figure(figsize=(5 * len(SPLITS), 3.6))
   axes = fig.subplots(1, len(SPLITS))
   for ax, (suffix, title) in zip(axes, SPLITS.items()):
-    # One inner-step count gives unsuffixed keys; several give ..._k{n} keys.
-    mse = [result[f"eval/mse{suffix}_k{k}" if len(inner_steps) > 1 else f"eval/mse{suffix}"]
-           for k in inner_steps]
+    mse = evaluation.at_inner_steps(result, f"eval/mse{suffix}", inner_steps)
     ax.plot(inner_steps, mse, "-o", label="sampler (EMA)")
     ax.axhline(result[f"eval/mse{suffix}_mean_predictor"], ls="--", color="gray",
                label="mean predictor")
@@ -78,10 +76,9 @@ def main(argv):
     if inner:
       path, result = inner_steps_sweep(workdir, inner, _SIZE.value)
       print(f"inner-steps sweep: {path} (numbers in {os.path.join(workdir, 'eval.json')})")
-      for k in inner:
-        tag = f"_k{k}" if len(inner) > 1 else ""
-        print(f"  k={k}: mse={result[f'eval/mse{tag}']:.5g} "
-              f"mse_ood={result[f'eval/mse_ood{tag}']:.5g}")
+      for k, mse, mse_ood in zip(inner, evaluation.at_inner_steps(result, "eval/mse", inner),
+                                 evaluation.at_inner_steps(result, "eval/mse_ood", inner)):
+        print(f"  k={k}: mse={mse:.5g} mse_ood={mse_ood:.5g}")
   except FileNotFoundError as err:
     sys.exit(f"error: {err}")
 

@@ -76,6 +76,12 @@ class Evaluator:
     return results
 
 
+def at_inner_steps(result, name: str, inner_steps: Sequence[int]):
+  """The values of metric ``name`` (e.g. 'eval/mse_ood') at each of ``inner_steps`` in a
+  report or eval.json scored with them (one count gives unsuffixed keys, several ..._k{n})."""
+  return [result[f"{name}_k{k}" if len(inner_steps) > 1 else name] for k in inner_steps]
+
+
 def predict(sample, params, inputs, inner_steps: int, chunk: int, key):
   """``sample``'s outputs (sampler.make_sampler) for ``inputs`` (N, inp_dim) -> (N, out_dim).
 

@@ -199,3 +199,38 @@ def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
   assert evaluated["eval_size"] == 16 and evaluated["inner_steps"] == [0, 2]
   for key in ("eval/mse_k0", "eval/mse_k2", "eval/mse_ood_k0", "eval/mse_ood_k2"):
     assert np.isfinite(evaluated[key]), key
+
+
+def test_inner_steps_sweep_scores_every_completed_run_once(ablation):
+  """--inner_steps: each run's final checkpoint scored per count (its eval.json), the means over
+  seeds in the report, a table and a figure; a rerun reuses the scores instead of redoing them."""
+  workdir, _ = ablation
+  report = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2])
+  evals = {}
+  for strategy in STRATEGIES:
+    for seed in (0, 1):
+      with open(os.path.join(workdir, strategy, f"seed{seed}", "eval.json")) as f:
+        evals[strategy, seed] = json.load(f)
+      saved = evals[strategy, seed]
+      assert (saved["step"], saved["inner_steps"], saved["eval_size"]) == (20, [0, 2], 64)
+    sweep = report["rows"][strategy]["inner_steps"]
+    assert list(sweep) == ["0", "2"]
+    for k in (0, 2):
+      for key in ("eval/mse", "eval/mse_ood"):
+        values = [evals[strategy, seed][f"{key}_k{k}"] for seed in (0, 1)]
+        assert sweep[str(k)][key]["mean"] == pytest.approx(np.mean(values))
+        assert sweep[str(k)][key]["values"] == pytest.approx(values)
+  with open(os.path.join(workdir, "ablation.md")) as f:
+    text = f.read()
+  assert "## MSE by inner descent steps" in text and "| strategy | k=0 | k=2 |" in text
+  assert_png(os.path.join(workdir, "ablation_inner_steps.png"))
+  scored = os.path.join(workdir, "none", "seed0", "eval.json")
+  before = os.stat(scored).st_mtime_ns
+  again = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2],
+                              report_only=True)
+  assert os.stat(scored).st_mtime_ns == before
+  assert again["rows"]["none"]["inner_steps"] == report["rows"]["none"]["inner_steps"]
+  # Under report_only a run without this sweep is reported unswept, not evaluated.
+  fresh = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[1], report_only=True)
+  assert all(r["inner_steps"] is None for r in fresh["runs"])
+  assert "inner_steps" not in fresh["rows"]["none"]
