@@ -320,7 +320,7 @@ def plot_ablation(report, path):
   fig.savefig(path, dpi=110)
 
 
-def plot_inner_steps(report, path):
+def plot_inner_steps(report, inner_steps, path):
   """MSE against inner descent steps (mean over seeds, std as error bars), both sets."""
   fig = Figure(figsize=(11, 4))
   axes = fig.subplots(1, 2)
@@ -329,19 +329,11 @@ def plot_inner_steps(report, path):
       sweep = report["rows"][strategy].get("inner_steps")
       if not sweep:
         continue
-      counts = [int(k) for k in sweep]
       means = [sweep[k][key]["mean"] for k in sweep]
       stds = [sweep[k][key]["std"] or 0.0 for k in sweep]
-      ax.errorbar(counts, means, yerr=stds, fmt="-o", capsize=3, ms=4,
+      ax.errorbar([int(k) for k in sweep], means, yerr=stds, fmt="-o", capsize=3, ms=4,
                   color=matplotlib.colormaps["tab10"](i % 10), label=strategy)
-    if report["baseline"][key] is not None:
-      ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
-    ax.set_xscale("symlog", linthresh=1)
-    ax.set_xlabel("inner descent steps per timestep")
-    ax.set_ylabel("MSE")
-    ax.set_title(f"eval MSE, {title}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    plotting.inner_steps_axes(ax, inner_steps, report["baseline"][key], f"eval MSE, {title}")
   fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
@@ -408,7 +400,7 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   metrics_io.write_json_atomic(os.path.join(workdir, "ablation.json"), report)
   plot_ablation(report, os.path.join(workdir, "ablation.png"))
   if inner_steps:
-    plot_inner_steps(report, os.path.join(workdir, "ablation_inner_steps.png"))
+    plot_inner_steps(report, inner_steps, os.path.join(workdir, "ablation_inner_steps.png"))
   return report
 
 

@@ -43,15 +43,9 @@ def inner_steps_sweep(workdir, inner_steps, eval_size=None):
   for ax, (suffix, title) in zip(axes, SPLITS.items()):
     mse = evaluation.at_inner_steps(result, f"eval/mse{suffix}", inner_steps)
     ax.plot(inner_steps, mse, "-o", label="sampler (EMA)")
-    ax.axhline(result[f"eval/mse{suffix}_mean_predictor"], ls="--", color="gray",
-               label="mean predictor")
     ax.set_yscale("log")
-    ax.set_xticks(inner_steps)
-    ax.set_xlabel("inner descent steps per timestep")
-    ax.set_ylabel("MSE")
-    ax.set_title(f"{title} (n={result['eval_size']})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    plotting.inner_steps_axes(ax, inner_steps, result[f"eval/mse{suffix}_mean_predictor"],
+                              f"{title} (n={result['eval_size']})")
   fig.suptitle(f"{workdir}: {config.mining_strategy}, checkpoint step {result['step']}")
   fig.tight_layout()
   path = os.path.join(workdir, "inner_steps.png")

@@ -37,6 +37,20 @@ def set_yscale(ax, values):
     ax.yaxis.get_major_locator().set_params(numticks=6)
 
 
+def inner_steps_axes(ax, counts, baseline, title):
+  """Labels an MSE-against-inner-descent-steps panel: the counts as ticks (0 included on a
+  symlog axis), the mean predictor's MSE ``baseline`` as a dashed line, title, grid, legend."""
+  if baseline is not None:
+    ax.axhline(baseline, ls="--", color="black", lw=1, label="mean predictor")
+  ax.set_xscale("symlog", linthresh=1)
+  ax.set_xticks(counts, [str(k) for k in counts])
+  ax.set_xlabel("inner descent steps per timestep")
+  ax.set_ylabel("MSE")
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
+
+
 def read_json(path):
   """The JSON object in ``path``, or None when there is none."""
   if not os.path.exists(path):
