@@ -211,8 +211,8 @@ python -m experiments.train --config=configs/q204.py
       "docs/x.md: `python -m experiments.run --config=configs/q204.py:gpu --progresss "
       "--noprogress`: experiments.run has no flag --progresss",
       "docs/x.md: `python -m experiments.run --config=configs/q204.py:gpu --progresss "
-      "--noprogress`: --config: config variant :gpu is not one or more of ['cpu', 'guide', "
-      "'tiny']",
+      "--noprogress`: --config: config variant :gpu is not one or more of "
+      f"{sorted(base.VARIANTS)}",
       "docs/x.md: `python -m experiments.run --config=configs/q999.py`: --config: config file "
       "configs/q999.py does not exist",
       "docs/x.md: `python -m experiments.run --config.batch_sizee=2 --mode=eval`: "
