@@ -235,6 +235,20 @@ def bench_gram(config, strategy, steps, inner_steps):
        sampler_plain_over_gram=sampler_ms["plain"] / sampler_ms["gram"])
 
 
+def sampler_flops(setup, params, inp, inner_steps):
+  """Matmul FLOPs of one sampler call with ``inner_steps`` descent steps per timestep.
+
+  The descent runs inner_steps - 1 value_and_grad steps, then one forward. With
+  a traced count the jaxpr keeps the descent branch of its ``cond`` even for 0
+  steps, so 0 is counted on the program traced with a static 0 (no descent).
+  """
+  steps = 0 if inner_steps == 0 else jnp.int32(inner_steps)
+  y_init = jnp.zeros((inp.shape[0], setup.task.out_dim), jnp.float32)
+  return flops.count_matmul_flops(
+      lambda p, x, y: sampler.ired_sample(setup.energy_fn, p, x, y, setup.schedule, steps),
+      params, inp, y_init, while_trip_count=max(inner_steps - 1, 0))
+
+
 def bench_sampler(config, inner_steps, reps, peak):
   setup = train.build_setup(config)
   params = train.init_state(setup).ema_params
@@ -247,9 +261,7 @@ def bench_sampler(config, inner_steps, reps, peak):
   jax.block_until_ready(compiled(params, inp, key, k))
   times = _time_calls(lambda: compiled(params, inp, key, k), reps)
   median = statistics.median(times)
-  # The descent loop runs inner_steps - 1 value_and_grad steps, then one forward.
-  flops_analytic = flops.count_matmul_flops(sample, params, inp, key, k,
-                                            while_trip_count=max(inner_steps - 1, 0))
+  flops_analytic = sampler_flops(setup, params, inp, inner_steps)
   emit(what="sampler", batch_size=config.batch_size, matmul_dtype=config.matmul_dtype,
        timesteps=config.diffusion_steps,
        inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,

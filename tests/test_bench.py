@@ -97,3 +97,18 @@ def test_program_bytes_count_arguments_and_outputs_less_donated():
   step = lambda a: a * 2.0 + 1.0  # noqa: E731
   assert memory.program_bytes(jax.jit(step).lower(x).compile()) == 2 * x.nbytes
   assert memory.program_bytes(jax.jit(step, donate_argnums=0).lower(x).compile()) == x.nbytes
+
+
+def test_sampler_flops_count_the_descent_only_when_it_runs():
+  """Without descent the sampler's count holds the T score calls only (it used to count the
+  descent branch of the traced program's cond: 0 steps read as much as 1)."""
+  counts = []
+  for inner in (0, 1, 2):
+    out = subprocess.run(
+        [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny",
+         "--what=sampler", f"--inner_steps={inner}", "--steps=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+    (record,) = [json.loads(line) for line in out.stdout.splitlines()
+                 if json.loads(line)["what"] == "sampler"]
+    counts.append(record["flops_analytic"])
+  assert 0 < counts[0] < counts[1] < counts[2]
