@@ -193,14 +193,24 @@ def summarize(records, strategies, config, command=None):
               runs=records)
 
 
+# MSEs keep 4 significant digits with their trailing zeros (0.2100, not 0.21): strategies
+# differ in the fourth digit on the harder set. Their spread over seeds gets two.
+MSE_SPEC, MSE_STD_SPEC = "#.4g", ".2g"
+
+
 def _num(value):
-  return "n/a" if value is None else f"{value:.4g}"
+  return "n/a" if value is None else f"{value:{MSE_SPEC}}"
 
 
-def _fmt(s, spec):
+def _fmt(s, spec, std_spec=None):
   if s is None:
     return "n/a"
-  return f"{s['mean']:{spec}}" + (f" ± {s['std']:{spec}}" if s["std"] is not None else "")
+  std = f" ± {s['std']:{std_spec or spec}}" if s["std"] is not None else ""
+  return f"{s['mean']:{spec}}{std}"
+
+
+def _mse(s):
+  return _fmt(s, MSE_SPEC, MSE_STD_SPEC)
 
 
 COLUMNS = ("strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ baseline",
@@ -225,8 +235,8 @@ def markdown(report):
   for strategy in report["strategies"]:
     row = report["rows"][strategy]
     cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}",
-             _fmt(row["eval/mse"], ".4g"), _fmt(row["eval/mse_rel"], ".3f"),
-             _fmt(row["eval/mse_ood"], ".4g"), _fmt(row["eval/mse_ood_rel"], ".3f"),
+             _mse(row["eval/mse"]), _fmt(row["eval/mse_rel"], ".3f"),
+             _mse(row["eval/mse_ood"]), _fmt(row["eval/mse_ood_rel"], ".3f"),
              _fmt(row["train/score_norm"], ".3g"), _fmt(row["train/energy_gap"], ".3g"),
              _fmt(row["train/steps_per_sec"], ".1f"), "; ".join(row["flags"])]
     lines.append("| " + " | ".join(cells) + " |")
@@ -255,7 +265,7 @@ def _inner_steps_markdown(report):
            "| strategy | " + " | ".join(f"k={k}" for k in counts) + " |",
            "|" + "---|" * (len(counts) + 1)]
   for strategy, sweep in swept.items():
-    cells = [f"{_fmt(sweep[k]['eval/mse'], '.4g')} / {_fmt(sweep[k]['eval/mse_ood'], '.4g')}"
+    cells = [f"{_mse(sweep[k]['eval/mse'])} / {_mse(sweep[k]['eval/mse_ood'])}"
              for k in counts]
     lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
   return lines

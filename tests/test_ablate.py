@@ -116,12 +116,12 @@ def test_markdown_table_has_a_row_per_strategy_and_the_baseline(ablation):
   header, rows = table(workdir)
   assert header == COLUMNS
   assert list(rows) == ["mean predictor"] + STRATEGIES
-  assert rows["mean predictor"][2] == f"{report['baseline']['eval/mse']:.4g}"
+  assert rows["mean predictor"][2] == f"{report['baseline']['eval/mse']:#.4g}"
   for strategy in STRATEGIES:
     cells, row = rows[strategy], report["rows"][strategy]
     assert cells[1] == "2/2"
-    assert cells[2] == f"{row['eval/mse']['mean']:.4g} ± {row['eval/mse']['std']:.4g}"
-    assert cells[4].startswith(f"{row['eval/mse_ood']['mean']:.4g} ± ")
+    assert cells[2] == f"{row['eval/mse']['mean']:#.4g} ± {row['eval/mse']['std']:.2g}"
+    assert cells[4].startswith(f"{row['eval/mse_ood']['mean']:#.4g} ± ")
     for seed in (0, 1):  # a collapsed run is averaged, but never silently
       collapse = summary(workdir, strategy, seed)["collapse_step"]
       assert (f"seed{seed} collapsed at step {collapse}" in cells[-1]) == (collapse is not None)
