@@ -43,6 +43,7 @@ def inner_steps_axes(ax, counts, baseline, title):
   if baseline is not None:
     ax.axhline(baseline, ls="--", color="black", lw=1, label="mean predictor")
   ax.set_xscale("symlog", linthresh=1)
+  ax.set_xlim(-0.25, max(counts) * 1.25 + 0.25)  # symlog's own margin reaches far below 0
   ax.set_xticks(counts, [str(k) for k in counts])
   ax.set_xlabel("inner descent steps per timestep")
   ax.set_ylabel("MSE")
