@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import memory
+from experiments import bench, memory
+from ired_cd import train
+from tests import _tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,13 +104,8 @@ def test_program_bytes_count_arguments_and_outputs_less_donated():
 def test_sampler_flops_count_the_descent_only_when_it_runs():
   """Without descent the sampler's count holds the T score calls only (it used to count the
   descent branch of the traced program's cond: 0 steps read as much as 1)."""
-  counts = []
-  for inner in (0, 1, 2):
-    out = subprocess.run(
-        [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny",
-         "--what=sampler", f"--inner_steps={inner}", "--steps=1"],
-        cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
-    (record,) = [json.loads(line) for line in out.stdout.splitlines()
-                 if json.loads(line)["what"] == "sampler"]
-    counts.append(record["flops_analytic"])
+  setup = _tiny.tiny_setup("none")
+  params = train.init_state(setup).ema_params
+  inp, _ = setup.task.sample(jax.random.PRNGKey(1), 8, False)
+  counts = [bench.sampler_flops(setup, params, inp, inner) for inner in (0, 1, 2)]
   assert 0 < counts[0] < counts[1] < counts[2]
