@@ -4,14 +4,13 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import bench, memory
-from ired_cd import train
-from tests import _tiny
+from experiments import memory
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,9 +102,19 @@ def test_program_bytes_count_arguments_and_outputs_less_donated():
 
 def test_sampler_flops_count_the_descent_only_when_it_runs():
   """Without descent the sampler's count holds the T score calls only (it used to count the
-  descent branch of the traced program's cond: 0 steps read as much as 1)."""
-  setup = _tiny.tiny_setup("none")
-  params = train.init_state(setup).ema_params
-  inp, _ = setup.task.sample(jax.random.PRNGKey(1), 8, False)
-  counts = [bench.sampler_flops(setup, params, inp, inner) for inner in (0, 1, 2)]
+  descent branch of the traced program's cond: 0 steps read as much as 1). One subprocess:
+  bench's absl flags would clash with ablate's in this one."""
+  count = textwrap.dedent("""
+      import jax
+      from experiments import bench
+      from ired_cd import train
+      from tests import _tiny
+      setup = _tiny.tiny_setup("none")
+      params = train.init_state(setup).ema_params
+      inp, _ = setup.task.sample(jax.random.PRNGKey(1), 8, False)
+      print([bench.sampler_flops(setup, params, inp, inner) for inner in (0, 1, 2)])
+      """)
+  out = subprocess.run([sys.executable, "-c", count], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, check=True)
+  counts = json.loads(out.stdout.splitlines()[-1])
   assert 0 < counts[0] < counts[1] < counts[2]
