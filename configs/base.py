@@ -7,7 +7,8 @@ configs. Experiment configs (q202/q203/q204, baselines) start from
 
 Config-file argument: ``--config=configs/q204.py:cpu`` applies ``cpu_variant``
 (the laptop protocol: minutes on 2 CPU cores), ``:cpu20k`` the same protocol
-10x longer, ``:tiny`` a seconds-long smoke run, ``:guide`` the guide's literal CD values; join them with ',' (``:cpu,guide``).
+10x longer, ``:tiny`` a seconds-long smoke run, ``:guide`` the guide's literal
+CD values; join them with ',' (``:cpu,guide``).
 """
 
 import ml_collections
@@ -162,7 +163,7 @@ def guide_variant(c):
   c.update({key: defaults[key] for key in STABILISERS})
 
 
-def cpu_variant(c, train_steps=2_000, eval_every=500):
+def cpu_variant(c, train_steps=2_000, eval_every=500, suffix="_cpu"):
   """The laptop protocol: batch 256, 2,000 steps, lr 1e-3 cosine-decayed to 0, bfloat16.
 
   Every strategy runs on these equal terms. The guide's lr 1e-4 needs ~8,000
@@ -186,13 +187,13 @@ def cpu_variant(c, train_steps=2_000, eval_every=500):
   c.log_every = 50
   c.checkpoint_every = eval_every
   c.collapse_after_steps = 500
-  c.output_dir = c.output_dir + ("_cpu" if train_steps == 2_000 else f"_cpu{train_steps // 1000}k")
+  c.output_dir = c.output_dir + suffix
 
 
 def cpu20k_variant(c):
   """The laptop protocol run 10x longer (20,000 steps, warm-up 4,000, evaluation every
   2,000): the comparison once every strategy has converged."""
-  cpu_variant(c, train_steps=20_000, eval_every=2_000)
+  cpu_variant(c, train_steps=20_000, eval_every=2_000, suffix="_cpu20k")
 
 
 def tiny_variant(c):
