@@ -424,6 +424,8 @@ def main(argv):
   command = "python -m experiments.ablate " + shlex.join(
       a for a in sys.argv[1:] if not a.lstrip("-").startswith(("report_only", "noreport_only")))
   try:
+    cli.check_workdir("--workdir", workdir)
+    cli.check_choices(_STRATEGIES, schema.STRATEGIES)
     inner = cli.step_counts(_INNER.name, _INNER.value)
     report = run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir, command,
                           _REPORT_ONLY.value, inner)

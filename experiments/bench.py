@@ -31,11 +31,12 @@ import functools
 import json
 import resource
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from configs import base
@@ -271,14 +272,21 @@ def bench_sampler(config, inner_steps, reps, peak):
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:  # library chatter (XLA backends) from WARNING on
+    logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
-  for s in _STRATEGIES.value:
-    if s not in schema.STRATEGIES:
-      raise app.UsageError(f"--strategies: {s!r} is not one of {schema.STRATEGIES}")
-  for w in _WHAT.value:
-    if w not in MEASURES:
-      raise app.UsageError(f"--what: {w!r} is not one of {MEASURES}")
   devices = jax.devices()
+  try:
+    schema.validate(config, base.get_config())
+    cli.check_choices(_STRATEGIES, schema.STRATEGIES)
+    cli.check_choices(_WHAT, MEASURES)
+    cli.check_at_least(_STEPS, 1)
+    cli.check_at_least(_INNER, 0)
+    cli.check_at_least(_MATMUL_N, 1)
+    device_counts = cli.integers(_DEVICE_COUNTS.name, _DEVICE_COUNTS.value, 1, len(devices),
+                                 f" (the {devices[0].platform} devices this process sees)")
+  except schema.ConfigError as err:
+    sys.exit(f"error: {err}")
   emit(what="device", platform=devices[0].platform, device_kind=devices[0].device_kind,
        device_count=len(devices), jax_version=jax.__version__)
   peak = None
@@ -287,7 +295,7 @@ def main(argv):
     bench_matmul_layouts(config.batch_size, config.hidden_dim, max(5, _STEPS.value // 2),
                          config.matmul_dtype)
   if "train" in _WHAT.value:
-    for num_devices in [int(n) for n in _DEVICE_COUNTS.value or [len(devices)]]:
+    for num_devices in device_counts or [len(devices)]:
       for strategy in _STRATEGIES.value:
         bench_train(config, strategy, _STEPS.value, peak, num_devices)
   if "dtypes" in _WHAT.value:

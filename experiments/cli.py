@@ -1,35 +1,125 @@
-"""Command-line pieces shared by the tools that take a ``--config`` file."""
+"""Command-line pieces shared by the tools: flag parsing and the checks of their common flags.
 
+Every check raises ``schema.ConfigError`` naming the flag (or path) and what is
+allowed; the tools turn it into one line on stderr and exit 1, before anything
+is compiled or written.
+"""
+
+import glob
+import importlib.util
+import os
+import re
 import sys
 from typing import List, Optional, Sequence
 
-from absl import app
+from absl import flags
 
 from configs import base
 from ired_cd import schema
 
+CONFIG_FLAG = "config"
+
 
 def parse_flags(argv):
-  """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``), after checking the
-  ``--config.<field>`` names: an unknown one exits with one line naming it and the closest."""
+  """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``) with one line and exit 1
+  for a bad flag: a missing ``--config`` file, a config argument (``:variant``) that its
+  get_config refuses, an unknown ``--config.<field>`` (named with the closest), absl's own."""
   try:
+    if CONFIG_FLAG in flags.FLAGS:
+      check_config_file(flag_argument(argv, CONFIG_FLAG))
     schema.check_overrides(argv[1:], base.get_config())
-  except schema.ConfigError as err:
-    sys.exit(f"error: {err}")
-  return app.parse_flags_with_usage(argv)
+    return flags.FLAGS(argv)
+  except (schema.ConfigError, flags.Error) as err:
+    sys.exit(f"error: {str(err).splitlines()[0]}")
 
 
-def step_counts(flag_name: str, values: Optional[Sequence[str]]) -> Optional[List[int]]:
-  """A list flag of inner-step counts (``--name=0,1,2,5``) as integers >= 0; None if unset.
+def flag_argument(argv, name: str) -> Optional[str]:
+  """The value of ``--name`` in ``argv`` (``--name=v``, ``-name=v`` or ``--name v``; the last
+  one given wins, as in absl), or None."""
+  value = None
+  for i, arg in enumerate(argv[1:], start=1):
+    if arg == "--":
+      break
+    if re.fullmatch(rf"--?{name}", arg) and i + 1 < len(argv):
+      value = argv[i + 1]
+    elif re.match(rf"--?{name}=", arg):
+      value = arg.split("=", 1)[1]
+  return value
 
-  Raises ConfigError naming the flag otherwise.
+
+def check_config_file(value: Optional[str]) -> None:
+  """A ``--config`` value (``path[:argument]``): the file exists and its get_config takes the
+  argument. ml_collections would report either inside a traceback."""
+  if value is None:
+    return
+  path, colon, argument = value.partition(":")
+  if not os.path.isfile(path):
+    known = sorted(os.path.relpath(p) for p in glob.glob(
+        os.path.join(os.path.dirname(base.__file__), "*.py")) if not p.endswith("__init__.py"))
+    raise schema.ConfigError(f"--{CONFIG_FLAG}: no config file {path}; the configs are "
+                             f"{', '.join(known)}")
+  spec = importlib.util.spec_from_file_location("checked_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  try:
+    module.get_config(*([argument] if colon else []))
+  except (ValueError, TypeError, KeyError) as err:
+    raise schema.ConfigError(f"--{CONFIG_FLAG}={value}: {err}") from err
+
+
+def integers(flag_name: str, values: Optional[Sequence[str]], low: int,
+             high: Optional[int] = None, high_is: str = "") -> Optional[List[int]]:
+  """A list flag (``--name=1,2,4``) as integers in [low, high]; None if unset.
+
+  Raises ConfigError naming the flag (and ``high_is``, what the bound is) otherwise.
   """
   if values is None:
     return None
   try:
-    counts = [int(k) for k in values]
+    numbers = [int(k) for k in values]
   except ValueError:
-    counts = []
-  if not counts or min(counts) < 0:
-    raise schema.ConfigError(f"--{flag_name}: integers >= 0, got {list(values)}")
-  return counts
+    numbers = []
+  if not numbers or min(numbers) < low or (high is not None and max(numbers) > high):
+    allowed = f"integers >= {low}" + (f" and <= {high}{high_is}" if high is not None else "")
+    raise schema.ConfigError(f"--{flag_name}: {allowed}, got {list(values)}")
+  return numbers
+
+
+def step_counts(flag_name: str, values: Optional[Sequence[str]]) -> Optional[List[int]]:
+  """A list flag of inner-step counts (``--name=0,1,2,5``) as integers >= 0; None if unset."""
+  return integers(flag_name, values, 0)
+
+
+def check_at_least(flag: flags.FlagHolder, low: int) -> None:
+  """An integer flag's value is >= ``low``; ConfigError naming the flag otherwise."""
+  if flag.value < low:
+    raise schema.ConfigError(f"--{flag.name}: must be an integer >= {low}, got {flag.value}")
+
+
+def check_choices(flag: flags.FlagHolder, allowed: Sequence[str]) -> None:
+  """Every value of a list flag is one of ``allowed``; ConfigError naming the flag otherwise."""
+  for value in flag.value:
+    if value not in allowed:
+      raise schema.ConfigError(f"--{flag.name}: {value!r} is not one of {tuple(allowed)}")
+
+
+def check_workdir(name: str, path: str, must_exist: bool = False) -> None:
+  """``path`` is a writable directory, or can be made one (``must_exist``: it is one already).
+
+  ``name`` says where the path came from (``--workdir``, ``WORKDIR``). Raises
+  ConfigError naming it and the path otherwise: a file, a missing directory, one
+  without write permission (which root always has).
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise schema.ConfigError(f"{name}: {path} is a file, not a directory")
+  if must_exist and not os.path.isdir(path):
+    raise schema.ConfigError(f"{name}: no directory {path}")
+  existing = os.path.abspath(path)
+  while not os.path.exists(existing):  # the directory that would hold the new one
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise schema.ConfigError(f"{name}: cannot create {path}: {existing} is a file")
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise schema.ConfigError(f"{name}: {existing} is not writable"
+                             + (f" (it would hold {path})" if existing != os.path.abspath(path)
+                                else ""))

@@ -60,6 +60,7 @@ def main(argv):
     sys.exit("usage: python -m experiments.plot WORKDIR [--inner_steps=0,1,2,5] [--eval_size=N]")
   workdir = argv[1]
   try:
+    cli.check_workdir("WORKDIR", workdir, must_exist=True)
     inner = cli.step_counts(_INNER.name, _INNER.value)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
@@ -78,4 +79,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -51,6 +51,7 @@ def main(argv):
     inner = cli.step_counts(_INNER.name, _INNER.value)
     if _SIZE.value is not None and _SIZE.value <= 0:
       raise schema.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
+    cli.check_workdir("--workdir", workdir)
     if _MODE.value == "train":
       loop.check_devices(config, parallel.make_mesh())
       loop.check_workdir(config, workdir, _ALLOW_CHANGE.value)

@@ -9,7 +9,9 @@ X_steps5.npy, X_steps10.npy, ... for several. Uses the EMA parameters of the
 newest (or --checkpoint_step) checkpoint; the answers are the sampler's
 unscaled x0. Prints per inner-step count the mean and median residual
 (||A X - I||_F) and the MSE against the exact answer (numpy.linalg.inv), where
-the task has them. Bad input: one line on stderr, exit 1, nothing written.
+the task has them. Bad input: one line on stderr, exit 1, nothing written: an
+--output that would overwrite --input, or problems whose answers are not finite,
+included. The answers are written atomically (a temporary file, then a rename).
 Problems unlike the training inputs are solved with a warning line each.
 """
 
@@ -34,18 +36,22 @@ _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampler's start noise.")
 # How the printout names each task's residual and exact answer.
 METRIC_NAMES = {"inverse": ("||A X - I||_F", "numpy.linalg.inv"),
                 "addition": ("||X - (A1 + A2)||_F", "A1 + A2")}
+NPY_MAGIC = b"\x93NUMPY"  # how numpy.save's files begin
 
 
 def read_input(path):
   """The array in the .npy file ``path``; SolveError naming --input otherwise."""
   try:
-    array = np.load(path, allow_pickle=False)
+    with open(path, "rb") as f:
+      magic = f.read(len(NPY_MAGIC))
+    if magic == NPY_MAGIC:
+      return np.load(path, allow_pickle=False)
   except (OSError, ValueError, EOFError) as err:
     raise solve.SolveError("input", f"cannot read {path} as a .npy array ({err})") from err
-  if not isinstance(array, np.ndarray):
-    array.close()
+  if magic.startswith(b"PK"):
     raise solve.SolveError("input", f"{path} is a .npz archive; one .npy array expected")
-  return array
+  raise solve.SolveError("input", f"{path} is not a .npy file written by numpy.save (a text "
+                         "file? numpy.save(path, numpy.loadtxt(text_file)) makes one)")
 
 
 def output_paths(output, inner_steps):
@@ -56,12 +62,21 @@ def output_paths(output, inner_steps):
   return {k: f"{stem}_steps{k}.npy" for k in inner_steps}
 
 
-def check_output(output):
-  parent = os.path.dirname(os.path.abspath(output))
-  if not os.path.isdir(parent):
-    raise solve.SolveError("output", f"directory {parent} does not exist")
-  if os.path.isdir(output):
-    raise solve.SolveError("output", f"{output} is a directory; name a .npy file")
+def check_outputs(paths, input_path):
+  """SolveError naming --output unless every path of ``paths`` can be written without
+  overwriting ``input_path`` (compared as real paths, links resolved)."""
+  for path in paths:
+    parent = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(parent):
+      raise solve.SolveError("output", f"directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+      raise solve.SolveError("output", f"directory {parent} is not writable")
+    if os.path.isdir(path):
+      raise solve.SolveError("output", f"{path} is a directory; name a .npy file")
+    if os.path.realpath(path) == os.path.realpath(input_path) or (
+        os.path.exists(path) and os.path.samefile(path, input_path)):
+      raise solve.SolveError("output", f"{path} would overwrite the input {input_path}; "
+                             "name another file")
 
 
 def describe(task_name, metrics):
@@ -92,22 +107,24 @@ def main(argv):
     task = tasks.get_task(config.task, config.rank)
     inputs = read_input(_INPUT.value)
     problems = solve.check_inputs(inputs, task, config.rank)
-    check_output(_OUTPUT.value)
+    paths = output_paths(_OUTPUT.value, inner_steps)
+    check_outputs(paths.values(), _INPUT.value)
+    model = solve.load(_WORKDIR.value, _STEP.value)
+    answers = {k: solve.answer(model, problems, k, _SEED.value) for k in paths}
+    solve.check_answers(answers)
   except solve.SolveError as err:
     sys.exit(f"error: --{err.field}: {err.message}")
   for line in solve.distribution_warnings(task, config.rank, problems):
     print(f"warning: {line}", file=sys.stderr)
-  model = solve.load(_WORKDIR.value, _STEP.value)
   print(f"{len(problems)} {task.name} problems ({config.rank}x{config.rank}), run "
         f"{_WORKDIR.value} ({config.mining_strategy}), checkpoint step {model.step}, EMA "
         "parameters; answers: the sampler's unscaled x0")
   shape = solve.answer_shape(inputs.shape, task, config.rank)
-  for k, path in output_paths(_OUTPUT.value, inner_steps).items():
-    answers = solve.answer(model, problems, k, _SEED.value)
-    np.save(path, answers.reshape(shape))
-    print(f"inner_steps={k}: {describe(task.name, solve.score(task, problems, answers))} "
+  for k, path in paths.items():
+    solve.save(path, answers[k].reshape(shape))
+    print(f"inner_steps={k}: {describe(task.name, solve.score(task, problems, answers[k]))} "
           f"-> {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

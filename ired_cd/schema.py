@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 import re
 
 from ired_cd import model, tasks
@@ -107,7 +108,8 @@ def validate(config, defaults=None):
   _check(c.collapse_after_steps >= 0, "collapse_after_steps",
          f"must be >= 0, got {c.collapse_after_steps}")
   for field in ("learning_rate", "grad_clip_norm"):
-    _check(c[field] > 0, field, f"must be > 0, got {c[field]!r}")
+    _check(math.isfinite(c[field]) and c[field] > 0, field,
+           f"must be finite and > 0, got {c[field]!r}")
   for field in ("adam_b1", "adam_b2", "ema_decay"):
     _check(0.0 <= c[field] < 1.0, field, f"must lie in [0, 1), got {c[field]!r}")
   for field in ("mining_opt_steps", "ired_descent_steps", "energy_loss_warmup_steps",

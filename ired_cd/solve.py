@@ -10,10 +10,11 @@ estimate of the answer itself. The evaluator scores sqrt(abar_0) x0 by default
 (abar_0 ~ 0.97, the PyTorch reference's output) so that its numbers compare.
 
 Bad input raises ``SolveError`` naming the field (workdir, input,
-checkpoint_step) before anything is loaded; inputs far outside the training
+checkpoint_step) before anything is loaded, and so do an unreadable
+checkpoint_step and non-finite answers; inputs far outside the training
 distribution (for inverse: not symmetric positive definite; for any task: a
 norm far outside the training inputs') are solved, with one
-``OutOfDistributionWarning`` per kind.
+``OutOfDistributionWarning`` per kind. ``save`` writes answers atomically.
 """
 
 from __future__ import annotations
@@ -163,8 +164,17 @@ def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
   config = read_config(workdir, checkpoint_step)
   setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  state, step = store.restore(train.init_state(setup), step=checkpoint_step)
-  store.close()
+  try:
+    state, step = store.restore(train.init_state(setup), step=checkpoint_step)
+  except Exception as err:  # noqa: BLE001 - orbax raises many kinds for a damaged checkpoint
+    if checkpoint_step is None:  # the newest readable one was looked for: not a bad argument
+      raise
+    raise SolveError("checkpoint_step", f"the checkpoint at step {checkpoint_step} in "
+                     f"{store.directory} is unreadable ({type(err).__name__}: "
+                     f"{(str(err).splitlines() or [''])[0]}); choose another of "
+                     f"{store.steps()}") from err
+  finally:
+    store.close()
   if state is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
   sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim,
@@ -181,6 +191,34 @@ def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0) 
   chunk = min(model.config.eval_chunk, len(problems))
   return evaluation.predict(model.sample, model.params, problems, inner_steps, chunk,
                             jax.random.PRNGKey(seed))
+
+
+def check_answers(answers: Dict[int, np.ndarray]) -> None:
+  """SolveError naming how many problems got a non-finite answer (answers: {inner_steps:
+  (n, ...)}), e.g. for entries far beyond the training inputs' scale."""
+  for k, x in answers.items():
+    bad = np.flatnonzero(~np.all(np.isfinite(x.reshape(len(x), -1)), axis=1))
+    if bad.size:
+      raise SolveError("input", f"{bad.size} of {len(x)} problems got non-finite answers with "
+                       f"inner_steps={k} (first: problem {bad[0]}); are their entries far "
+                       "outside the training inputs' scale?")
+
+
+def save(path: str, answers: np.ndarray) -> None:
+  """Writes ``answers`` to the .npy file ``path`` atomically: a temporary file in the same
+  directory, renamed over ``path`` when complete (a crash leaves the old file or none)."""
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "wb") as f:
+      np.save(f, answers)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
 
 
 def score(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> Dict[str, float]:
@@ -211,4 +249,6 @@ def solve(workdir: str, inputs, inner_steps: Sequence[int] = (5,),
     warnings.warn(line, OutOfDistributionWarning, stacklevel=2)
   model = load(workdir, checkpoint_step)
   shape = answer_shape(np.shape(inputs), task, config.rank)
-  return {k: answer(model, problems, k, seed).reshape(shape) for k in inner_steps}
+  answers = {k: answer(model, problems, k, seed).reshape(shape) for k in inner_steps}
+  check_answers(answers)
+  return answers

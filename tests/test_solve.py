@@ -163,6 +163,12 @@ def _bad_inputs(tmp_path, workdir):
   no_ckpt = tmp_path / "no_checkpoint"
   (no_ckpt / "checkpoints").mkdir(parents=True)
   shutil.copy(os.path.join(workdir, "config.json"), no_ckpt)
+  np.save(tmp_path / "X_steps2.npy", a)
+  os.symlink(tmp_path / "A.npy", tmp_path / "link.npy")
+  np.save(tmp_path / "Ahuge.npy", a * 1e30)  # finite in float32, too large for the sampler
+  damaged = tmp_path / "damaged"
+  shutil.copytree(workdir, damaged)
+  shutil.rmtree(damaged / "checkpoints" / "20" / "default")
   result.update({
       "no config.json": ([f"--workdir={empty}"] + good, "workdir"),
       "no checkpoint": ([f"--workdir={no_ckpt}"] + good, "workdir"),
@@ -172,13 +178,29 @@ def _bad_inputs(tmp_path, workdir):
                                "inner_steps"),
       "no output directory": ([f"--workdir={workdir}", f"--input={tmp_path / 'A.npy'}",
                                f"--output={tmp_path / 'nowhere' / 'X.npy'}"], "output"),
+      "output is the input": ([f"--workdir={workdir}", f"--input={tmp_path / 'A.npy'}",
+                               f"--output={tmp_path / 'link.npy'}"], "output"),
+      "an output is the input": ([f"--workdir={workdir}", f"--input={tmp_path / 'X_steps2.npy'}",
+                                  f"--output={tmp_path / 'X.npy'}", "--inner_steps=0,2"],
+                                 "output"),
+      "non-finite answers": ([f"--workdir={workdir}", f"--input={tmp_path / 'Ahuge.npy'}",
+                              f"--output={tmp_path / 'X.npy'}"], "input"),
+      "damaged checkpoint step": ([f"--workdir={damaged}", "--checkpoint_step=20"] + good,
+                                  "checkpoint_step"),
   })
   return result
 
 
 CASES = ["missing file", "not an array", "wrong size", "one matrix", "non-finite",
          "no config.json", "no checkpoint", "missing checkpoint step", "negative inner steps",
-         "no output directory"]
+         "no output directory", "output is the input", "an output is the input",
+         "non-finite answers", "damaged checkpoint step"]
+# What the line says beyond the flag, where the case has a message of its own.
+MESSAGES = {"not an array": "is not a .npy file written by numpy.save",
+            "output is the input": "would overwrite the input",
+            "an output is the input": "X_steps2.npy would overwrite the input",
+            "non-finite answers": "6 of 6 problems got non-finite answers with inner_steps=5",
+            "damaged checkpoint step": "the checkpoint at step 20 in"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -189,6 +211,7 @@ def test_cli_bad_input_is_one_line_naming_the_field_and_writes_nothing(workdir, 
   assert result.returncode != 0
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   assert result.stderr.startswith(f"error: --{field}: "), result.stderr
+  assert MESSAGES.get(case, "") in result.stderr
   assert result.stdout == ""
   assert (files(tmp_path), files(workdir)) == before
 
@@ -202,3 +225,22 @@ def test_library_errors_name_the_field(workdir):
     solve.solve(workdir, a.astype(np.complex64))
   with pytest.raises(solve.SolveError, match="^inner_steps: "):
     solve.solve(workdir, a, inner_steps=())
+  with pytest.warns(solve.OutOfDistributionWarning), pytest.raises(
+      solve.SolveError, match="^input: 6 of 6 problems got non-finite answers"):
+    solve.solve(workdir, a * 1e30)
+
+
+def test_save_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+  path = str(tmp_path / "X.npy")
+  solve.save(path, np.ones(3, np.float32))
+
+  def interrupted(f, array):
+    f.write(b"half an array")
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(np, "save", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    solve.save(path, np.zeros(3, np.float32))
+  monkeypatch.undo()
+  np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
+  assert os.listdir(tmp_path) == ["X.npy"]
