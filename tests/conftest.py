@@ -9,8 +9,9 @@ import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
-GOLDEN = pathlib.Path(os.environ.get(
-    "IRED_GOLDEN_DIR", pathlib.Path(__file__).resolve().parents[2] / "shared" / "golden"))
+# The PyTorch reference's arrays, shipped in tests/golden/ (IRED_GOLDEN_DIR: another copy).
+GOLDEN = pathlib.Path(os.environ.get("IRED_GOLDEN_DIR",
+                                     pathlib.Path(__file__).resolve().parent / "golden"))
 
 
 def on_ci(environ=os.environ) -> bool:
@@ -26,7 +27,7 @@ def golden(name):
   """
   path = GOLDEN / f"{name}.npz"
   if not path.exists():
-    message = f"golden arrays not found at {path} (set IRED_GOLDEN_DIR)"
+    message = f"golden arrays not found at {path} (tests/golden/, or set IRED_GOLDEN_DIR)"
     if on_ci():
       pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
     pytest.skip(message)

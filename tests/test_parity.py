@@ -1,4 +1,4 @@
-"""Numerical parity with the PyTorch reference's golden arrays (../shared/golden)."""
+"""Numerical parity with the PyTorch reference's golden arrays (tests/golden)."""
 
 import jax
 import jax.numpy as jnp
