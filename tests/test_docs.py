@@ -220,3 +220,12 @@ python -m experiments.train --config=configs/q204.py
       "docs/x.md: `python -m experiments.train --config=configs/q204.py`: no module "
       "experiments.train",
   ]
+
+
+def test_the_page_fits_and_names_machines_never_sessions():
+  """README.md stays under 12,000 characters; README and docs speak of machines, not sessions."""
+  for doc in DOCS:
+    with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+      text = f.read()
+    assert doc != "README.md" or len(text) < 12_000, f"README.md has {len(text)} characters"
+    assert not re.search(r"\bsessions?\b", text, re.IGNORECASE), doc
