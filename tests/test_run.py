@@ -150,7 +150,7 @@ def test_damaged_checkpoints_are_moved_aside_and_written_again(tmp_path, caplog)
   assert sorted(name.split("-")[0] for name in os.listdir(corrupt)) == ["20", "40"]
   assert restored(tiny(), workdir, 40)[1] == 40 and restored(tiny(), workdir, 20)[1] == 20
   rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
-  assert [r["step"] for r in rows] == [10, 20, 30, 40, 40]  # train rows, then the final eval
+  assert [r["step"] for r in rows] == [10, 20, 30, 40]  # the first run's rows recomputed once
 
 
 def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
