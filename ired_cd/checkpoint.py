@@ -2,13 +2,13 @@
 
 Writes are atomic (orbax writes to a temporary directory and renames it when
 complete), so a run killed mid-write leaves the previous checkpoints intact. At
-restore, a checkpoint that cannot be read is moved aside to
-``checkpoints_corrupt/<step>-<time>`` next to the checkpoints (never deleted)
-with a warning, and the next older one is tried; the step is free again for a
-new save. One written for another model (other parameter shapes) is an error,
-not a damaged checkpoint. Sharded states are saved and restored by every host;
-a state saved on N devices restores on M (the replay buffer's N shards are
-regrouped into M).
+restore, a checkpoint that cannot be read is skipped with a warning and the
+next older one is tried; the store of the training run (``writer``) moves it
+aside to ``checkpoints_corrupt/<step>-<time>`` (never deleted), so the step is
+free again for a new save. One written for another model (other parameter
+shapes) is an error, not a damaged checkpoint. Sharded states are saved and
+restored by every host; a state saved on N devices restores on M (the replay
+buffer's N shards are regrouped into M).
 """
 
 from __future__ import annotations
@@ -39,18 +39,19 @@ class UnreadableCheckpoint(RuntimeError):
 class CheckpointStore:
   """Keeps the newest ``keep`` checkpoints of a run under ``directory``.
 
-  ``create=False`` opens it for reading: a missing directory is not created.
+  A ``writer`` (the one run that holds the workdir) creates the directory and
+  moves unreadable checkpoints aside; a reader creates nothing and moves nothing.
   """
 
-  def __init__(self, directory: str, keep: int = 3, create: bool = True):
+  def __init__(self, directory: str, keep: int = 3, writer: bool = False):
     self.directory = os.path.abspath(directory)
     self.keep = keep
-    self.create = create
+    self.writer = writer
     self.manager = self._open()
 
   def _open(self):
     return ocp.CheckpointManager(self.directory, options=ocp.CheckpointManagerOptions(
-        max_to_keep=self.keep, create=self.create))
+        max_to_keep=self.keep, create=self.writer))
 
   def steps(self):
     return sorted(self.manager.all_steps())
@@ -69,9 +70,10 @@ class CheckpointStore:
     """Restores into the structure, shapes and shardings of ``like``.
 
     With ``step=None`` the newest readable checkpoint is used; unreadable ones
-    are moved aside with a warning. Returns (state, step) or (None, None) if
-    there is nothing to restore. Raises IncompatibleCheckpoint for a checkpoint
-    of another model, UnreadableCheckpoint for an unreadable ``step``.
+    are skipped with a warning (and moved aside by a writer). Returns (state,
+    step) or (None, None) if there is nothing to restore. Raises
+    IncompatibleCheckpoint for a checkpoint of another model,
+    UnreadableCheckpoint for an unreadable ``step``.
     """
     candidates = [step] if step is not None else self.steps()[::-1]
     for candidate in candidates:
@@ -79,7 +81,7 @@ class CheckpointStore:
         state, error = self._restore(like, candidate), None
       except IncompatibleCheckpoint:
         raise
-      except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is set aside
+      except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
         state, error = None, f"{type(err).__name__}: {err}"
       if not parallel.any_process(error is not None):
         return state, candidate
@@ -87,8 +89,8 @@ class CheckpointStore:
         raise UnreadableCheckpoint(f"checkpoint at step {step} in {self.directory} is "
                                    f"unreadable ({error or 'on another host'})")
       self.manager.close()  # a failed read can leave the manager's item registry wrong
-      aside = self._move_aside(candidate)
-      logging.warning("Checkpoint at step %d in %s is unreadable (%s); moved to %s.",
+      aside = f"moved to {self._move_aside(candidate)}" if self.writer else "skipping it"
+      logging.warning("Checkpoint at step %d in %s is unreadable (%s); %s.",
                       candidate, self.directory, error or "on another host", aside)
       self.manager = self._open()
     return None, None

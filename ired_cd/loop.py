@@ -328,7 +328,8 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
   main_process = jax.process_index() == 0
   setup = train.build_setup(config)
   state = train.init_state(setup, mesh=mesh)
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+                                     writer=True)
   restored, restored_step = store.restore(state)
   completed = _completed(config, workdir, restored_step)
   if completed is not None:
@@ -411,8 +412,7 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
   Raises FileNotFoundError, before anything is created, if there is no such
   checkpoint; holds the workdir (workdir_lock) while it reads and writes.
   """
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
-                                     create=False)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   try:
     saved = store.steps()
     if not saved or step not in saved + [None]:

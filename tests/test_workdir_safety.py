@@ -60,7 +60,8 @@ def _malformed_metrics(finished, tmp_path):
      ["--checkpoint_step=999: no such checkpoint in {workdir}/checkpoints; saved steps: 10"]),
     (lambda finished, tmp_path: finished, ("--mode=eval", "--config.rank=5"),
      ["workdir {workdir} holds a run of a different config", "rank: 4 -> 5"]),
-    (lambda finished, tmp_path: finished, ("--mode=eval", "--config=configs/ired.py:tiny", *OVERRIDES),
+    (lambda finished, tmp_path: finished,
+     ("--mode=eval", "--config=configs/ired.py:tiny", *OVERRIDES),
      ["workdir {workdir} holds a run of a different config", "mining_strategy: 'cd_full' -> "
       "'ired'"]),
     (lambda finished, tmp_path: finished,
