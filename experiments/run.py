@@ -6,7 +6,11 @@ r"""Train or evaluate one IRED / IRED-CD run.
       --eval_inner_steps=5,10,20 --eval_size=4096
 
 Any config field can be overridden with --config.<field>=<value>. Rerunning a
-command with the same --workdir resumes from its latest checkpoint.
+command with the same --workdir resumes from its latest checkpoint; rerunning a
+finished one changes nothing. One run at a time per workdir.
+
+Exit status: 0 done (or nothing to do), 1 an error (one line on stderr),
+75 (EX_TEMPFAIL) stopped by SIGTERM / SIGINT with a checkpoint saved: rerun to resume.
 """
 
 import os
@@ -18,7 +22,7 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli
 from ired_cd import schema
-from ired_cd import loop, parallel
+from ired_cd import checkpoint, loop, metrics_io, parallel, workdir_lock
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant), e.g. configs/q204.py:cpu.")
@@ -38,6 +42,12 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
+EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped with a checkpoint; rerun to resume
+# What a run refuses with one line: the workdir's state, not a bug.
+_REFUSALS = (schema.ConfigError, FileNotFoundError, workdir_lock.WorkdirBusy,
+             checkpoint.IncompatibleCheckpoint, checkpoint.UnreadableCheckpoint,
+             metrics_io.MalformedMetrics)
+
 
 def main(argv):
   del argv
@@ -54,20 +64,21 @@ def main(argv):
     cli.check_workdir("--workdir", workdir)
     if _MODE.value == "train":
       loop.check_devices(config, parallel.make_mesh())
-      loop.check_workdir(config, workdir, _ALLOW_CHANGE.value)
-  except schema.ConfigError as err:
-    sys.exit(f"error: {err}")
-  if _MODE.value == "eval":
-    result = loop.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
-                                            use_ema=not _ONLINE.value)
-    print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
-                   for k, v in result.items()))
-    return
-  try:
+    loop.check_workdir(config, workdir, _ALLOW_CHANGE.value)
+    if _MODE.value == "eval":
+      result = loop.evaluate_checkpoint(config, workdir, _STEP.value, inner, _SIZE.value,
+                                              use_ema=not _ONLINE.value)
+      print(" ".join(f"{k}={v:.5g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in result.items()))
+      return
     summary = loop.train_and_evaluate(config, workdir, _ALLOW_CHANGE.value,
                                             progress=_PROGRESS.value)
+  except _REFUSALS as err:
+    sys.exit(f"error: {err}")
   except loop.TrainingDiverged as err:
     sys.exit(f"error: training diverged: {err}")
+  if summary["status"] == "interrupted":
+    sys.exit(EXIT_INTERRUPTED)
   if summary.get("status") == "completed" and "eval/mse" in summary:
     print(f"done: steps={summary['steps']} eval/mse={summary['eval/mse']:.5f} "
           f"eval/mse_ood={summary['eval/mse_ood']:.5f} "

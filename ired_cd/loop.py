@@ -7,7 +7,9 @@ run. Outputs in the workdir:
   config.json      the resolved config (a restart with other settings is refused)
   metrics.jsonl    one row per logged step: "step", "train/..." and "eval/..." keys
   tensorboard/     the same scalars as TensorBoard events
-  checkpoints/     orbax checkpoints of the full train state
+  checkpoints/     orbax checkpoints of the full train state (checkpoints_corrupt/: unreadable
+                   ones moved aside)
+  .lock            held while a run writes here (workdir_lock); names the holder
   summary.json     RunRecord.summary(): status, steps, final eval/mse and eval/mse_ood (with
                    the mean predictor's), steps/s, wall clock, collapse_step, failed_step
   curves.png       the run's curves (plotting.plot_curves), drawn when the run ends
@@ -27,11 +29,10 @@ from typing import Dict, Optional, Tuple
 
 import jax
 import ml_collections
-import numpy as np
 import tqdm
-from jax.experimental import multihost_utils
 
 from ired_cd import checkpoint, evaluation, metrics_io, parallel, plotting, train
+from ired_cd import workdir_lock
 from ired_cd import schema
 
 # Fields that name or describe a run: nothing reads them, so they never make two runs differ.
@@ -100,7 +101,7 @@ def check_workdir(config, workdir: str, allow_config_change: bool = False):
     details = ", ".join(f"{k}: {saved!r} -> {current!r}" for k, (saved, current) in differ.items())
     raise schema.ConfigError(
         f"workdir {workdir} holds a run of a different config ({details}). Use another "
-        "--workdir, or pass --allow_config_change to resume it with the new values.")
+        "--workdir, or pass --allow_config_change to use it with the new values.")
 
 
 def holds_outcome(config, workdir: str) -> bool:
@@ -195,13 +196,6 @@ def check_devices(config, mesh) -> None:
     raise schema.ConfigError(
         f"config.batch_size: {config.batch_size} does not split over {devices} devices; use a "
         f"multiple of {devices}, e.g. {devices * max(1, config.batch_size // devices)}")
-
-
-def _any_process(flag: bool) -> bool:
-  """True on every host if ``flag`` is True on any (a stop must be taken together)."""
-  if jax.process_count() == 1:
-    return flag
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 @dataclasses.dataclass
@@ -299,17 +293,48 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
 
   Data-parallel over the first ``num_devices`` devices (default: all devices of
   all hosts); host 0 writes metrics, config and summary, every host checkpoints.
+  The workdir is held (workdir_lock) throughout: a second run on it raises
+  WorkdirBusy. A completed run of this config (holds_outcome) whose final
+  checkpoint reads is left untouched: its saved summary is returned.
   """
   schema.validate(config, defaults)
   mesh = parallel.make_mesh(num_devices)
   check_devices(config, mesh)
-  main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
-  check_workdir(config, workdir, allow_config_change)
+  with workdir_lock.hold(workdir):
+    check_workdir(config, workdir, allow_config_change)
+    # A malformed metrics.jsonl stops the run here, before anything is written.
+    metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    return _train(config, workdir, mesh, progress)
+
+
+def _completed(config, workdir: str, restored_step: Optional[int]) -> Optional[Dict]:
+  """The saved summary if ``workdir`` holds ``config`` completed (holds_outcome) and its final
+  checkpoint was restored, after saying (on host 0) there is nothing to do; else None."""
+  if restored_step != config.train_steps or not holds_outcome(config, workdir):
+    return None
+  summary = plotting.read_json(os.path.join(workdir, "summary.json"))
+  if summary["status"] != "completed":
+    return None
+  if jax.process_index() == 0:
+    tqdm.tqdm.write(f"{workdir} holds this run, completed at step {summary['steps']}: nothing "
+                    f"to do. To train further, pass --config.train_steps=N with N > "
+                    f"{summary['steps']}.")
+  return summary
+
+
+def _train(config, workdir: str, mesh, progress: bool) -> Dict:
+  """Trains ``config`` in the held ``workdir`` from its newest readable checkpoint."""
+  main_process = jax.process_index() == 0
   setup = train.build_setup(config)
   state = train.init_state(setup, mesh=mesh)
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints,
+                                     writer=True)
   restored, restored_step = store.restore(state)
+  completed = _completed(config, workdir, restored_step)
+  if completed is not None:
+    store.close()
+    return completed
   if restored is not None:
     state = restored
   step = restored_step or 0
@@ -331,7 +356,8 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
                   dynamic_ncols=True, desc=config.mining_strategy)
   try:
     with _StopSignal() as stop:
-      while record.step < config.train_steps and not _any_process(stop.received is not None):
+      while (record.step < config.train_steps
+             and not parallel.any_process(stop.received is not None)):
         chunk = min(config.log_every - record.step % config.log_every,
                     config.train_steps - record.step)
         state, metrics, health, seconds = run_chunk(state, chunk)
@@ -381,18 +407,30 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
                         inner_steps=None, eval_size: Optional[int] = None,
                         use_ema: bool = True) -> Dict:
-  """Evaluates the latest (or the given) checkpoint of ``workdir``; writes eval.json."""
-  setup = train.build_setup(config)
-  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
-  state, restored_step = store.restore(train.init_state(setup), step=step)
-  store.close()
-  if state is None:
-    raise FileNotFoundError(f"no checkpoint in {store.directory}")
-  inner_steps = tuple(inner_steps or config.eval_inner_steps)
-  evaluator = evaluation.Evaluator(setup, size=eval_size)
-  result = evaluator.report(state.ema_params if use_ema else state.params, inner_steps)
-  result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
-                params="ema" if use_ema else "online")
-  metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
-  return result
+  """Evaluates the latest (or the given) checkpoint of ``workdir``; writes eval.json.
 
+  Raises FileNotFoundError, before anything is created, if there is no such
+  checkpoint; holds the workdir (workdir_lock) while it reads and writes.
+  """
+  store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
+  try:
+    saved = store.steps()
+    if not saved or step not in saved + [None]:
+      raise FileNotFoundError(
+          f"no checkpoint in {store.directory}: train the run first" if not saved else
+          f"--checkpoint_step={step}: no such checkpoint in {store.directory}; saved steps: "
+          f"{', '.join(map(str, saved))}")
+    with workdir_lock.hold(workdir):
+      setup = train.build_setup(config)
+      state, restored_step = store.restore(train.init_state(setup), step=step)
+      if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {store.directory}")
+      inner_steps = tuple(inner_steps or config.eval_inner_steps)
+      evaluator = evaluation.Evaluator(setup, size=eval_size)
+      result = evaluator.report(state.ema_params if use_ema else state.params, inner_steps)
+      result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
+                    params="ema" if use_ema else "online")
+      metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+  finally:
+    store.close()
+  return result

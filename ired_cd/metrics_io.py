@@ -15,17 +15,30 @@ from typing import Dict, List
 import tensorboardX
 
 
+class MalformedMetrics(ValueError):
+  """A line of a metrics file is JSON, but not a row (an object with an integer "step")."""
+
+
 def read_jsonl(path: str) -> List[Dict]:
-  """The complete rows of a metrics file (a truncated last line is ignored)."""
+  """The complete rows of a metrics file (a truncated last line is ignored).
+
+  Raises MalformedMetrics, naming the file and line, for a line that parses
+  but is not a row: no run writes one, so it is not ours to drop.
+  """
   rows = []
   if not os.path.exists(path):
     return rows
   with open(path) as f:
-    for line in f:
+    for number, line in enumerate(f, 1):
       try:
-        rows.append(json.loads(line))
+        row = json.loads(line)
       except json.JSONDecodeError:
         continue
+      if not (isinstance(row, dict) and isinstance(row.get("step"), int)):
+        raise MalformedMetrics(
+            f"{path}: line {number} is not a metrics row ({line.strip()[:60]}); each line "
+            'must be a JSON object with an integer "step": fix or remove that line')
+      rows.append(row)
   return rows
 
 

@@ -13,6 +13,8 @@ import os
 from typing import Optional
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA = "data"
@@ -34,6 +36,13 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
 def _cluster_detected() -> bool:
   tpu_hosts = os.environ.get("TPU_WORKER_HOSTNAMES", "")
   return "," in tpu_hosts or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+
+
+def any_process(flag: bool) -> bool:
+  """True on every host if ``flag`` is True on any (a decision all hosts must take together)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
 def make_mesh(num_devices: Optional[int] = None) -> Mesh:

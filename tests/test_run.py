@@ -2,8 +2,10 @@
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -14,7 +16,7 @@ import pytest
 
 from configs import base, q204
 from experiments import ablate
-from ired_cd import checkpoint, schema, loop, metrics_io, parallel, train
+from ired_cd import checkpoint, schema, loop, metrics_io, parallel, train, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -124,19 +126,31 @@ def test_resume_is_exact(tmp_path):
   assert [r["step"] for r in rows if "train/loss" in r] == [10, 20, 30, 40]
 
 
-def test_damaged_checkpoints_are_skipped(tmp_path, caplog):
+def test_damaged_checkpoints_are_moved_aside_and_written_again(tmp_path, caplog):
   workdir = str(tmp_path / "run")
   loop.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
   ckpts = os.path.join(workdir, "checkpoints")
   # A write killed midway leaves a temporary directory: never taken for a checkpoint.
   shutil.copytree(os.path.join(ckpts, "40"), os.path.join(ckpts, "60.orbax-checkpoint-tmp-1"))
-  # A finalised checkpoint whose data is gone: skipped with a warning.
+  # A finalised checkpoint whose data is gone: a reader skips it with a warning.
   shutil.rmtree(os.path.join(ckpts, "40", "default"))
   state, step = restored(tiny(), workdir)
   assert step == 20 and int(state.step) == 20
   assert "unreadable" in caplog.text
+  corrupt = os.path.join(workdir, "checkpoints_corrupt")
+  assert not os.path.exists(corrupt)
+  # Every checkpoint unreadable: the run moves them aside, starts over, writes readable ones.
+  for root, _, files in os.walk(os.path.join(ckpts, "20")):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
   summary = loop.train_and_evaluate(tiny(eval_every=0), workdir, progress=False)
-  assert summary["steps"] == 40
+  assert summary["steps"] == 40 and summary["status"] == "completed"
+  assert sorted(name.split("-")[0] for name in os.listdir(corrupt)) == ["20", "40"]
+  assert not os.path.exists(os.path.join(corrupt, max(os.listdir(corrupt)), "default"))
+  assert restored(tiny(), workdir, 40)[1] == 40 and restored(tiny(), workdir, 20)[1] == 20
+  rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+  assert [r["step"] for r in rows] == [10, 20, 30, 40]  # the first run's rows recomputed once
 
 
 def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
@@ -196,34 +210,63 @@ def test_outcome_ignores_names_but_not_trajectory_or_evaluation(tmp_path):
     loop.check_workdir(tiny(train_steps=10, seed=1), workdir)
 
 
-def test_cli_sigterm_checkpoints_resume_and_eval(tmp_path):
-  workdir = str(tmp_path / "run")
-  args = ["--config=configs/q204.py:tiny", f"--workdir={workdir}", "--config.eval_every=0"]
-  proc = subprocess.Popen([sys.executable, "-m", "experiments.run", "--progress=false", *args,
+def _start_cli(*args):
+  return subprocess.Popen([sys.executable, "-m", "experiments.run", "--progress=false", *args,
                            "--config.train_steps=100000"], cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True)
-  metrics = os.path.join(workdir, "metrics.jsonl")
+
+
+def _wait_for_rows(metrics, count):
   deadline = time.time() + 180
-  while time.time() < deadline and len(metrics_io.read_jsonl(metrics)) < 3:
+  while time.time() < deadline and len(metrics_io.read_jsonl(metrics)) < count:
     time.sleep(0.5)
+
+
+def test_cli_one_run_per_workdir_sigterm_kill_resume_and_eval(tmp_path):
+  """A second run is refused while the first goes on; SIGTERM checkpoints and exits 75;
+  kill -9 leaves a lock file that blocks nothing; the rerun resumes; eval scores it."""
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/q204.py:tiny", f"--workdir={workdir}", "--config.eval_every=0"]
+  proc = _start_cli(*args)
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  _wait_for_rows(metrics, 3)
+  second = run_cli(*args)
+  assert second.returncode == 1 and proc.poll() is None
+  [refusal] = second.stderr.strip().splitlines()
+  assert re.fullmatch(
+      rf"error: workdir {re.escape(workdir)} is in use by pid {proc.pid} on "
+      rf"{re.escape(socket.gethostname())} since \d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d UTC: one "
+      r"run per workdir; wait for that run to end, or use another --workdir", refusal)
   proc.send_signal(signal.SIGTERM)
   out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0, out
+  assert proc.returncode == 75, out
   assert "checkpoint saved at step" in out
   stopped = int(out.split("checkpoint saved at step ")[1].split(";")[0])
   assert stopped >= 30
+  steps = [r["step"] for r in metrics_io.read_jsonl(metrics)]
+  assert steps == list(range(10, stopped + 1, 10))  # the refused run wrote no row
   _, at = restored(tiny(), workdir)
   assert at == stopped
-  resumed = run_cli(*args, f"--config.train_steps={stopped + 10}")
+  killed = _start_cli(*args)
+  _wait_for_rows(metrics, stopped // 10 + 1)
+  killed.kill()
+  killed.communicate(timeout=60)
+  assert os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))  # left by kill -9
+  last = max(int(name) for name in os.listdir(os.path.join(workdir, "checkpoints"))
+             if name.isdigit())
+  resumed = run_cli(*args, f"--config.train_steps={last + 10}")
   assert resumed.returncode == 0, resumed.stderr
-  assert f"Resuming from the checkpoint at step {stopped}" in resumed.stderr + resumed.stdout
-  assert resumed.stdout.splitlines()[-2].startswith(f"done: steps={stopped + 10} eval/mse=")
+  assert f"Resuming from the checkpoint at step {last}" in resumed.stderr + resumed.stdout
+  assert resumed.stdout.splitlines()[-2].startswith(f"done: steps={last + 10} eval/mse=")
   assert resumed.stdout.splitlines()[-1] == f"curves: {os.path.join(workdir, 'curves.png')}"
-  assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == stopped + 10
+  assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == last + 10
+  assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
+  rows = metrics_io.read_jsonl(metrics)
+  assert [r["step"] for r in rows if "train/loss" in r] == list(range(10, last + 11, 10))
   evaluated = run_cli(*args, "--mode=eval", "--eval_inner_steps=0,5", "--eval_size=16")
   assert evaluated.returncode == 0, evaluated.stderr
   result = json.load(open(os.path.join(workdir, "eval.json")))
-  assert result["step"] == stopped + 10 and result["eval_size"] == 16
+  assert result["step"] == last + 10 and result["eval_size"] == 16
   for key in ("eval/mse_k0", "eval/mse_k5", "eval/mse_ood_k0", "eval/mse_ood_k5", "eval/mse"):
     assert np.isfinite(result[key]), key
   assert result["eval/mse"] == result["eval/mse_k0"]
