@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ired_cd import langevin, strategies
+from ired_cd import evaluation, langevin, metrics_io, plotting, solve, strategies, train
 from ired_cd.descent import energy_descent
 from ired_cd.diffusion import Schedule
 from ired_cd.sampler import ired_sample
@@ -47,6 +48,7 @@ CANDIDATE_RADII = RADII + (1.0,)
 CHAIN_NEGATIVES = 2
 SCALING_EXTRA_STEPS = (0, 5, 10, 20, 50, 100, 200)
 TRAJECTORIES = 8
+CHUNK = 256  # problems per compiled call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -292,12 +294,15 @@ def spread(values) -> Dict[str, float]:
 
 
 def measure(probe: Probe, params, sets: Dict[str, Tuple[np.ndarray, np.ndarray]], key,
-            mean_answer, chunk: int, acceptance_steps: Sequence[int] = ACCEPTANCE_INNER_STEPS,
-            trajectories: int = TRAJECTORIES) -> Dict:
+            mean_answer, chunk: int, acceptance_steps: Optional[Sequence[int]] = None,
+            trajectories: Optional[int] = None) -> Dict:
   """Every measure on each set {suffix: (inputs (N, inp_dim), targets (N, D))}: JSON-ready
   {'acceptance' + suffix: ..., 'repair' + suffix, 'energy_residual_spearman' + suffix,
   'energy_error_spearman' + suffix, 'truth_below_answer' + suffix, 'scaling' + suffix,
-  'breadth' + suffix}; ``mean_answer`` (D,) is repair's cheap wrong start."""
+  'breadth' + suffix}; ``mean_answer`` (D,) is repair's cheap wrong start. Inner-step
+  counts besides the config's: ACCEPTANCE_INNER_STEPS; breadth: TRAJECTORIES."""
+  acceptance_steps = ACCEPTANCE_INNER_STEPS if acceptance_steps is None else acceptance_steps
+  trajectories = trajectories or TRAJECTORIES
   cache = {}
 
   def run(f, arrays, **kw):  # one compiled function per measure, shared by the sets
@@ -362,3 +367,31 @@ def summary(landscape: Dict) -> Dict[str, float]:
         f"scaling_gain{suffix}": scaling[-1] / scaling[0],
         f"breadth_gain{suffix}": breadth["mse_energy_chosen"] / breadth["mse_mean_trajectory"]})
   return columns
+
+
+def evaluate_run(workdir: str, eval_size: int = 256, checkpoint_step: Optional[int] = None,
+                 matmul_dtype: Optional[str] = None, seed: int = 0) -> Dict:
+  """``measure`` on a run's EMA parameters (solve.load) and the Evaluator's sets of
+  ``eval_size`` problems; ``matmul_dtype`` overrides the run's. With the run's identity
+  under 'run'. Raises solve.SolveError for a bad workdir or checkpoint_step."""
+  model = solve.load(workdir, checkpoint_step)
+  config = model.config.copy_and_resolve_references()
+  config.matmul_dtype = matmul_dtype or config.matmul_dtype
+  setup = train.build_setup(config)
+  sets = evaluation.Evaluator(setup, size=eval_size).sets
+  probe = from_setup(setup)
+  result = measure(probe, model.params, sets, jax.random.PRNGKey(seed),
+                   sets[""][1].mean(axis=0), min(CHUNK, eval_size))
+  result["run"] = dict(
+      workdir=os.path.abspath(workdir), strategy=config.mining_strategy, seed=config.seed,
+      step=model.step, matmul_dtype=config.matmul_dtype, eval_size=eval_size,
+      eval_seed=config.eval_seed, landscape_seed=seed, inner_steps=probe.inner_steps,
+      sampler_output="x0" if probe.return_x0 else "sqrt(abar_0) x0")
+  return result
+
+
+def write(workdir: str, result: Dict) -> Tuple[str, str]:
+  """WORKDIR/landscape.json and landscape.png, each through a temporary file and a rename."""
+  json_path = os.path.join(workdir, "landscape.json")
+  metrics_io.write_json_atomic(json_path, result)
+  return json_path, plotting.plot_landscape(result, os.path.join(workdir, "landscape.png"))
