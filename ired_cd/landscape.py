@@ -34,9 +34,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ired_cd import evaluation, langevin, metrics_io, plotting, solve, strategies, train
+from ired_cd import sampler as sampler_lib
 from ired_cd.descent import energy_descent
 from ired_cd.diffusion import Schedule
-from ired_cd.sampler import ired_sample
 
 # Perturbation radii: RMS of the perturbation relative to the truth's RMS, per problem.
 RADII = (0.05, 0.1, 0.25, 0.5)
@@ -99,7 +99,7 @@ def sample(probe: Probe, params, inputs, indices, key, inner_steps: int, traject
   Returns (output (B, D) in the sampler's convention, DescentStats (B, T, K)).
   """
   y_init = problem_normals(problem_keys(key, indices, 1000 + trajectory), probe.out_dim)
-  return ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule, inner_steps,
+  return sampler_lib.ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule, inner_steps,
                      probe.return_x0, with_stats=True)
 
 
@@ -140,10 +140,7 @@ def acceptance_chunk(probe: Probe, params, inputs, targets, indices, key, inner_
   """Per-problem instruments of the sampler at ``inner_steps``: a dict of (B, ...) arrays."""
   output, stats = sample(probe, params, inputs, indices, key, inner_steps)
   answer = to_answer(probe, output)
-  return dict(moved=stats.moved, rejected=stats.rejected,
-              score_norm_denoised=stats.score_norm_start,
-              score_norm_descended=stats.score_norm_end, energy=stats.energy_end,
-              mse=jnp.mean(jnp.square(output - targets), axis=-1),
+  return dict(stats=stats, mse=jnp.mean(jnp.square(output - targets), axis=-1),
               answer_residual=probe.residual(inputs, answer), answer=answer)
 
 
@@ -263,11 +260,12 @@ def map_chunks(fn, arrays: Tuple[np.ndarray, ...], chunk: int):
 def frozen_fraction(moved: np.ndarray):
   """(frozen (T, K), thawed (T,)) from moved (B, T, K): a sample is frozen from the first
   step >= 1 that did not move; ``thawed``: frozen samples that moved again later."""
+  if moved.shape[-1] == 0:
+    return np.zeros(moved.shape[1:]), np.zeros(moved.shape[1:2])
   still = ~moved.astype(bool)
   still[..., 0] = False  # step 0's rejection does not freeze: step 1 proposes twice the step
   frozen = np.logical_or.accumulate(still, axis=-1)
-  thawed = np.any(moved[..., 1:] & frozen[..., :-1], axis=-1) if moved.shape[-1] > 1 else (
-      np.zeros(moved.shape[:2], bool))
+  thawed = np.any(moved[..., 1:] & frozen[..., :-1], axis=-1)
   return frozen.mean(axis=0), thawed.mean(axis=0)
 
 
@@ -276,16 +274,44 @@ def by_timestep(per_sampler_step: np.ndarray):
   return np.flip(per_sampler_step, axis=0).tolist()
 
 
+def summarize_stats(stats) -> Dict:
+  """Means over problems of the sampler's DescentStats (host arrays, (B, T, ...)); lists
+  indexed by t = 0 .. T-1."""
+  frozen, thawed = frozen_fraction(stats.moved)
+  mean = lambda values: by_timestep(np.mean(values, axis=0))  # noqa: E731
+  return dict(moved=mean(stats.moved), rejected=mean(stats.rejected),
+              frozen=by_timestep(frozen), thawed=by_timestep(thawed),
+              score_norm_denoised=mean(stats.score_norm_start),
+              score_norm_descended=mean(stats.score_norm_end), energy=mean(stats.energy_end),
+              energy_answer=float(np.mean(stats.energy_end[:, -1])))
+
+
 def summarize_acceptance(values) -> Dict:
-  """Host summary of acceptance_chunk's arrays over a set; lists are indexed by t."""
-  frozen, thawed = frozen_fraction(values["moved"])
-  mean = lambda name: by_timestep(np.mean(values[name], axis=0))  # noqa: E731
-  return dict(moved=mean("moved"), rejected=mean("rejected"), frozen=by_timestep(frozen),
-              thawed=by_timestep(thawed), score_norm_denoised=mean("score_norm_denoised"),
-              score_norm_descended=mean("score_norm_descended"), energy=mean("energy"),
-              energy_answer=float(np.mean(values["energy"][:, -1])),
-              mse=float(np.mean(values["mse"])),
+  """Host summary of acceptance_chunk's arrays over a set (summarize_stats, mse, residual)."""
+  return dict(summarize_stats(values["stats"]), mse=float(np.mean(values["mse"])),
               answer_residual=float(np.mean(values["answer_residual"])))
+
+
+def describe_descent(model: solve.Model, problems: np.ndarray, inner_steps: int,
+                     seed: int = 0) -> str:
+  """The instruments of the sampler on ``problems`` (n, inp_dim) as text, one line per
+  timestep (experiments.solve --descent_stats)."""
+  setup = train.build_setup(model.config)
+  sample_with_stats = sampler_lib.make_sampler(setup.energy_fn, setup.schedule,
+                                               setup.task.out_dim, True, with_stats=True)
+  key = jax.random.PRNGKey(seed)
+  stats = map_chunks(lambda inputs: sample_with_stats(model.params, inputs, key, inner_steps)[1],
+                     (problems,), min(CHUNK, len(problems)))
+  s = summarize_stats(stats)
+  lines = [f"descent at inner_steps={inner_steps} ({len(problems)} problems): per timestep, "
+           "fraction of proposals that moved y per inner step, samples frozen after the last, "
+           "||dE/dy|| after denoising -> after descent, E"]
+  for t in reversed(range(len(s["moved"]))):
+    lines.append(f"  t={t}: moved {np.round(s['moved'][t], 3).tolist()}, frozen "
+                 f"{s['frozen'][t][-1] if inner_steps else 0.0:.3f}, thawed {s['thawed'][t]:.3f}, "
+                 f"||dE/dy|| {s['score_norm_denoised'][t]:.4g} -> "
+                 f"{s['score_norm_descended'][t]:.4g}, E {s['energy'][t]:.5g}")
+  return "\n".join(lines)
 
 
 def spread(values) -> Dict[str, float]:

@@ -150,6 +150,7 @@ def plot_landscape(landscape, path):
   repair_ax.set(title="repair at t = 0: MSE of x from wrong starts", xlabel="descent steps",
                 ylabel="MSE", yscale="log")
   repair_ax.set_xscale("symlog", linthresh=1)
+  repair_ax.set_xlim(-0.25, landscape["repair"]["steps"][-1] * 1.25)
   scaling_ax.set(title="descent past the schedule (t = 0)", xlabel="total descent steps",
                  ylabel=f"MSE ({run['sampler_output']})", yscale="log")
   below_ax.set(title="P[E(truth) < E(model's answer)]", xlabel="timestep t", ylim=(-0.05, 1.05))

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from configs import none
-from ired_cd import evaluation, landscape, loop, strategies, tasks
+from ired_cd import evaluation, landscape, loop, solve, strategies, tasks
 from ired_cd import sampler as sampler_lib
 from tests import _tiny
 
@@ -104,7 +104,7 @@ def test_fixed_point_model_moves_nothing_after_the_first_step():
   p = probe(QuadraticEnergy(fixed_point=True, centre=3.0), inner_steps=4)
   values = jax.jit(lambda *a: landscape.acceptance_chunk(
       p, {}, *a, jax.random.PRNGKey(0), inner_steps=4))(inputs, targets, indices)
-  moved = np.asarray(values["moved"])
+  moved = np.asarray(values["stats"].moved)
   chex.assert_shape(moved, (N, _tiny.T, 4))
   assert not moved[..., 1:].any()
   summary = landscape.summarize_acceptance(jax.device_get(values))
@@ -220,3 +220,13 @@ def test_cli_bad_flags_are_one_line_and_write_nothing(workdir, tmp_path):
     assert result.stderr.startswith(f"error: --{field}: ") and len(
         result.stderr.strip().splitlines()) == 1, result.stderr
   assert sorted(os.listdir(workdir)) == before
+
+
+def test_describe_descent_prints_one_line_per_timestep(workdir):
+  """experiments.solve --descent_stats: the instruments of the run's own sampler."""
+  model = solve.load(workdir)
+  inputs, _, _ = problems(5)
+  lines = landscape.describe_descent(model, inputs, 2).splitlines()
+  assert lines[0].startswith("descent at inner_steps=2 (5 problems)")
+  assert [line.split(":")[0].strip() for line in lines[1:]] == [
+      f"t={t}" for t in reversed(range(_tiny.T))]
