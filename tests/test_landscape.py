@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import none
-from ired_cd import evaluation, landscape, loop, solve, strategies, tasks
+from ired_cd import evaluation, landscape, solve, strategies, tasks
 from ired_cd import sampler as sampler_lib
 from tests import _tiny
 
@@ -174,11 +173,7 @@ def test_frozen_fraction_counts_steps_after_the_first():
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A tiny trained `none` run (20 steps)."""
-  path = str(tmp_path_factory.mktemp("run"))
-  config = none.get_config("tiny")
-  config.train_steps = 20
-  loop.train_and_evaluate(config, path, progress=False)
-  return path
+  return _tiny.trained_none_run(str(tmp_path_factory.mktemp("run")))
 
 
 def run_cli(*args):
