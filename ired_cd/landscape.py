@@ -99,8 +99,8 @@ def sample(probe: Probe, params, inputs, indices, key, inner_steps: int, traject
   Returns (output (B, D) in the sampler's convention, DescentStats (B, T, K)).
   """
   y_init = problem_normals(problem_keys(key, indices, 1000 + trajectory), probe.out_dim)
-  return sampler_lib.ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule, inner_steps,
-                     probe.return_x0, with_stats=True)
+  return sampler_lib.ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule,
+                                 inner_steps, probe.return_x0, with_stats=True)
 
 
 def to_answer(probe: Probe, output):
@@ -149,7 +149,8 @@ def repair_chunk(probe: Probe, params, inputs, targets, indices, mean_answer, ke
   """MSE and residual (B, num_steps + 1) along the descent from each wrong start.
 
   Starts: the truth perturbed at each of RADII, and ``mean_answer`` (B, D), the
-  same cheap wrong answer for every problem. Returns {f"t{t}": {start name: {"mse", "residual"}}}.
+  same cheap wrong answer for every problem.
+  Returns {f"t{t}": {start name: {"mse", "residual"}}}.
   """
   names = [f"r{r:g}" for r in RADII] + ["mean"]
   starts = [perturb(targets, problem_keys(key, indices, 2000 + j), r) for j, r in enumerate(RADII)]
@@ -175,7 +176,8 @@ def candidates(probe: Probe, params, inputs, targets, indices, answer, key):
   The truth, the model's ``answer``, points of the segment between them, the truth
   perturbed at CANDIDATE_RADII, and CD chain negatives at t = 0 (the run's chain:
   q_sample(truth, 0, mining_noise_scale eps) then mining_opt_steps Langevin steps;
-  the answer is the chain's x0 estimate, as the CD loss reads it).
+  the answer is the chain's x0 estimate, as the CD loss reads it). The chains' step
+  noise is drawn per chunk (langevin.sample_negatives), the rest per problem.
   """
   names = ["truth", "answer"] + [f"segment{s:g}" for s in SEGMENT]
   points = [targets, answer] + [targets + s * (answer - targets) for s in SEGMENT]

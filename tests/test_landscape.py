@@ -1,4 +1,4 @@
-"""The descent's instruments and the landscape measures: ired_cd.landscape, experiments.landscape."""
+"""The descent's instruments and the landscape measures (ired_cd.landscape, its tool)."""
 
 import dataclasses
 import json
