@@ -23,7 +23,7 @@ from absl import app, flags, logging
 
 from experiments import cli
 from ired_cd import schema
-from ired_cd import solve, tasks
+from ired_cd import landscape, solve, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments.run (required).")
 _INPUT = flags.DEFINE_string("input", None, ".npy file of problems (required).")
@@ -32,6 +32,8 @@ _OUTPUT = flags.DEFINE_string("output", None, ".npy file for the answers (requir
 _INNER = flags.DEFINE_list("inner_steps", ["5"], "Inner descent steps per timestep, e.g. 5,10,20.")
 _STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the newest).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampler's start noise.")
+_STATS = flags.DEFINE_bool("descent_stats", False, "Also print the energy descent's "
+                           "instruments per timestep (ired_cd.landscape.describe_descent).")
 
 # How the printout names each task's residual and exact answer.
 METRIC_NAMES = {"inverse": ("||A X - I||_F", "numpy.linalg.inv"),
@@ -124,6 +126,8 @@ def main(argv):
     solve.save(path, answers[k].reshape(shape))
     print(f"inner_steps={k}: {describe(task.name, solve.score(task, problems, answers[k]))} "
           f"-> {path}")
+    if _STATS.value:
+      print(landscape.describe_descent(model, problems, k, _SEED.value))
 
 
 if __name__ == "__main__":

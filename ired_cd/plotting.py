@@ -118,3 +118,49 @@ def plot_curves(workdir):
   path = os.path.join(workdir, "curves.png")
   fig.savefig(path, dpi=110)
   return path
+
+
+SET_STYLES = {"": ("in-distribution", "-"), "_ood": ("harder", "--")}
+
+
+def plot_landscape(landscape, path):
+  """Writes the figure of a landscape.json (ired_cd.landscape) to ``path`` (through a
+  temporary file and a rename) and returns ``path``. Panels: proposals that moved y per
+  timestep; repair from wrong answers at t = 0; descent past the schedule; P[E(truth) <
+  E(answer)] per timestep."""
+  run = landscape["run"]
+  k = run["inner_steps"]
+  fig = Figure(figsize=(20, 4))
+  moved_ax, repair_ax, scaling_ax, below_ax = fig.subplots(1, 4)
+  for suffix, (name, style) in SET_STYLES.items():
+    moved = np.asarray(landscape[f"acceptance{suffix}"][f"k{k}"]["moved"])  # (T, K)
+    timesteps = np.arange(moved.shape[0])
+    for step in sorted({0, moved.shape[1] - 1}) if moved.shape[1] else ():
+      moved_ax.plot(timesteps, moved[:, step], style, marker="o", ms=3,
+                    label=f"{name}, inner step {step + 1}")
+    repair = landscape[f"repair{suffix}"]
+    for start, curves in repair["t0"].items():
+      repair_ax.plot(repair["steps"], curves["mse"], style, label=f"{name}, {start}")
+    scaling = landscape[f"scaling{suffix}"]
+    scaling_ax.plot(scaling["total_steps"], scaling["mse"], style, marker="o", ms=3, label=name)
+    below_ax.plot(timesteps, landscape[f"truth_below_answer{suffix}"], style, marker="o", ms=3,
+                  label=name)
+  moved_ax.set(title=f"proposals that moved y ({k} inner steps)", xlabel="timestep t",
+               ylim=(-0.05, 1.05))
+  repair_ax.set(title="repair at t = 0: MSE of x from wrong starts", xlabel="descent steps",
+                ylabel="MSE", yscale="log")
+  repair_ax.set_xscale("symlog", linthresh=1)
+  repair_ax.set_xlim(-0.25, landscape["repair"]["steps"][-1] * 1.25)
+  scaling_ax.set(title="descent past the schedule (t = 0)", xlabel="total descent steps",
+                 ylabel=f"MSE ({run['sampler_output']})", yscale="log")
+  below_ax.set(title="P[E(truth) < E(model's answer)]", xlabel="timestep t", ylim=(-0.05, 1.05))
+  for ax in (moved_ax, repair_ax, scaling_ax, below_ax):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
+               f"{run['matmul_dtype']} matmuls, {run['eval_size']} problems per set")
+  fig.tight_layout()
+  tmp = f"{path}.tmp"
+  fig.savefig(tmp, dpi=100, format="png")
+  os.replace(tmp, path)
+  return path

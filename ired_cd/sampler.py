@@ -10,9 +10,13 @@ The original returns y after t = 0, i.e. sqrt(abar_0) x0 (abar_0 ~ 0.972), and
 scores that; we keep it as the default so numbers compare, and ``return_x0``
 gives the unscaled x0. The timestep loop is a lax.scan; ``inner_steps`` is a
 traced argument, so one compiled sampler runs any number of inner steps.
+``with_stats`` also returns each timestep's ``descent.DescentStats`` (the
+descent's instruments; ``inner_steps`` then a python int).
 """
 
 from __future__ import annotations
+
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -23,8 +27,12 @@ from ired_cd.diffusion import Schedule
 
 
 def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
-                return_x0: bool = False):
-  """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D)."""
+                return_x0: bool = False, with_stats: bool = False):
+  """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D).
+
+  with_stats: (output, DescentStats) with each field stacked per timestep in the
+  sampler's order t = T-1 .. 0 after the batch axis: moved (B, T, K), score_norm_* (B, T).
+  """
   batch = inp.shape[0]
   energy_fn = energy_fn.sharing(schedule.num_timesteps)  # score calls on the same params
 
@@ -36,23 +44,34 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
     x0 = jnp.clip(schedule.predict_start_from_noise(y, t, eps), -2.0, 2.0)
     y = sqrt_abar * x0
     y = energy_descent(energy_fn, params, inp, y, t, inner_steps,
-                       schedule.opt_step_size[tt], 2.0 * sqrt_abar, cond)
+                       schedule.opt_step_size[tt], 2.0 * sqrt_abar, cond, with_stats)
+    y, stats = y if with_stats else (y, None)
     y = jnp.clip(y, -2.0 * sqrt_abar, 2.0 * sqrt_abar)
     x0 = schedule.sqrt_recip_alphas_cumprod[tt] * y
     y_prev = schedule.sqrt_alphas_cumprod[jnp.maximum(tt - 1, 0)] * x0
-    return jnp.where(tt > 0, y_prev, y), x0
+    return jnp.where(tt > 0, y_prev, y), (x0, stats) if with_stats else x0
 
   timesteps = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)
   y, x0s = jax.lax.scan(body, y_init, timesteps)
+  if with_stats:
+    x0s, stats = x0s
+    return (x0s[-1] if return_x0 else y,
+            jax.tree_util.tree_map(lambda a: jnp.moveaxis(a, 0, 1), stats))
   return x0s[-1] if return_x0 else y
 
 
-def make_sampler(energy_fn, schedule: Schedule, out_dim: int, return_x0: bool = False):
-  """A jitted ``sample(params, inp, key, inner_steps) -> (B, out_dim)``, y_init ~ N(0, I)."""
+def make_sampler(energy_fn, schedule: Schedule, out_dim: int, return_x0: bool = False,
+                 with_stats: bool = False):
+  """A jitted ``sample(params, inp, key, inner_steps) -> (B, out_dim)``, y_init ~ N(0, I).
 
-  @jax.jit
+  with_stats: ``-> (output, DescentStats)`` (ired_sample), compiled per python-int
+  ``inner_steps``.
+  """
+
+  @functools.partial(jax.jit, static_argnums=(3,) if with_stats else ())
   def sample(params, inp, key, inner_steps):
     y_init = jax.random.normal(key, (inp.shape[0], out_dim), jnp.float32)
-    return ired_sample(energy_fn, params, inp, y_init, schedule, inner_steps, return_x0)
+    return ired_sample(energy_fn, params, inp, y_init, schedule, inner_steps, return_x0,
+                       with_stats)
 
   return sample

@@ -9,8 +9,8 @@ import functools
 
 import jax
 
-from configs import base
-from ired_cd import train
+from configs import base, none
+from ired_cd import loop, train
 from ired_cd.diffusion import cosine_schedule
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
@@ -54,3 +54,11 @@ def tiny_setup(strategy):
 def tiny_step(strategy):
   """``train.jit_train_step`` of the tiny setup (state donated)."""
   return train.jit_train_step(tiny_setup(strategy))
+
+
+def trained_none_run(path, train_steps=20):
+  """Trains a tiny `none` run (checkpoint at ``train_steps``) in ``path``; returns ``path``."""
+  config = none.get_config("tiny")
+  config.train_steps = train_steps
+  loop.train_and_evaluate(config, path, progress=False)
+  return path

@@ -10,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from configs import none
-from ired_cd import evaluation, loop, solve, tasks, train
+from ired_cd import evaluation, solve, tasks, train
+from tests import _tiny
 from ired_cd import sampler as sampler_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,11 +23,7 @@ LINE = re.compile(r"inner_steps=(\d+): residual \|\|A X - I\|\|_F mean (\S+) med
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """A tiny trained `none` run (20 steps, checkpoint at 20)."""
-  path = str(tmp_path_factory.mktemp("run"))
-  config = none.get_config("tiny")
-  config.train_steps = 20
-  loop.train_and_evaluate(config, path, progress=False)
-  return path
+  return _tiny.trained_none_run(str(tmp_path_factory.mktemp("run")))
 
 
 def problems(n=6, seed=3, ood=False):
