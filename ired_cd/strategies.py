@@ -1,5 +1,8 @@
 """Training losses of every mining strategy, as one pure function of (params, batch, key).
 
+Each strategy's energy term, descent and stage switches are its entry in
+``schema.STRATEGY_REGISTRY``:
+
   none               denoising MSE only: mean((dE/dy(inp, x_t, t) - eps)^2)
   nce_random         + the original NCE on random negatives q_sample(x0, t, 3 eps')
   ired               + 2 energy-descent steps on those negatives (the paper)
