@@ -43,6 +43,10 @@ def get_config(arg=None):
   # bfloat16 trains faster where the hardware multiplies bf16 natively, with the
   # same curves (docs/speed.md).
   c.matmul_dtype = "float32"
+  # auto | gram | plain: how a score differentiates the last layer |h W + b|^2 (same
+  # energy, different graph): through W W^T (gram), through W (plain), or gram
+  # where it needs fewer multiply-adds (auto: model.uses_gram, docs/speed.md).
+  c.last_layer = "auto"
 
   # Optimisation: clip_by_global_norm then Adam; EMA with ema-pytorch semantics.
   c.seed = 0
@@ -60,10 +64,12 @@ def get_config(arg=None):
   c.ema_power = 2.0 / 3.0
 
   # Energy-landscape supervision: none | nce_random | ired | cd_langevin |
-  # cd_langevin_replay | cd_full.
+  # cd_langevin_replay | cd_full (schema.STRATEGY_REGISTRY). A switch the strategy
+  # does not read must stay off (schema.CD_SWITCHES, schema.ENERGY_SWITCHES).
   c.mining_strategy = "ired"
   # ired / nce_random (the original's NCE): negatives from q_sample(x0, t, 3 eps),
-  # 2 (ired) or 0 (nce_random) energy-descent steps, softplus loss weighted 0.5.
+  # ired_descent_steps energy-descent steps on them (ired only: nce_random takes
+  # none), softplus loss weighted 0.5.
   c.ired_noise_scale = 3.0
   c.ired_descent_steps = 2
   c.nce_loss_weight = 0.5
@@ -129,11 +135,10 @@ def get_config(arg=None):
 
 
 def baseline(strategy, arg=None):
-  """A baseline at the guide's scale: base settings with ``mining_strategy=strategy``."""
-  c = get_config()
+  """A baseline at the guide's scale: base settings with ``strategy`` (schema.apply_strategy)."""
+  c = schema.apply_strategy(get_config(), strategy)
   c.experiment_name = f"baseline_{strategy}"
   c.ablation_stage = strategy
-  c.mining_strategy = strategy
   c.output_dir = f"results/ds_inverse/{strategy}"
   if arg:
     apply_variant(c, arg)
@@ -215,8 +220,9 @@ def tiny_variant(c):
 
 
 def run_config(config, strategy=None, **overrides):
-  """A validated copy of ``config`` with ``strategy``'s switches (schema.apply_strategy)
-  and ``overrides``: how the ablation, the benchmarks and the tests derive a run's config."""
+  """A validated copy of ``config`` with ``strategy`` (schema.apply_strategy: its stage's
+  switches set, those it ignores off) and ``overrides``: how the ablation, the benchmarks
+  and the tests derive a run's config."""
   c = config.copy_and_resolve_references()
   if strategy is not None:
     schema.apply_strategy(c, strategy)

@@ -1,11 +1,13 @@
 """q202_cd_langevin: IRED-CD stage 1 (CD loss + short-run Langevin negatives).
 
-The guide's JSON key for key, plus the CD stabilisers of ``base.STABILISERS``
+The guide's JSON key for key (the stage switches, use_replay_buffer ...,
+from schema.STRATEGY_REGISTRY), plus the CD stabilisers of ``base.STABILISERS``
 (a deviation: the literal values run away); ``configs/q202.py:guide`` is the
 guide's run exactly. q203 and q204 start from this config.
 """
 
 from configs import base
+from ired_cd import schema
 
 
 def get_config(arg=None):
@@ -14,7 +16,7 @@ def get_config(arg=None):
   c.description = "IRED-CD Stage 1: CD loss + Langevin sampling"
   c.investigation = "ired-cd"
   c.ablation_stage = "cd_langevin"
-  c.mining_strategy = "cd_langevin"
+  schema.apply_strategy(c, "cd_langevin")
   c.rank = 20
   c.ood = False
   c.diffusion_steps = 10
@@ -25,10 +27,7 @@ def get_config(arg=None):
   c.mining_noise_scale = 1.5
   c.langevin_sigma_multiplier = 1.0
   c.use_langevin = True
-  c.use_replay_buffer = False
   c.use_cd_loss = True
-  c.use_residual_filter = False
-  c.use_energy_schedule = False
   c.energy_loss_weight = 0.05
   c.output_dir = "results/ds_inverse/cd_langevin"
   c.notes = ("Corrected CD loss (detach x_neg, not energy_neg). Langevin sigma=sqrt(2*eta). "

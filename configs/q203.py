@@ -1,6 +1,7 @@
 """q203_cd_replay: IRED-CD stage 2 (CD + Langevin + timestep-bucketed replay buffer)."""
 
 from configs import base, q202
+from ired_cd import schema
 
 
 def get_config(arg=None):
@@ -8,8 +9,7 @@ def get_config(arg=None):
   c.experiment_name = "q203_cd_replay"
   c.description = "IRED-CD Stage 2: CD loss + Langevin + Replay buffer"
   c.ablation_stage = "cd_replay"
-  c.mining_strategy = "cd_langevin_replay"
-  c.use_replay_buffer = True
+  schema.apply_strategy(c, "cd_langevin_replay")
   c.replay_buffer_size = 10_000
   c.replay_buffer_buckets = 16
   c.replay_sample_prob = 0.95

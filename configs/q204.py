@@ -1,6 +1,7 @@
 """q204_cd_full: IRED-CD stage 3 (CD + Langevin + replay + residual filter + schedule)."""
 
 from configs import base, q203
+from ired_cd import schema
 
 
 def get_config(arg=None):
@@ -9,11 +10,8 @@ def get_config(arg=None):
   c.description = ("IRED-CD Stage 3: Full implementation (CD + Langevin + Replay + "
                    "Residual filter + Schedule)")
   c.ablation_stage = "cd_full"
-  c.mining_strategy = "cd_full"
-  c.use_residual_filter = True
+  schema.apply_strategy(c, "cd_full")
   c.residual_filter_quantile = 0.3
-  c.use_energy_schedule = True
-  c.use_timestep_range = True
   c.energy_loss_warmup_steps = 20_000
   c.energy_loss_max_weight = 0.05
   c.energy_loss_timestep_range = (0.2, 0.8)

@@ -5,7 +5,7 @@ r"""Strategy ablation: every (strategy, seed) as a normal run, then one table an
       --workdir=results/ablation
 
 Each run trains (or resumes) in WORKDIR/<strategy>/seed<k>: the config with
-the strategy's stage switches (config.apply_strategy) and seed k. A run that
+the strategy's stage switches (schema.apply_strategy) and seed k. A run that
 already completed (or diverged) with the same config is skipped, so rerunning
 the command resumes the ablation. A run that fails (diverges, raises) is
 recorded and flagged; the others go on. Then:
@@ -43,7 +43,7 @@ from ired_cd import evaluation, loop, metrics_io, plotting, tasks
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES),
-                                "Strategies to compare (config.apply_strategy).")
+                                "Strategies to compare (schema.apply_strategy).")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
 _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
 _INNER = flags.DEFINE_list(

@@ -22,11 +22,11 @@ Prints one JSON object per line:
                                     hides it: see experiments/memory.py)
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
-  {"what": "gram", ...}             --what=gram: the Gram last layer (gram.pays) against the
-                                    plain one, train steps interleaved, and the sampler
+  {"what": "gram", ...}             --what=gram: the Gram last layer where it pays
+                                    (last_layer=auto) against the plain one (plain), train
+                                    steps interleaved, and the sampler
 """
 
-import contextlib
 import functools
 import json
 import resource
@@ -42,7 +42,7 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli, memory
 from ired_cd import schema
-from ired_cd import flops, gram, parallel, sampler, train
+from ired_cd import flops, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
@@ -187,40 +187,29 @@ def bench_matmul_dtypes(config, strategy, steps):
        median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])
 
 
-@contextlib.contextmanager
-def _gram(on: bool):
-  """Traces inside use the Gram last layer where it pays (on) or never (off)."""
-  pays = gram.pays
-  gram.pays = pays if on else (lambda *args, **kwargs: False)
-  try:
-    yield
-  finally:
-    gram.pays = pays
-
-
 def bench_gram(config, strategy, steps, inner_steps):
-  """The Gram last layer against the plain one: train steps alternating, then the sampler
-  on ``config.eval_chunk`` problems alternating, both compiled in one process."""
-  modes = {"gram": True, "plain": False}
-  compiled, states = {}, {}
-  for mode, on in modes.items():
-    with _gram(on):
-      _, _, states[mode], compiled[mode], _ = _warm_step(config, strategy)
+  """The Gram last layer where it pays (``last_layer='auto'``) against the plain one: train
+  steps alternating, then the sampler on ``config.eval_chunk`` problems alternating, both
+  compiled in one process."""
+  modes = {"gram": "auto", "plain": "plain"}
+  compiled, states, setups = {}, {}, {}
+  for mode, last_layer in modes.items():
+    _, setups[mode], states[mode], compiled[mode], _ = _warm_step(config, strategy,
+                                                                  last_layer=last_layer)
   times = {mode: [] for mode in modes}
   for i in range(steps):
     for mode in list(modes)[::1 if i % 2 else -1]:
       states[mode], _, ms = _timed_step(compiled[mode], states[mode])
       times[mode].append(ms)
   train_ms = {mode: statistics.median(t) for mode, t in times.items()}
-  setup = train.build_setup(config)
+  setup = setups["gram"]
   params = train.init_state(setup).ema_params
   inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.eval_chunk, False)
   key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
   samplers = {}
-  for mode, on in modes.items():
-    with _gram(on):
-      samplers[mode] = sampler.make_sampler(setup.energy_fn, setup.schedule,
-                                            setup.task.out_dim).lower(params, inp, key, k).compile()
+  for mode in modes:
+    samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule,
+                                          setup.task.out_dim).lower(params, inp, key, k).compile()
     jax.block_until_ready(samplers[mode](params, inp, key, k))
   times = {mode: [] for mode in modes}
   for i in range(max(5, steps // 4)):

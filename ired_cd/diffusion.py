@@ -12,6 +12,15 @@ import flax.struct
 import jax.numpy as jnp
 import numpy as np
 
+# The answer box of the original: answers x0 are clamped to [-ANSWER_BOX, ANSWER_BOX],
+# samples x_t = sqrt(abar_t) x0 to +-ANSWER_BOX sqrt(abar_t) (+-ANSWER_BOX in a Langevin chain).
+ANSWER_BOX = 2.0
+
+
+def clip_answer(x0):
+  """x0 clamped to the answer box [-ANSWER_BOX, ANSWER_BOX]."""
+  return jnp.clip(x0, -ANSWER_BOX, ANSWER_BOX)
+
 
 @flax.struct.dataclass
 class Schedule:
@@ -41,12 +50,12 @@ class Schedule:
             - take(self.sqrt_recipm1_alphas_cumprod, t) * eps)
 
   def x0_estimate(self, x_t, t):
-    """Zero-noise x0 estimate clamped to [-2, 2] (the guide's residual input)."""
-    return jnp.clip(take(self.sqrt_recip_alphas_cumprod, t) * x_t, -2.0, 2.0)
+    """Zero-noise x0 estimate clamped to the answer box (the guide's residual input)."""
+    return clip_answer(take(self.sqrt_recip_alphas_cumprod, t) * x_t)
 
   def clamp_bound(self, t):
-    """Energy-descent box +-2 sqrt(abar_t) as a (B, 1) column."""
-    return 2.0 * take(self.sqrt_alphas_cumprod, t)
+    """Energy-descent box +-ANSWER_BOX sqrt(abar_t) as a (B, 1) column."""
+    return ANSWER_BOX * take(self.sqrt_alphas_cumprod, t)
 
 
 def take(buffer, t):

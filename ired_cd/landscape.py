@@ -36,7 +36,7 @@ import numpy as np
 from ired_cd import evaluation, langevin, metrics_io, plotting, solve, strategies, train
 from ired_cd import sampler as sampler_lib
 from ired_cd.descent import energy_descent
-from ired_cd.diffusion import Schedule
+from ired_cd.diffusion import ANSWER_BOX, Schedule
 
 # Perturbation radii: RMS of the perturbation relative to the truth's RMS, per problem.
 RADII = (0.05, 0.1, 0.25, 0.5)
@@ -114,7 +114,7 @@ def descend(probe: Probe, params, inputs, x, t: int, num_steps: int, observe=Non
   sqrt_abar = probe.schedule.sqrt_alphas_cumprod[t]
   ts = jnp.full((x.shape[0],), t, jnp.int32)
   y, stats = energy_descent(probe.energy_fn, params, inputs, sqrt_abar * x, ts, num_steps,
-                            probe.schedule.opt_step_size[t], 2.0 * sqrt_abar,
+                            probe.schedule.opt_step_size[t], ANSWER_BOX * sqrt_abar,
                             with_stats=True, observe=observe)
   return y / sqrt_abar, stats
 

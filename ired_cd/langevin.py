@@ -1,6 +1,6 @@
 """Short-run Langevin chain for CD negatives (guide section A), as one lax.scan.
 
-  y <- clip(y - eta * dE/dy + sigma * xi, -2, 2),   xi ~ N(0, I)
+  y <- clip(y - eta * dE/dy + sigma * xi, -ANSWER_BOX, ANSWER_BOX),   xi ~ N(0, I)
 
 eta = opt_step_size[t] per sample, sigma = sigma_multiplier * sqrt(2 eta). Each
 step is one ``jax.grad`` of the summed energy (one forward, one backward).
@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from ired_cd import model as model_lib
-from ired_cd.diffusion import Schedule, take
+from ired_cd.diffusion import ANSWER_BOX, Schedule, take
 
 
 class ChainStats(NamedTuple):
@@ -26,7 +26,7 @@ class ChainStats(NamedTuple):
 
 def langevin_chain(energy_fn, params, inp, y_init, t, noises, schedule: Schedule,
                    sigma_multiplier: float = 1.0, grad_clip: Optional[float] = None,
-                   clip_value: float = 2.0):
+                   clip_value: float = ANSWER_BOX):
   """Runs len(noises) Langevin steps from y_init with the given standard normals.
 
   Args:
@@ -56,7 +56,7 @@ def sample_negatives(energy_fn, params, inp, y_init, t, key, num_steps: int, sch
 
 
 def _chain(energy_fn, params, inp, y_init, t, xs, draw, schedule: Schedule,
-           sigma_multiplier: float, grad_clip: Optional[float], clip_value: float = 2.0,
+           sigma_multiplier: float, grad_clip: Optional[float], clip_value: float = ANSWER_BOX,
            cond=None):
   """The chain as a lax.scan over xs; ``draw(xs[k])`` is step k's standard normal."""
   params = jax.lax.stop_gradient(params)

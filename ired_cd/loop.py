@@ -71,7 +71,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
   with open(path) as f:
-    saved = schema.with_added_fields(json.load(f))
+    saved = schema.from_saved(json.load(f))
   for field in TUPLE_FIELDS:
     saved[field] = tuple(saved[field])
   return ml_collections.ConfigDict(saved)
@@ -84,7 +84,7 @@ def _saved_differences(config, workdir: str, ignore) -> Optional[Dict]:
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    saved = schema.with_added_fields(json.load(f))
+    saved = schema.from_saved(json.load(f))
   current = _config_dict(config)
   return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k) and k not in ignore}
@@ -238,13 +238,13 @@ class _CompiledSteps:
   """``make_multi_step`` compiled ahead of time once per chunk length, and timed."""
 
   def __init__(self, setup, mesh):
-    self._exp, self._mesh, self._compiled = setup, mesh, {}
+    self._setup, self._mesh, self._compiled = setup, mesh, {}
 
   def __call__(self, state, chunk: int):
     """(state, metrics, health, execution seconds) after ``chunk`` steps, on the host."""
     if chunk not in self._compiled:
       self._compiled[chunk] = train.make_multi_step(
-          self._exp, chunk, self._mesh, state).lower(state).compile()
+          self._setup, chunk, self._mesh, state).lower(state).compile()
     tic = time.perf_counter()
     state, metrics, health = self._compiled[chunk](state)
     metrics, health = jax.device_get((metrics, health))

@@ -13,7 +13,8 @@ energy evaluation's FLOPs saved); the values are those of the per-sample path.
 Parameters use PyTorch's default init (uniform +-1/sqrt(fan_in) for kernels
 and biases), so training starts where the PyTorch runs start.
 Every product goes through ``matmul.matmul_for(matmul_dtype)``; the cheaper
-score of the last layer is ``gram.gram_square_norm``.
+score of the last layer is ``gram.gram_square_norm``, taken as ``last_layer`` says
+(``uses_gram``).
 """
 
 from __future__ import annotations
@@ -28,8 +29,12 @@ import jax
 import jax.numpy as jnp
 
 from ired_cd import gram as gram_lib
-from ired_cd.matmul import MATMUL_DTYPES  # noqa: F401  (config.py reads model.MATMUL_DTYPES)
+from ired_cd.matmul import MATMUL_DTYPES  # noqa: F401  (schema.py reads model.MATMUL_DTYPES)
 from ired_cd.matmul import f32_matmul, matmul_for
+
+# How a score differentiates the last layer: gram (through W W^T, gram.gram_square_norm),
+# plain (through W), or auto (gram where gram.pays says it needs fewer multiply-adds).
+LAST_LAYERS = ("auto", "gram", "plain")
 
 
 def sinusoidal_embedding(t, dim: int = 128):
@@ -87,6 +92,8 @@ class EnergyMLP(nn.Module):
   ``energy_given(cond, y)`` the rest, so a chain of moves in y computes the
   former once. ``inp_dim`` defaults to ``out_dim``. ``matmul_dtype``: one of
   ``MATMUL_DTYPES``, the dtype of every product's operands (``matmul.matmul_for``).
+  ``last_layer``: one of ``LAST_LAYERS``, the form a score's last layer takes
+  (``uses_gram``; the energy is the same).
   """
 
   out_dim: int
@@ -95,6 +102,7 @@ class EnergyMLP(nn.Module):
   num_timesteps: Optional[int] = None
   inp_dim: Optional[int] = None
   matmul_dtype: str = "float32"
+  last_layer: str = "auto"
 
   def setup(self):
     self.matmul = matmul_for(self.matmul_dtype)
@@ -138,7 +146,7 @@ class EnergyMLP(nn.Module):
     """E from ``condition``'s output and y (B, out_dim) -> (B, 1).
 
     ``gram``: the last layer as ``gram.gram_square_norm`` (same value, cheaper
-    dE/dy for large batches; see ``gram.pays``).
+    dE/dy for large batches; see ``uses_gram``).
     """
     h_inp, g2, b2, g3, b3 = cond
     h = swish(h_inp + self.fc1.project_b(y))
@@ -160,8 +168,8 @@ class EnergyFunction:
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
   ``energy_given(params, cond, y)`` split it at the y-independent part.
   ``calls_per_params``: how many score calls share one set of parameters (a
-  chain's or the sampler's steps; ``sharing`` sets it), so that ``gram.pays``
-  can count the Gram product W W^T once for all of them.
+  chain's or the sampler's steps; ``sharing`` sets it), so that ``uses_gram``
+  (with ``last_layer='auto'``) counts the Gram product W W^T once for all of them.
   """
 
   module: EnergyMLP
@@ -201,14 +209,22 @@ def energy_and_score(energy_fn: EnergyFunction, params, inp, y, t):
   return conditioned_energy_and_score(energy_fn, params, energy_fn.condition(params, inp, t), y)
 
 
+def uses_gram(energy_fn: EnergyFunction, batch: int) -> bool:
+  """Whether a score of ``batch`` rows takes the Gram last layer (static): the module's
+  ``last_layer``; for ``auto``, ``gram.pays`` with the calls that share the parameters."""
+  module = energy_fn.module
+  if module.last_layer == "auto":
+    return gram_lib.pays(batch, module.hidden, module.out_dim, energy_fn.calls_per_params)
+  return module.last_layer == "gram"
+
+
 def conditioned_energy_and_score(energy_fn: EnergyFunction, params, cond, y):
   """(E (B,), dE/dy (B, D)): ``jax.value_and_grad`` of the summed energy given ``cond``.
 
   Summing is exact per sample: each E_i depends on y_i only, so a sample's score
   does not depend on the batch it sits in (no division by the batch size).
   """
-  module = energy_fn.module
-  gram = gram_lib.pays(y.shape[0], module.hidden, module.out_dim, energy_fn.calls_per_params)
+  gram = uses_gram(energy_fn, y.shape[0])
 
   def total(y_):
     e = energy_fn.energy_given(params, cond, y_, gram)[:, 0]

@@ -1,35 +1,69 @@
-"""Config validation and the ablation stages' presets.
+"""The mining strategies' registry, config validation, and saved configs read back.
 
+``STRATEGY_REGISTRY`` is the one home of what each strategy trains and which
+switches define it; ``apply_strategy`` and ``validate`` read it.
 ``validate(config, defaults)`` runs before anything is compiled or written and
 raises ``ConfigError`` naming the bad field and what it may be.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import math
 import re
+from typing import Mapping, Optional
 
 from ired_cd import model, tasks
 
-STRATEGIES = ("none", "nce_random", "ired", "cd_langevin", "cd_langevin_replay", "cd_full")
-CD_STRATEGIES = ("cd_langevin", "cd_langevin_replay", "cd_full")
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """A mining strategy: the energy term it adds to the denoising loss, and its switches.
+
+  energy_term: None (denoising only), ``nce`` (the original's NCE on 3x-noise
+  negatives) or ``cd`` (guide sections A-F). descent: the NCE negatives take
+  ``ired_descent_steps`` steps of energy descent. stage: the guide's stage
+  switches (q202, q203, q204) that ``apply_strategy`` sets.
+  """
+
+  energy_term: Optional[str] = None
+  descent: bool = False
+  stage: Mapping[str, bool] = dataclasses.field(default_factory=dict)
+
+
+def _stage(replay: bool, full: bool) -> dict:
+  return dict(use_replay_buffer=replay, use_residual_filter=full, use_energy_schedule=full,
+              use_timestep_range=full)
+
+
+STRATEGY_REGISTRY = {
+    "none": Strategy(),
+    "nce_random": Strategy("nce"),
+    "ired": Strategy("nce", descent=True),
+    "cd_langevin": Strategy("cd", stage=_stage(replay=False, full=False)),
+    "cd_langevin_replay": Strategy("cd", stage=_stage(replay=True, full=False)),
+    "cd_full": Strategy("cd", stage=_stage(replay=True, full=True)),
+}
+STRATEGIES = tuple(STRATEGY_REGISTRY)
+CD_STRATEGIES = tuple(n for n, s in STRATEGY_REGISTRY.items() if s.energy_term == "cd")
+
+# The switches of an energy term, each with its value when off: a strategy without
+# that term reads none of them, so validate refuses them on and apply_strategy
+# turns them off.
+ENERGY_SWITCHES = dict(energy_reg_weight=0.0, log_grad_conflict=False)  # nce and cd
+CD_SWITCHES = dict(
+    use_replay_buffer=False, use_residual_filter=False, use_energy_schedule=False,
+    use_timestep_range=False, replay_store_condition=False, langevin_grad_clip=0.0,
+    cd_loss="linear", cd_margin=0.0, cd_negatives="chain", energy_grad_surgery="none",
+    energy_grad_max_ratio=0.0)
+
 REPLAY_MIXING = ("sample", "batch")
 CD_LOSSES = ("linear", "logistic")
 CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
-
-# The switches each CD stage of the guide turns on (q202, q203, q204).
-STAGE_PRESETS = {
-    "cd_langevin": dict(use_replay_buffer=False, use_residual_filter=False,
-                        use_energy_schedule=False, use_timestep_range=False),
-    "cd_langevin_replay": dict(use_replay_buffer=True, use_residual_filter=False,
-                               use_energy_schedule=False, use_timestep_range=False),
-    "cd_full": dict(use_replay_buffer=True, use_residual_filter=True,
-                    use_energy_schedule=True, use_timestep_range=True),
-}
 
 
 # Fields added after runs were first written, with the value that reproduces
@@ -37,25 +71,41 @@ STAGE_PRESETS = {
 ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
-                "learning_rate_decay_steps": 100_000}
-
-
-def with_added_fields(saved: dict) -> dict:
-  """A saved config.json's dict with the ``ADDED_FIELDS`` it predates filled in."""
-  return {**ADDED_FIELDS, **saved}
+                "learning_rate_decay_steps": 100_000, "last_layer": "auto"}
 
 
 class ConfigError(ValueError):
   """A config field with a value it may not take."""
 
 
+def ignored_switches(strategy: str) -> dict:
+  """{switch: off value} of every switch that ``strategy``'s energy term does not read."""
+  term = STRATEGY_REGISTRY[strategy].energy_term
+  return {**(CD_SWITCHES if term != "cd" else {}),
+          **(ENERGY_SWITCHES if term is None else {})}
+
+
+def from_saved(saved: dict) -> dict:
+  """A saved config.json's dict in the current fields.
+
+  The ``ADDED_FIELDS`` it predates are filled in, and the switches its strategy
+  ignores are read as off: runs written before validate refused them carry them
+  on where the loss never read them (the ablation derives every strategy from one
+  config), and off they describe the same run.
+  """
+  config = {**ADDED_FIELDS, **saved}
+  if config.get("mining_strategy") in STRATEGY_REGISTRY:
+    config.update(ignored_switches(config["mining_strategy"]))
+  return config
+
+
 def apply_strategy(config, strategy: str):
-  """Sets ``mining_strategy`` and, for a CD stage, the switches of that stage."""
-  if strategy not in STRATEGIES:
+  """Sets ``mining_strategy``, turns off the switches it ignores and sets its stage's."""
+  if strategy not in STRATEGY_REGISTRY:
     raise ConfigError(f"mining_strategy must be one of {STRATEGIES}, got {strategy!r}")
   config.mining_strategy = strategy
-  for key, value in STAGE_PRESETS.get(strategy, {}).items():
-    setattr(config, key, value)
+  config.update(ignored_switches(strategy))
+  config.update(STRATEGY_REGISTRY[strategy].stage)
   return config
 
 
@@ -91,6 +141,8 @@ def validate(config, defaults=None):
   _check(c.task in tasks.TASK_NAMES, "task", f"must be one of {tasks.TASK_NAMES}, got {c.task!r}")
   _check(c.matmul_dtype in model.MATMUL_DTYPES, "matmul_dtype",
          f"must be one of {model.MATMUL_DTYPES}, got {c.matmul_dtype!r}")
+  _check(c.last_layer in model.LAST_LAYERS, "last_layer",
+         f"must be one of {model.LAST_LAYERS}, got {c.last_layer!r}")
   for field in ("rank", "batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",
@@ -132,23 +184,28 @@ def validate(config, defaults=None):
          f"{c.cd_margin} with cd_loss={c.cd_loss!r}")
 
   strategy = c.mining_strategy
-  if strategy in CD_STRATEGIES:
+  term = STRATEGY_REGISTRY[strategy].energy_term
+  for field, off in ignored_switches(strategy).items():
+    readers = "the CD strategies" if field in CD_SWITCHES else "the strategies with an energy term"
+    _check(c[field] == off, field, f"mining_strategy={strategy!r} does not read it (only "
+           f"{readers} do): must be {off!r} for {strategy}, got {c[field]!r}")
+  if term == "cd":
     for field in ("use_langevin", "use_cd_loss"):
       _check(c[field], field, f"must be True for {strategy} (it defines the CD strategies); "
              "for negatives without a Langevin chain use mining_strategy='nce_random'")
     _check(c.mining_opt_steps >= 1, "mining_opt_steps",
            f"must be >= 1 for {strategy}, got {c.mining_opt_steps}")
-    preset = STAGE_PRESETS[strategy]
+    preset = STRATEGY_REGISTRY[strategy].stage
     differ = {k: c[k] for k, v in preset.items() if c[k] != v}
     if differ:
       logging.warning("%s with switches %s that differ from the stage's preset %s: "
                       "running as configured.", strategy, differ, preset)
-  if strategy in CD_STRATEGIES and c.use_replay_buffer:
+  if c.use_replay_buffer:
     _check(0.0 <= c.replay_sample_prob <= 1.0, "replay_sample_prob",
            f"must lie in [0, 1], got {c.replay_sample_prob}")
     _check(c.replay_mixing in REPLAY_MIXING, "replay_mixing",
            f"must be one of {REPLAY_MIXING}, got {c.replay_mixing!r}")
-  if strategy in CD_STRATEGIES and c.use_residual_filter:
+  if c.use_residual_filter:
     has_oracle = tasks.get_task(c.task, c.rank).residual is not None
     _check(has_oracle, "use_residual_filter",
            f"task {c.task!r} has no oracle residual; the filter needs one of "
@@ -158,10 +215,10 @@ def validate(config, defaults=None):
              f"must lie in [0, 1], got {c.residual_filter_quantile}")
     else:
       _check(c.residual_tau >= 0, "residual_tau", f"must be >= 0 or None, got {c.residual_tau}")
-  if strategy in CD_STRATEGIES and c.use_energy_schedule:
+  if c.use_energy_schedule:
     _check(c.energy_loss_warmup_steps >= 1, "energy_loss_warmup_steps",
            f"must be >= 1 with use_energy_schedule, got {c.energy_loss_warmup_steps}")
-  if strategy in CD_STRATEGIES and c.use_timestep_range:
+  if c.use_timestep_range:
     bounds = tuple(c.energy_loss_timestep_range)
     _check(len(bounds) == 2 and 0.0 <= bounds[0] <= bounds[1] <= 1.0,
            "energy_loss_timestep_range",

@@ -1,5 +1,8 @@
 """Training losses of every mining strategy, as one pure function of (params, batch, key).
 
+Each strategy's energy term, descent and stage switches are its entry in
+``schema.STRATEGY_REGISTRY``:
+
   none               denoising MSE only: mean((dE/dy(inp, x_t, t) - eps)^2)
   nce_random         + the original NCE on random negatives q_sample(x0, t, 3 eps')
   ired               + 2 energy-descent steps on those negatives (the paper)
@@ -54,59 +57,61 @@ from ired_cd import schema
 from ired_cd import langevin, replay
 from ired_cd import model as model_lib
 from ired_cd.descent import energy_descent
-from ired_cd.diffusion import Schedule, take
+from ired_cd.diffusion import Schedule, clip_answer, take
 
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-  """The static (Python) settings the loss of one strategy reads: config keys, same names."""
+  """The static (Python) settings the loss of one strategy reads, built from a validated
+  config by ``from_config``: the config keys of the same names, except
+  ``energy_loss_timesteps``."""
 
   mining_strategy: str
-  mining_noise_scale: float = 1.5  # CD chain start q_sample(x0, t, scale eps)
-  mining_opt_steps: int = 10
-  langevin_sigma_multiplier: float = 1.0
-  langevin_grad_clip: Optional[float] = None
-  energy_loss_weight: float = 0.05
-  energy_reg_weight: float = 0.0
-  use_replay_buffer: bool = False
-  replay_sample_prob: float = 0.95
-  replay_mixing: str = "sample"
-  replay_store_condition: bool = False
-  use_residual_filter: bool = False
-  residual_filter_quantile: float = 0.3
-  residual_tau: Optional[float] = None
-  use_energy_schedule: bool = False
-  energy_loss_warmup_steps: int = 20_000
-  energy_loss_max_weight: float = 0.05
-  energy_loss_timestep_range: Optional[tuple] = None  # inclusive integer (tmin, tmax)
-  cd_loss: str = "linear"  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg + margin)
-  cd_margin: float = 0.0
-  cd_negatives: str = "chain"  # chain: x_t-space chain output | renoised | denoised: module doc
-  energy_grad_surgery: str = "none"  # none | project (train.combine_gradients)
-  energy_grad_max_ratio: float = 0.0  # > 0: cap ||g_energy|| at this times ||g_denoise||
-  log_grad_conflict: bool = False  # log both gradients' norms and cosine
-  ired_noise_scale: float = 3.0
-  ired_descent_steps: int = 2
-  nce_loss_weight: float = 0.5
+  mining_noise_scale: float  # CD chain start q_sample(x0, t, scale eps)
+  mining_opt_steps: int
+  langevin_sigma_multiplier: float
+  langevin_grad_clip: Optional[float]  # None: no clip (the config's 0)
+  energy_loss_weight: float
+  energy_reg_weight: float
+  use_replay_buffer: bool
+  replay_sample_prob: float
+  replay_mixing: str
+  replay_store_condition: bool
+  use_residual_filter: bool
+  residual_filter_quantile: float
+  residual_tau: Optional[float]
+  use_energy_schedule: bool
+  energy_loss_warmup_steps: int
+  energy_loss_max_weight: float
+  # Inclusive integer (tmin, tmax) of the config's fractions energy_loss_timestep_range,
+  # None without use_timestep_range.
+  energy_loss_timesteps: Optional[tuple]
+  cd_loss: str  # linear: E_pos - E_neg | logistic: softplus(E_pos - E_neg + margin)
+  cd_margin: float
+  cd_negatives: str  # chain: x_t-space chain output | renoised | denoised: module doc
+  energy_grad_surgery: str  # none | project (train.combine_gradients)
+  energy_grad_max_ratio: float  # > 0: cap ||g_energy|| at this times ||g_denoise||
+  log_grad_conflict: bool  # log both gradients' norms and cosine
+  ired_noise_scale: float
+  ired_descent_steps: int
+  nce_loss_weight: float
 
   @classmethod
   def from_config(cls, c) -> "LossSettings":
-    """Every field from the config key of the same name; the CD stage switches, the
-    timestep range and the gradient surgery only for CD strategies, descent only for ired."""
-    cd = c.mining_strategy in schema.CD_STRATEGIES
-    settings = {field.name: c[field.name] for field in dataclasses.fields(cls)}
+    """From a config that ``schema.validate`` accepts (the switches its strategy ignores off)."""
+    settings = {field.name: c[field.name] for field in dataclasses.fields(cls)
+                if field.name != "energy_loss_timesteps"}
     settings.update(
         langevin_grad_clip=c.langevin_grad_clip or None,
-        use_replay_buffer=cd and c.use_replay_buffer,
-        use_residual_filter=cd and c.use_residual_filter,
-        use_energy_schedule=cd and c.use_energy_schedule,
-        energy_loss_timestep_range=(
+        energy_loss_timesteps=(
             schema.timestep_range(c.energy_loss_timestep_range, c.diffusion_steps)
-            if cd and c.use_timestep_range else None),
-        energy_grad_surgery=c.energy_grad_surgery if cd else "none",
-        energy_grad_max_ratio=c.energy_grad_max_ratio if cd else 0.0,
-        ired_descent_steps=c.ired_descent_steps if c.mining_strategy == "ired" else 0)
+            if c.use_timestep_range else None))
     return cls(**settings)
+
+  @property
+  def strategy(self) -> schema.Strategy:
+    """The registry's entry of ``mining_strategy``."""
+    return schema.STRATEGY_REGISTRY[self.mining_strategy]
 
 
 def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps, cond=None):
@@ -133,9 +138,9 @@ def energy_weight(settings: LossSettings, step):
 
 def timestep_mask(settings: LossSettings, t):
   """1.0 where tmin <= t <= tmax (the guide's integer range), else 0.  (B,)."""
-  if settings.energy_loss_timestep_range is None:
+  if settings.energy_loss_timesteps is None:
     return jnp.ones(t.shape, jnp.float32)
-  lo, hi = settings.energy_loss_timestep_range
+  lo, hi = settings.energy_loss_timesteps
   return ((t >= lo) & (t <= hi)).astype(jnp.float32)
 
 
@@ -182,7 +187,7 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
   eps = jax.random.normal(key, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps)
   x_neg = schedule.q_sample(x0, t, settings.ired_noise_scale * eps)
-  if settings.ired_descent_steps:
+  if settings.strategy.descent:
     x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.ired_descent_steps,
                            take(schedule.opt_step_size, t), schedule.clamp_bound(t), cond)
   x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
@@ -235,7 +240,7 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
   if settings.cd_negatives == "denoised":
     score = model_lib.conditioned_score(energy_fn, jax.lax.stop_gradient(params),
                                         jax.lax.stop_gradient(chain_cond), x_neg)
-    answer = jnp.clip(schedule.predict_start_from_noise(x_neg, t, score), -2.0, 2.0)
+    answer = clip_answer(schedule.predict_start_from_noise(x_neg, t, score))
   x_compare = x_neg
   if settings.cd_negatives != "chain":
     x_compare = schedule.q_sample(answer, t, eps_pos)
@@ -275,17 +280,17 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
     eps = jax.random.normal(k_eps, x0.shape)
     cond = energy_fn.condition(params, inp, t)  # shared by the score and the descent or chain
     loss_mse, pred, x_t = denoising_loss(energy_fn, params, schedule, inp, x0, t, eps, cond)
-    x0_hat = jnp.clip(schedule.predict_start_from_noise(x_t, t, pred), -2.0, 2.0)
+    x0_hat = clip_answer(schedule.predict_start_from_noise(x_t, t, pred))
     metrics = dict(
         loss_mse=jnp.mean(loss_mse),
         score_norm=jnp.mean(jnp.linalg.norm(pred, axis=-1)),
         pred_norm=jnp.mean(jnp.linalg.norm(x0_hat, axis=-1)),
         target_norm=jnp.mean(jnp.linalg.norm(x0, axis=-1)),
     )
-    if settings.mining_strategy == "none":
+    if settings.strategy.energy_term is None:
       loss = jnp.mean(loss_mse)
       return loss, (dict(metrics, loss=loss), buffer)
-    if settings.mining_strategy in ("ired", "nce_random"):
+    if settings.strategy.energy_term == "nce":
       energy_loss, weight, extra = _nce_energy_loss(
           energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg, energy_params)
     else:

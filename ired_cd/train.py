@@ -3,8 +3,8 @@
 ``train_step(state) -> (state, metrics)`` is one XLA computation with the state
 donated: it draws the batch on device, draws negatives, computes the loss,
 updates params (clip_by_global_norm then Adam), the EMA and the replay buffer.
-``train_steps(state, n)`` runs n of them in a lax.scan so the host is touched
-once per n steps (metrics are averaged over the n steps).
+``make_multi_step(setup, n)`` runs n of them in a lax.scan so the host is
+touched once per n steps (metrics are averaged over the n steps).
 """
 
 from __future__ import annotations
@@ -75,11 +75,12 @@ def learning_rate_schedule(config):
 
 
 def build_setup(config) -> Setup:
-  """Validates nothing (call config.validate first); builds the static pieces."""
+  """Validates nothing (call schema.validate first); builds the static pieces."""
   task = tasks.get_task(config.task, config.rank)
   model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
                     emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
-                    inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype)
+                    inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype,
+                    last_layer=config.last_layer)
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2))
@@ -156,7 +157,7 @@ def make_train_step(setup: Setup, mesh=None) -> Callable:
   loss_fn = strategies.make_loss_fn(setup.energy_fn, setup.schedule, setup.loss_settings,
                                     setup.task.residual)
   settings = setup.loss_settings
-  split = settings.mining_strategy != "none" and (
+  split = settings.strategy.energy_term is not None and (
       settings.energy_grad_surgery != "none" or settings.energy_grad_max_ratio > 0
       or settings.log_grad_conflict)
   if split:  # d/d(params, energy_params) at the same values: (denoising, energy) parts

@@ -2,11 +2,13 @@
 
 import importlib
 import json
+import pathlib
+import shutil
 
 import pytest
 
 from configs import base
-from ired_cd import schema
+from ired_cd import loop, schema
 from ired_cd.schema import ConfigError
 
 SHIPPED = ("q202", "q203", "q204", "cd_stable", "none", "nce_random", "ired")
@@ -65,6 +67,19 @@ BAD = [
      r"matmul_dtype: must be one of \('float32', 'bfloat16'\), got 'float16'"),
     ("replay_prob_above_1", "q203", _set(replay_sample_prob=1.2),
      r"replay_sample_prob: must lie in \[0, 1\]"),
+    ("bad_last_layer", "q204", _set(last_layer="fast"),
+     r"last_layer: must be one of \('auto', 'gram', 'plain'\), got 'fast'"),
+    # A switch the strategy would ignore (schema.CD_SWITCHES, schema.ENERGY_SWITCHES).
+    ("filter_on_ired", "ired", _set(use_residual_filter=True),
+     r"^config\.use_residual_filter: mining_strategy='ired' does not read it \(only the CD "
+     r"strategies do\): must be False for ired, got True$"),
+    ("replay_on_nce_random", "nce_random", _set(use_replay_buffer=True),
+     r"use_replay_buffer: mining_strategy='nce_random' does not read it.*must be False"),
+    ("logistic_on_none", "none", _set(cd_loss="logistic"),
+     r"cd_loss: mining_strategy='none' does not read it.*must be 'linear' for none"),
+    ("regulariser_on_none", "none", _set(energy_reg_weight=0.1),
+     r"energy_reg_weight: mining_strategy='none' does not read it \(only the strategies with "
+     r"an energy term do\): must be 0\.0 for none, got 0\.1"),
 ]
 
 
@@ -97,14 +112,14 @@ def test_config_errors_reach_value_error_handlers():
 
 
 def test_rules_apply_only_where_they_matter():
-  """The filter quantile is not checked when a fixed tau is set, nor the filter on non-CD runs."""
+  """The filter quantile is not checked when a fixed tau is set, nor the filter's oracle
+  without the filter."""
   c = _config("q204")
   c.residual_filter_quantile = 1.5
   c.residual_tau = 0.5
   _validate(c)
-  c = _config("ired")
-  c.task = "lowrank"
-  c.use_residual_filter = True  # ired never filters
+  c = _config("q204")
+  c.task, c.use_residual_filter = "lowrank", False
   _validate(c)
   c = _config("q204")
   c.residual_tau = -1.0
@@ -118,7 +133,8 @@ def test_shipped_configs_validate(name, arg):
   """Every shipped config validates, plain and with the cpu / cpu20k / tiny variants."""
   c = importlib.import_module(f"configs.{name}").get_config(arg)
   assert _validate(c) is c
-  assert set(c.keys()) == set(base.get_config().keys())
+  stage = schema.STRATEGY_REGISTRY[c.mining_strategy].stage
+  assert {k: c[k] for k in stage} == stage  # the configs take the stage from the registry
   if arg == "tiny":
     assert c.rank == 4 and c.batch_size == 32
   elif arg in ("cpu", "cpu20k"):
@@ -134,12 +150,25 @@ def test_unknown_variant_raises():
 
 
 def test_apply_strategy_sets_stage_switches():
-  """apply_strategy turns on exactly the switches of each CD stage."""
-  for strategy, preset in schema.STAGE_PRESETS.items():
-    c = schema.apply_strategy(base.get_config("tiny"), strategy)
-    assert c.mining_strategy == strategy
-    assert {k: c[k] for k in preset} == preset
+  """From a config with every switch on, apply_strategy sets the stage's switches, turns off
+  those the strategy ignores and keeps those it reads, and the result validates."""
+  on = dict(use_replay_buffer=True, use_residual_filter=True, use_energy_schedule=True,
+            use_timestep_range=True, replay_store_condition=True, langevin_grad_clip=1.0,
+            cd_loss="logistic", cd_margin=1.0, cd_negatives="denoised",
+            energy_grad_surgery="project", energy_grad_max_ratio=2.0, energy_reg_weight=0.1,
+            log_grad_conflict=True)
+  assert set(on) == set(schema.CD_SWITCHES) | set(schema.ENERGY_SWITCHES)
+  for strategy, spec in schema.STRATEGY_REGISTRY.items():
+    c = base.get_config("tiny")
+    c.update(on)
+    schema.apply_strategy(c, strategy)
     _validate(c)
+    assert c.mining_strategy == strategy
+    ignored = schema.ignored_switches(strategy)
+    assert bool(ignored) == (spec.energy_term != "cd")
+    for field in on:
+      want = spec.stage.get(field, ignored.get(field, on[field]))
+      assert c[field] == want, (strategy, field)
 
 
 # The guide's JSON files, verbatim (ired-cd-guide.md, "Updated Config Files").
@@ -276,3 +305,36 @@ def test_variants_combine_in_order():
   assert (c.cd_loss, c.cd_negatives, c.energy_grad_surgery) == ("linear", "chain", "none")
   with pytest.raises(ValueError, match=r"'cpu,huge'"):
     base.get_config("cpu,huge")
+
+
+# config.json files written by commit 3321ceb: ablate_<strategy> by the ablation from
+# configs/q204.py:tiny (the baselines with the CD switches on, which that code ignored),
+# configs_<strategy> from configs/<strategy>.py:tiny. None has last_layer.
+OLD_RUNS = pathlib.Path(__file__).parent / "fixtures" / "config_3321ceb"
+
+
+def _todays_config(name):
+  """The config that the run saved as ``name`` is given by today's code."""
+  source, strategy = name.split("_", 1)
+  if source == "ablate":
+    return base.run_config(importlib.import_module("configs.q204").get_config("tiny"), strategy)
+  return base.run_config(importlib.import_module(f"configs.{strategy}").get_config("tiny"))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in OLD_RUNS.iterdir()))
+def test_runs_saved_by_older_code_still_resume(name, tmp_path):
+  """An old config.json reads as today's config of the same run (schema.from_saved): the
+  ablation finds the run finished, a resume accepts its workdir, and the loaded config
+  validates and equals today's."""
+  saved = json.loads((OLD_RUNS / name / "config.json").read_text())
+  assert "last_layer" not in saved
+  config = _todays_config(name)
+  shutil.copy(OLD_RUNS / name / "config.json", tmp_path / "config.json")
+  (tmp_path / "summary.json").write_text(
+      json.dumps({"status": "completed", "steps": config.train_steps}))
+  assert loop.holds_outcome(config, str(tmp_path))
+  loop.check_workdir(config, str(tmp_path))
+  loaded = _validate(loop.load_config(str(tmp_path)))
+  assert loaded.to_dict() == config.to_dict()
+  config.seed = 1  # a field that changes the run still tells them apart
+  assert not loop.holds_outcome(config, str(tmp_path))

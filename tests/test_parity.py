@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import q204
 from ired_cd import descent, langevin, model, replay, sampler, strategies, tasks, train
 from ired_cd.diffusion import take
 from ired_cd.model import EnergyMLP
@@ -122,8 +123,9 @@ def test_cd_loss_pieces(golden_params, energy_fn, schedule):
   assert_close(jnp.quantile(jnp.asarray(g["residual"]), 0.3), g["quantile_0_3"])
   keep = strategies.residual_keep(jnp.asarray(g["residual"]), 0.3, None)
   np.testing.assert_array_equal(keep, g["keep"])
-  settings = strategies.LossSettings("cd_full", energy_loss_timestep_range=(1, 7), use_energy_schedule=True,
-                                     energy_loss_warmup_steps=20000, energy_loss_max_weight=0.05)
+  settings = strategies.LossSettings.from_config(q204.get_config())  # range (1, 7), warm-up 20k
+  assert (settings.energy_loss_timesteps, settings.energy_loss_warmup_steps,
+          settings.energy_loss_max_weight) == ((1, 7), 20_000, 0.05)
   mask = strategies.timestep_mask(settings, t)
   np.testing.assert_array_equal(mask, g["timestep_mask"])
   loss = strategies.cd_loss_terms(e_pos, e_neg) * keep * mask

@@ -1,6 +1,6 @@
-"""Loss pieces of the mining strategies: filter, mask, warm-up, regulariser, replay mixing."""
+"""Loss pieces of the mining strategies: filter, mask, warm-up, regulariser, replay mixing,
+through ``make_loss_fn``'s metrics where they act inside the loss."""
 
-import dataclasses
 import functools
 
 import jax
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import base, q202, q204
+from configs import q202, q204
 from ired_cd import replay, strategies, train
 from tests import _tiny
 
@@ -40,19 +40,21 @@ def _small_setup(b, seed=0):
   return fn, params, jax.random.normal(k1, (b, D)), 0.5 * jax.random.normal(k2, (b, D))
 
 
-@functools.partial(jax.jit, static_argnames=("settings", "residual_fn"))
-def _cd_jit(params, inp, x0, t, key, buffer, settings, residual_fn):
-  fn = _tiny.small_energy()[0]
-  return strategies._cd_energy_loss(fn, params, _tiny.schedule(), settings, residual_fn, inp,
-                                    fn.condition(params, inp, t), x0, t, key, jnp.int32(0),
-                                    buffer)
+@functools.lru_cache(maxsize=None)
+def _jitted_loss(settings, residual_fn):
+  return jax.jit(strategies.make_loss_fn(_tiny.small_energy()[0], _tiny.schedule(), settings,
+                                         residual_fn))
 
 
-def _cd_loss(settings, t, residual_fn=None, buffer=None, inp=None):
-  """Per-sample CD loss, weight, metrics and buffer of ``_cd_energy_loss`` at the given t."""
-  _, params, inp_, x0 = _small_setup(t.shape[0])
-  inp = inp_ if inp is None else inp
-  return _cd_jit(params, inp, x0, t, jax.random.PRNGKey(1), buffer, settings, residual_fn)
+def _loss_metrics(strategy, batch, residual_fn=None, buffer=None, inp=None, **overrides):
+  """(metrics, buffer) of ``make_loss_fn`` for the tiny config of ``strategy`` with
+  ``overrides`` (a 2-step chain), on the small model and a fixed batch and key."""
+  c = _tiny.tiny_config(strategy, **{"mining_opt_steps": 2, **overrides})
+  _, params, inp_, x0 = _small_setup(batch)
+  loss_fn = _jitted_loss(strategies.LossSettings.from_config(c), residual_fn)
+  _, (metrics, buffer) = loss_fn(params, inp_ if inp is None else inp, x0,
+                                 jax.random.PRNGKey(1), jnp.int32(0), buffer)
+  return metrics, buffer
 
 
 def _ramp_residual(inp, x):
@@ -61,49 +63,70 @@ def _ramp_residual(inp, x):
   return jnp.arange(inp.shape[0], dtype=jnp.float32)
 
 
+def _reversed_ramp_residual(inp, x):
+  """Residual B-1-i for sample i."""
+  return inp.shape[0] - 1 - _ramp_residual(inp, x)
+
+
+# cd_full with only the filter or only the range on; the linear CD loss per sample is then
+# E_pos - E_neg, filtered or masked, and its batch mean is loss_energy.
+_ONLY_FILTER = dict(use_replay_buffer=False, use_energy_schedule=False, use_timestep_range=False)
+_ONLY_RANGE = dict(use_replay_buffer=False, use_energy_schedule=False, use_residual_filter=False)
+
+
 def test_filter_in_the_loss_zeroes_exactly_the_low_residual_samples():
-  """In the CD loss the filter zeroes the samples with residual < tau and leaves the rest as is."""
-  t = jnp.full((10,), 4, jnp.int32)
-  by_quantile = strategies.LossSettings("cd_full", mining_opt_steps=2, use_residual_filter=True)
-  loss_tau, _, metrics, _ = _cd_loss(dataclasses.replace(by_quantile, residual_tau=3.5), t,
-                                     _ramp_residual)
-  loss_tau = np.asarray(loss_tau)
-  np.testing.assert_array_equal(loss_tau[:4], 0.0)
-  assert np.all(loss_tau[4:] != 0.0)
-  np.testing.assert_allclose(metrics["filter_keep"], 0.6)
-  loss_q, _, metrics_q, _ = _cd_loss(by_quantile, t, _ramp_residual)  # quantile 0.3 -> 2.7
-  loss_q = np.asarray(loss_q)
-  np.testing.assert_array_equal(loss_q[:3], 0.0)
-  assert loss_q[3] != 0.0
-  np.testing.assert_array_equal(loss_q[4:], loss_tau[4:])
-  np.testing.assert_allclose(metrics_q["filter_keep"], 0.7)
+  """Through make_loss_fn: keeping samples 4..9 (residual >= 3.5) and, with the residuals
+  reversed, samples 0..3 splits the unfiltered loss in two (dropped samples count 0, kept ones
+  in full); the pair's energies do not depend on the filter; the quantile 0.3 keeps 7 of 10."""
+  high, _ = _loss_metrics("cd_full", 10, _ramp_residual, residual_tau=3.5, **_ONLY_FILTER)
+  low, _ = _loss_metrics("cd_full", 10, _reversed_ramp_residual, residual_tau=5.5,
+                         **_ONLY_FILTER)
+  np.testing.assert_allclose([high["filter_keep"], low["filter_keep"]], [0.6, 0.4])
+  for key in ("energy_pos", "energy_neg"):
+    np.testing.assert_allclose(high[key], low[key], rtol=1e-6)
+  unfiltered = high["energy_pos"] - high["energy_neg"]
+  assert abs(float(high["loss_energy"])) > 1e-3 * abs(float(unfiltered))
+  np.testing.assert_allclose(high["loss_energy"] + low["loss_energy"], unfiltered,
+                             rtol=1e-5, atol=1e-6 * abs(float(high["energy_pos"])))
+  by_quantile, _ = _loss_metrics("cd_full", 10, _ramp_residual, **_ONLY_FILTER)
+  np.testing.assert_allclose(by_quantile["filter_keep"], 0.7)
 
 
 # ------------------------------------------------------------------ timestep mask
 def test_timestep_mask_range_0_2_to_0_8():
   """(0.2, 0.8) with T=10 is t in 1..7, both ends included."""
   settings = strategies.LossSettings.from_config(q204.get_config())
-  assert settings.energy_loss_timestep_range == (1, 7)
+  assert settings.energy_loss_timesteps == (1, 7)
   mask = strategies.timestep_mask(settings, jnp.arange(10))
   np.testing.assert_array_equal(mask, [0, 1, 1, 1, 1, 1, 1, 1, 0, 0])
   off = strategies.LossSettings.from_config(q202.get_config())
-  assert off.energy_loss_timestep_range is None
+  assert off.energy_loss_timesteps is None
   np.testing.assert_array_equal(strategies.timestep_mask(off, jnp.arange(10)), np.ones(10))
 
 
 def test_mask_and_regulariser_on_per_sample_loss():
-  """alpha (E_pos^2 + E_neg^2) is added per sample before the mask: masked t contribute 0."""
-  t = jnp.arange(10, dtype=jnp.int32)
-  plain, _, metrics, _ = _cd_loss(strategies.LossSettings("cd_langevin", mining_opt_steps=2), t)
-  masked, _, _, _ = _cd_loss(strategies.LossSettings(
-      "cd_full", mining_opt_steps=2, energy_loss_timestep_range=(1, 7), energy_reg_weight=0.5), t)
-  plain, masked = np.asarray(plain), np.asarray(masked)
-  np.testing.assert_allclose(np.mean(plain), metrics["energy_pos"] - metrics["energy_neg"],
-                             rtol=1e-5, atol=1e-7)
-  np.testing.assert_array_equal(masked[[0, 8, 9]], 0.0)
-  squares = (masked[1:8] - plain[1:8]) / 0.5  # E_pos^2 + E_neg^2 >= (E_pos - E_neg)^2 / 2
-  assert np.all(squares > 0)
-  assert np.all(squares >= 0.5 * plain[1:8] ** 2 * (1 - 1e-4))
+  """Through make_loss_fn: the ranges (0, 0.4) and (0.5, 1) (t in 0..3 and 4..9) split the
+  unmasked loss in two, so the mask zeroes exactly the samples outside its range, after
+  alpha (E_pos^2 + E_neg^2) was added per sample: the regulariser adds at least
+  alpha (mean E_pos^2 + mean E_neg^2) >= alpha (energy_pos^2 + energy_neg^2)."""
+  alpha = 0.5
+  full, _ = _loss_metrics("cd_full", 32, energy_reg_weight=alpha, use_timestep_range=False,
+                          **_ONLY_RANGE)
+  early, _ = _loss_metrics("cd_full", 32, energy_reg_weight=alpha,
+                           energy_loss_timestep_range=(0.0, 0.4), **_ONLY_RANGE)
+  late, _ = _loss_metrics("cd_full", 32, energy_reg_weight=alpha,
+                          energy_loss_timestep_range=(0.5, 1.0), **_ONLY_RANGE)
+  plain, _ = _loss_metrics("cd_langevin", 32)
+  scale = abs(float(full["loss_energy"]))
+  assert 0 < abs(float(early["loss_energy"])) and 0 < abs(float(late["loss_energy"]))
+  np.testing.assert_allclose(early["loss_energy"] + late["loss_energy"], full["loss_energy"],
+                             rtol=1e-5, atol=1e-6 * scale)
+  np.testing.assert_allclose(plain["loss_energy"], plain["energy_pos"] - plain["energy_neg"],
+                             rtol=1e-5, atol=1e-6 * abs(float(plain["energy_pos"])))
+  for key in ("energy_pos", "energy_neg"):
+    np.testing.assert_allclose(full[key], plain[key], rtol=1e-6)
+  added = float(full["loss_energy"] - plain["loss_energy"])
+  assert added >= alpha * float(plain["energy_pos"] ** 2 + plain["energy_neg"] ** 2) * (1 - 1e-4)
 
 
 # ------------------------------------------------------------------ warm-up
@@ -146,51 +169,56 @@ def test_cd_loss_terms_regulariser():
 
 # ------------------------------------------------------------------ replay mixing
 MARK = 7.0  # conditions of every stored negative
+PREFILL = 4  # negatives stored in each bucket before the step
 
 
 def _buffer(empty_t=5):
-  """Buffer with conditions; every bucket full (MARK conditions) except that of ``empty_t``."""
-  buf = replay.create_sharded(1, _tiny.T, 16, 4, D, condition_dim=D)
-  t = jnp.asarray([s for s in range(_tiny.T) if s != empty_t for _ in range(4)], jnp.int32)
+  """Buffer with conditions; PREFILL MARK-conditioned negatives in every bucket except that of
+  ``empty_t``; room for 60 more in each."""
+  buf = replay.create_sharded(1, _tiny.T, 16, PREFILL + 60, D, condition_dim=D)
+  t = jnp.asarray([s for s in range(_tiny.T) if s != empty_t for _ in range(PREFILL)],
+                  jnp.int32)
   return replay.add_sharded(buf, jnp.full((t.shape[0], D), 0.3), t,
                             jnp.full((t.shape[0], D), MARK))
 
 
 def _mixing(mode, empty_t=5):
-  """Runs the CD loss at t = 0..9 twice over with stored conditions; inputs 100 + i."""
-  t = jnp.tile(jnp.arange(_tiny.T, dtype=jnp.int32), 2)
-  inp = jnp.broadcast_to(100.0 + jnp.arange(20.0)[:, None], (20, D))
-  settings = strategies.LossSettings("cd_langevin_replay", mining_opt_steps=1, use_replay_buffer=True,
-                                     replay_sample_prob=1.0, replay_mixing=mode,
-                                     replay_store_condition=True)
-  _, _, metrics, buf = _cd_loss(settings, t, buffer=_buffer(empty_t), inp=inp)
-  return float(metrics["replay_use"]), jax.tree_util.tree_map(lambda a: a[0], buf)  # 1 shard
+  """One CD loss on 40 samples (inputs 100 + i) with stored conditions and replay
+  probability 1. Returns replay_use, the buffer (1 shard) and, per timestep, the conditions
+  the step wrote: MARK where a replayed negative kept its stored input, else >= 100."""
+  inp = jnp.broadcast_to(100.0 + jnp.arange(40.0)[:, None], (40, D))
+  metrics, buf = _loss_metrics("cd_langevin_replay", 40, buffer=_buffer(empty_t), inp=inp,
+                               mining_opt_steps=1, replay_sample_prob=1.0, replay_mixing=mode,
+                               replay_store_condition=True)
+  buf = jax.tree_util.tree_map(lambda a: a[0], buf)
+  written = {}
+  for s in range(_tiny.T):
+    row = int(buf.slot_of_timestep[s])
+    start = 0 if s == empty_t else PREFILL
+    written[s] = np.asarray(buf.conditions[row, start:int(buf.count[row]), 0])
+  return float(metrics["replay_use"]), written
 
 
 def test_sample_mixing_replays_only_non_empty_buckets():
   """Per-sample mixing: samples of filled buckets restart from replay (their stored input comes
-  back), the two samples of the empty bucket start fresh (their own input is stored)."""
-  use, buf = _mixing("sample")
-  assert use == pytest.approx(18 / 20)
-  row = int(buf.slot_of_timestep[5])
-  assert int(buf.count[row]) == 2
-  np.testing.assert_array_equal(buf.conditions[row, :2, 0], [105.0, 115.0])
-  for s in range(_tiny.T):
-    if s != 5:
-      r = int(buf.slot_of_timestep[s])
-      np.testing.assert_array_equal(buf.conditions[r, :2], MARK)  # newly written: replayed
+  back), the samples of the empty bucket start fresh (their own input is stored)."""
+  use, written = _mixing("sample")
+  fresh = written.pop(5)
+  assert fresh.size > 0 and np.all(fresh >= 100.0)
+  assert use == pytest.approx(1 - fresh.size / 40)
+  assert sum(w.size for w in written.values()) == 40 - fresh.size
+  for s, conditions in written.items():
+    np.testing.assert_array_equal(conditions, MARK, err_msg=f"t={s}")
 
 
 def test_batch_mixing_is_all_or_nothing():
   """'batch' mode: one empty requested bucket means no replay at all; none empty means all."""
-  use, buf = _mixing("batch")
-  assert use == 0.0
-  for s in range(_tiny.T):
-    if s != 5:
-      r = int(buf.slot_of_timestep[s])
-      np.testing.assert_array_equal(buf.conditions[r, :2, 0], [100.0 + s, 110.0 + s])  # fresh
-  use_full, _ = _mixing("batch", empty_t=-1)
+  use, written = _mixing("batch")
+  assert written[5].size > 0 and use == 0.0
+  assert all(np.all(w >= 100.0) for w in written.values())
+  use_full, written_full = _mixing("batch", empty_t=-1)
   assert use_full == 1.0
+  assert all(np.all(w == MARK) for w in written_full.values())
 
 
 # ------------------------------------------------------------------ config -> settings
@@ -210,13 +238,18 @@ def test_mining_keys_reach_loss_settings():
   assert s202.energy_loss_weight == 0.05 and s202.mining_opt_steps == 10
 
 
-def test_non_cd_strategies_ignore_cd_switches():
-  """ired / nce_random never use replay, filter or schedule; only ired descends."""
-  c = base.get_config()
-  c.use_replay_buffer = c.use_residual_filter = c.use_energy_schedule = True
-  c.use_timestep_range = True
-  for strategy, steps in (("ired", 2), ("nce_random", 0), ("none", 0)):
-    c.mining_strategy = strategy
-    s = strategies.LossSettings.from_config(c)
-    assert not (s.use_replay_buffer or s.use_residual_filter or s.use_energy_schedule)
-    assert s.energy_loss_timestep_range is None and s.ired_descent_steps == steps
+def _first_step_metrics(config):
+  setup = train.build_setup(config)
+  return train.jit_train_step(setup)(train.init_state(setup))[1]
+
+
+def test_only_ired_descends():
+  """nce_random is the NCE without descent (schema.STRATEGY_REGISTRY): it does not read
+  ired_descent_steps, and its negatives differ from ired's only by that descent."""
+  ired = _tiny.tiny_step("ired")(train.init_state(_tiny.tiny_setup("ired")))[1]
+  nce = _tiny.tiny_step("nce_random")(train.init_state(_tiny.tiny_setup("nce_random")))[1]
+  more = _first_step_metrics(_tiny.tiny_config("nce_random", ired_descent_steps=5))
+  for key in ("loss", "energy_pos", "energy_neg", "grad_norm"):
+    np.testing.assert_array_equal(more[key], nce[key], err_msg=key)
+  np.testing.assert_allclose(ired["energy_pos"], nce["energy_pos"], rtol=1e-6)
+  assert float(ired["energy_neg"]) != float(nce["energy_neg"])
