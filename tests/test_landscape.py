@@ -24,6 +24,7 @@ N = 6  # problems
 class _Shape:
   hidden: int = 1
   out_dim: int = _tiny.DIM
+  last_layer: str = "plain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +67,8 @@ TASK = tasks.get_task("inverse", _tiny.RANK)
 
 def probe(energy_fn, inner_steps=2):
   return landscape.Probe(energy_fn, _tiny.schedule(), _tiny.DIM, TASK.residual,
-                         strategies.LossSettings("cd_full", mining_opt_steps=3), inner_steps)
+                         strategies.LossSettings.from_config(_tiny.tiny_config("cd_full", mining_opt_steps=3)),
+                         inner_steps)
 
 
 def problems(n=N, ood=False):
