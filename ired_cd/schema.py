@@ -1,14 +1,19 @@
-"""Config validation and the ablation stages' presets.
+"""Config validation, the ablation stages' presets, and a run's saved config read back.
 
 ``validate(config, defaults)`` runs before anything is compiled or written and
 raises ``ConfigError`` naming the bad field and what it may be.
+``load_config(workdir)`` reads the config.json a run wrote.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import logging
+import os
 import re
+
+import ml_collections
 
 from ired_cd import model, tasks
 
@@ -42,6 +47,22 @@ ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": 
 def with_added_fields(saved: dict) -> dict:
   """A saved config.json's dict with the ``ADDED_FIELDS`` it predates filled in."""
   return {**ADDED_FIELDS, **saved}
+
+
+# Config fields that are tuples in the config and lists in config.json.
+TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's resolved config (WORKDIR/config.json) as a ConfigDict, tuples restored."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
+  with open(path) as f:
+    saved = with_added_fields(json.load(f))
+  for field in TUPLE_FIELDS:
+    saved[field] = tuple(saved[field])
+  return ml_collections.ConfigDict(saved)
 
 
 class ConfigError(ValueError):

@@ -1,5 +1,6 @@
 """Solving one's own problems with a trained run: ired_cd.solve and experiments.solve."""
 
+import json
 import os
 import re
 import shutil
@@ -202,3 +203,14 @@ def test_library_errors_name_the_field(workdir):
     solve.solve(workdir, a.astype(np.complex64))
   with pytest.raises(solve.SolveError, match="^inner_steps: "):
     solve.solve(workdir, a, inner_steps=())
+
+
+def test_solving_and_training_load_only_what_they_run():
+  """A fresh interpreter: ired_cd.solve loads no training loop and no matplotlib; the
+  training loop loads no matplotlib (it draws curves.png only once a run has ended)."""
+  code = ("import json, sys; import ired_cd.solve; "
+          "after_solve = sorted({'ired_cd.loop', 'matplotlib'} & set(sys.modules)); "
+          "import ired_cd.loop; print(json.dumps([after_solve, 'matplotlib' in sys.modules]))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=True)
+  assert json.loads(result.stdout.splitlines()[-1]) == [[], False]
