@@ -75,12 +75,6 @@ def _time_calls(fn, n):
   return times
 
 
-def _xla_flops(compiled):
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", float("nan"))) if cost else float("nan")
-
-
 def bench_matmul(n, reps, matmul_dtype):
   """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -154,7 +148,7 @@ def bench_train(config, strategy, steps, peak, num_devices):
   stats_before = device.memory_stats()
   mesh = parallel.make_mesh(num_devices)
   c, setup, state, compiled, compile_s = _warm_step(config, strategy, mesh)
-  flops_analytic = flops.count_matmul_flops(train.make_train_step(setup, mesh), state)
+  flops_analytic = flops.train_step_flops(setup, state, mesh)
   times = []
   for _ in range(steps):
     state, metrics, ms = _timed_step(compiled, state)
@@ -163,7 +157,7 @@ def bench_train(config, strategy, steps, peak, num_devices):
   emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
        devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
-       flops_analytic=flops_analytic, flops_xla=_xla_flops(compiled),
+       flops_analytic=flops_analytic, flops_xla=flops.xla_flops(compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None,
        program_memory_bytes=memory.program_bytes(compiled),
@@ -225,20 +219,6 @@ def bench_gram(config, strategy, steps, inner_steps):
        sampler_plain_over_gram=sampler_ms["plain"] / sampler_ms["gram"])
 
 
-def sampler_flops(setup, params, inp, inner_steps):
-  """Matmul FLOPs of one sampler call with ``inner_steps`` descent steps per timestep.
-
-  The descent runs inner_steps - 1 value_and_grad steps, then one forward. With
-  a traced count the jaxpr keeps the descent branch of its ``cond`` even for 0
-  steps, so 0 is counted on the program traced with a static 0 (no descent).
-  """
-  steps = 0 if inner_steps == 0 else jnp.int32(inner_steps)
-  y_init = jnp.zeros((inp.shape[0], setup.task.out_dim), jnp.float32)
-  return flops.count_matmul_flops(
-      lambda p, x, y: sampler.ired_sample(setup.energy_fn, p, x, y, setup.schedule, steps),
-      params, inp, y_init, while_trip_count=max(inner_steps - 1, 0))
-
-
 def bench_sampler(config, inner_steps, reps, peak):
   setup = train.build_setup(config)
   params = train.init_state(setup).ema_params
@@ -251,7 +231,7 @@ def bench_sampler(config, inner_steps, reps, peak):
   jax.block_until_ready(compiled(params, inp, key, k))
   times = _time_calls(lambda: compiled(params, inp, key, k), reps)
   median = statistics.median(times)
-  flops_analytic = sampler_flops(setup, params, inp, inner_steps)
+  flops_analytic = flops.sampler_flops(setup, params, inp, inner_steps)
   emit(what="sampler", batch_size=config.batch_size, matmul_dtype=config.matmul_dtype,
        timesteps=config.diffusion_steps,
        inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,

@@ -15,7 +15,6 @@ import os
 import sys
 
 from absl import app, flags, logging
-from matplotlib.figure import Figure
 
 from experiments import cli
 from ired_cd import schema
@@ -25,32 +24,6 @@ _INNER = flags.DEFINE_list("inner_steps", None,
                            "Also sweep the sampler's inner descent steps, e.g. 0,1,2,5,10,20.")
 _SIZE = flags.DEFINE_integer("eval_size", None,
                              "Problems per evaluation set in the sweep (default: the run's).")
-
-SPLITS = {"": "in-distribution", "_ood": "harder"}  # metric suffix -> title
-
-
-def inner_steps_sweep(workdir, inner_steps, eval_size=None):
-  """Scores the latest checkpoint per inner-step count; writes inner_steps.png.
-
-  Returns (png path, evaluate_checkpoint's result, also in WORKDIR/eval.json).
-  """
-  inner_steps = [int(k) for k in inner_steps]
-  config = loop.load_config(workdir)
-  result = loop.evaluate_checkpoint(config, workdir, inner_steps=inner_steps,
-                                          eval_size=eval_size)
-  fig = Figure(figsize=(5 * len(SPLITS), 3.6))
-  axes = fig.subplots(1, len(SPLITS))
-  for ax, (suffix, title) in zip(axes, SPLITS.items()):
-    mse = evaluation.at_inner_steps(result, f"eval/mse{suffix}", inner_steps)
-    ax.plot(inner_steps, mse, "-o", label="sampler (EMA)")
-    ax.set_yscale("log")
-    plotting.inner_steps_axes(ax, inner_steps, result[f"eval/mse{suffix}_mean_predictor"],
-                              f"{title} (n={result['eval_size']})")
-  fig.suptitle(f"{workdir}: {config.mining_strategy}, checkpoint step {result['step']}")
-  fig.tight_layout()
-  path = os.path.join(workdir, "inner_steps.png")
-  fig.savefig(path, dpi=110)
-  return path, result
 
 
 def main(argv):
@@ -69,7 +42,9 @@ def main(argv):
   try:
     print(f"curves: {plotting.plot_curves(workdir)}")
     if inner:
-      path, result = inner_steps_sweep(workdir, inner, _SIZE.value)
+      config = schema.load_config(workdir)
+      result = loop.evaluate_checkpoint(config, workdir, inner_steps=inner, eval_size=_SIZE.value)
+      path = plotting.plot_inner_steps(workdir, result, config.mining_strategy)
       print(f"inner-steps sweep: {path} (numbers in {os.path.join(workdir, 'eval.json')})")
       for k, mse, mse_ood in zip(inner, evaluation.at_inner_steps(result, "eval/mse", inner),
                                  evaluation.at_inner_steps(result, "eval/mse_ood", inner)):

@@ -1,9 +1,10 @@
-"""Analytic matmul FLOP count of a jitted function, read off its jaxpr.
+"""FLOP counts of the train step and the sampler (the benchmark's), read off the jaxpr.
 
 Every ``dot_general`` counts 2 * (batch dims) * M * N * K FLOPs; a ``scan``
 multiplies its body by its length, a ``while`` loop by ``while_trip_count``
 (traced trip counts, e.g. the sampler's inner steps, are not in the jaxpr), a
 ``cond`` takes its most expensive branch. Elementwise work is not counted.
+``xla_flops`` is XLA's own estimate for a compiled program, for comparison.
 """
 
 from __future__ import annotations
@@ -11,7 +12,10 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 from jax.extend import core as jax_core
+
+from ired_cd import sampler, train
 
 DCE_SYMBOL = "jax.interpreters.partial_eval.dce_jaxpr"
 
@@ -85,3 +89,29 @@ def jaxpr_flops(jaxpr, while_trip_count: int = 1) -> int:
 def count_matmul_flops(fn, *args, while_trip_count: int = 1) -> int:
   """Matmul FLOPs of one call of ``fn(*args)`` that XLA keeps (``jaxpr_flops``)."""
   return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr, while_trip_count)
+
+
+def train_step_flops(setup, state, mesh=None) -> int:
+  """Matmul FLOPs of one train step of ``setup`` from ``state`` (train.make_train_step)."""
+  return count_matmul_flops(train.make_train_step(setup, mesh), state)
+
+
+def sampler_flops(setup, params, inp, inner_steps: int) -> int:
+  """Matmul FLOPs of one sampler call with ``inner_steps`` descent steps per timestep.
+
+  The descent runs inner_steps - 1 value_and_grad steps, then one forward. With
+  a traced count the jaxpr keeps the descent branch of its ``cond`` even for 0
+  steps, so 0 is counted on the program traced with a static 0 (no descent).
+  """
+  steps = 0 if inner_steps == 0 else jnp.int32(inner_steps)
+  y_init = jnp.zeros((inp.shape[0], setup.task.out_dim), jnp.float32)
+  return count_matmul_flops(
+      lambda p, x, y: sampler.ired_sample(setup.energy_fn, p, x, y, setup.schedule, steps),
+      params, inp, y_init, while_trip_count=max(inner_steps - 1, 0))
+
+
+def xla_flops(compiled) -> float:
+  """XLA's FLOP estimate of a compiled program (its cost analysis; NaN without one)."""
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost.get("flops", float("nan"))) if cost else float("nan")

@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import tqdm
 
-from ired_cd import checkpoint, evaluation, metrics_io, parallel, plotting, train
+from ired_cd import checkpoint, evaluation, metrics_io, parallel, train
 from ired_cd import workdir_lock
 from ired_cd import schema
 
@@ -53,8 +53,6 @@ EVALUATION_FIELDS = frozenset({"eval_size", "eval_seed", "eval_inner_steps"})
 FORMED_SCORE_FRACTION = 0.5
 COLLAPSE_SCORE_FRACTION = 0.05
 COLLAPSE_MSE = 0.9
-# Config fields that are tuples in the config and lists in config.json.
-TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range")
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,18 +61,6 @@ class TrainingDiverged(RuntimeError):
 
 def _config_dict(config) -> Dict:
   return json.loads(config.to_json_best_effort())
-
-
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The run's resolved config (WORKDIR/config.json) as a ConfigDict, tuples restored."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
-  with open(path) as f:
-    saved = schema.from_saved(json.load(f))
-  for field in TUPLE_FIELDS:
-    saved[field] = tuple(saved[field])
-  return ml_collections.ConfigDict(saved)
 
 
 def _saved_differences(config, workdir: str, ignore) -> Optional[Dict]:
@@ -111,7 +97,7 @@ def holds_outcome(config, workdir: str) -> bool:
   completed at ``train_steps``, or diverged (training is deterministic: a rerun
   from its last checkpoint diverges again).
   """
-  summary = plotting.read_json(os.path.join(workdir, "summary.json"))
+  summary = metrics_io.read_json(os.path.join(workdir, "summary.json"))
   differ = _saved_differences(
       config, workdir, BOOKKEEPING_FIELDS | (RESUMABLE_FIELDS - EVALUATION_FIELDS))
   if summary is None or differ is None or differ:
@@ -180,10 +166,14 @@ def describe_run(config, mesh, workdir: str, step: int) -> str:
 
 
 def _write_curves(workdir: str) -> None:
-  """Draws WORKDIR/curves.png if the run logged a row; a failure is a warning, not an error."""
+  """Draws WORKDIR/curves.png if the run logged a row; a failure is a warning, not an error.
+
+  Plotting (matplotlib) is imported here, when the run ends: training never loads it.
+  """
   if not metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl")):
     return
   try:
+    from ired_cd import plotting  # noqa: PLC0415
     plotting.plot_curves(workdir)
   except Exception as err:  # noqa: BLE001 - the figure must not mask the run's own outcome
     logging.warning("curves.png not written: %s: %s", type(err).__name__, err)
@@ -313,7 +303,7 @@ def _completed(config, workdir: str, restored_step: Optional[int]) -> Optional[D
   checkpoint was restored, after saying (on host 0) there is nothing to do; else None."""
   if restored_step != config.train_steps or not holds_outcome(config, workdir):
     return None
-  summary = plotting.read_json(os.path.join(workdir, "summary.json"))
+  summary = metrics_io.read_json(os.path.join(workdir, "summary.json"))
   if summary["status"] != "completed":
     return None
   if jax.process_index() == 0:

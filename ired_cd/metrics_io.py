@@ -1,4 +1,5 @@
-"""Metric sinks of a run: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard.
+"""Metric sinks of a run: ``metrics.jsonl`` (one JSON object per logged step) and TensorBoard;
+the run's JSON files (config, summary, eval) read and written whole.
 
 Rows look like ``{"step": 500, "train/loss": ..., "eval/mse": ...}``. A row is
 flushed as soon as it is written, so a killed run loses no logged row; a
@@ -40,6 +41,14 @@ def read_jsonl(path: str) -> List[Dict]:
             'must be a JSON object with an integer "step": fix or remove that line')
       rows.append(row)
   return rows
+
+
+def read_json(path: str):
+  """The JSON object in ``path``, or None when there is none."""
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
 
 
 def write_json_atomic(path: str, obj) -> None:

@@ -1,4 +1,9 @@
-"""The figure of one run's curves (WORKDIR/curves.png), drawn from its metrics.jsonl.
+"""Every figure of the project, drawn from the files runs write.
+
+  plot_curves               one run's curves (WORKDIR/curves.png), from its metrics.jsonl
+  plot_inner_steps          one run's MSE against inner descent steps (WORKDIR/inner_steps.png)
+  plot_ablation             an ablation's eval MSE and health curves per strategy
+  plot_ablation_inner_steps an ablation's MSE against inner descent steps per strategy
 
 Matplotlib's object API (no pyplot): drawing does not select or need a
 display backend, so a training run can write its own figure.
@@ -6,14 +11,16 @@ display backend, so a training run can write its own figure.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 
+import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ired_cd import metrics_io, tasks
+from ired_cd import evaluation, metrics_io, tasks
+
+SET_TITLES = {"eval/mse": "in-distribution", "eval/mse_ood": "harder"}  # metric -> its set
 
 
 def series(rows, key):
@@ -52,14 +59,6 @@ def inner_steps_axes(ax, counts, baseline, title):
   ax.legend(fontsize=7)
 
 
-def read_json(path):
-  """The JSON object in ``path``, or None when there is none."""
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
 def _health_panels(out_dim):
   """(title, [(key, style)], reference lines) of each training-health panel."""
   return [
@@ -76,10 +75,10 @@ def plot_curves(workdir):
   rows = metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
   if not rows:
     raise FileNotFoundError(f"no metrics rows in {os.path.join(workdir, 'metrics.jsonl')}")
-  config = read_json(os.path.join(workdir, "config.json"))
+  config = metrics_io.read_json(os.path.join(workdir, "config.json"))
   if config is None:
     raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
-  summary = read_json(os.path.join(workdir, "summary.json")) or {}
+  summary = metrics_io.read_json(os.path.join(workdir, "summary.json")) or {}
   out_dim = tasks.get_task(config["task"], config["rank"]).out_dim
   panels = [("training loss", [("train/loss", "-"), ("train/loss_mse", "--")], []),
             ("eval MSE (sampler, EMA)", [("eval/mse", "-o"), ("eval/mse_ood", "-s")], [])]
@@ -164,3 +163,108 @@ def plot_landscape(landscape, path):
   fig.savefig(tmp, dpi=100, format="png")
   os.replace(tmp, path)
   return path
+
+
+def plot_inner_steps(workdir, result, strategy):
+  """Writes WORKDIR/inner_steps.png from ``result`` (loop.evaluate_checkpoint's, scored with
+  each of its ``inner_steps``): MSE against inner descent steps, both sets; returns its path."""
+  inner_steps = result["inner_steps"]
+  fig = Figure(figsize=(5 * len(SET_TITLES), 3.6))
+  axes = fig.subplots(1, len(SET_TITLES))
+  for ax, (key, title) in zip(axes, SET_TITLES.items()):
+    mse = evaluation.at_inner_steps(result, key, inner_steps)
+    ax.plot(inner_steps, mse, "-o", label="sampler (EMA)")
+    ax.set_yscale("log")
+    inner_steps_axes(ax, inner_steps, result[f"{key}_mean_predictor"],
+                     f"{title} (n={result['eval_size']})")
+  fig.suptitle(f"{workdir}: {strategy}, checkpoint step {result['step']}")
+  fig.tight_layout()
+  path = os.path.join(workdir, "inner_steps.png")
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def _by_step(runs, key):
+  """(steps, values (runs, steps)) on the steps every run logged ``key`` at."""
+  curves = [dict(zip(*series(metrics_io.read_jsonl(
+      os.path.join(r["workdir"], "metrics.jsonl")), key))) for r in runs]
+  steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+  return np.asarray(steps), np.asarray([[c[s] for s in steps] for c in curves])
+
+
+def _strategy_color(index):
+  return matplotlib.colormaps["tab10"](index % 10)
+
+
+def plot_ablation(report, path):
+  """Eval MSE (both sets) and training health vs step, one colour per strategy.
+
+  ``report``: ablation.summarize's; each run's curves come from its metrics.jsonl.
+  """
+  c = report["config"]
+  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
+  panels = [("eval MSE, in-distribution", "eval/mse"), ("eval MSE, harder", "eval/mse_ood"),
+            ("energy gap E_neg - E_pos", "train/energy_gap"),
+            ("‖∇E‖ (score norm)", "train/score_norm")]
+  fig = Figure(figsize=(13, 9))
+  axes = fig.subplots(2, 2)
+  for ax, (title, key) in zip(axes.flat, panels):
+    plotted = []
+    for i, strategy in enumerate(report["strategies"]):
+      color = _strategy_color(i)
+      runs = [r for r in report["runs"] if r["strategy"] == strategy]
+      done = [r for r in runs if r["status"] == "completed"]
+      steps, values = _by_step(done, key)
+      if steps.size:
+        ax.plot(steps, values.mean(axis=0), color=color, label=f"{strategy} ({len(done)})")
+        if len(done) > 1:
+          ax.fill_between(steps, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
+        plotted.append(values.ravel())
+      for r in runs:  # runs that did not complete: their own curves, dotted
+        if r["status"] not in ("completed", None):
+          steps, values = _by_step([r], key)
+          if steps.size:  # an x where it stopped
+            ax.plot(steps, values[0], ":", color=color, lw=1,
+                    label=f"{strategy} seed{r['seed']} ({r['status']})")
+            ax.plot(steps[-1:], values[0][-1:], "x", color=color)
+            plotted.append(values[0])
+    if key in report["baseline"] and report["baseline"][key] is not None:
+      ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
+    if key == "train/score_norm":
+      ax.axhline(out_dim ** 0.5, ls=":", color="gray", label=f"√D = {out_dim ** 0.5:.3g}")
+    if key.startswith("eval/"):
+      ax.set_yscale("log")
+    elif plotted:
+      set_yscale(ax, np.concatenate(plotted))
+    ax.set_title(title + (" (mean over seeds, min–max shaded)" if key.startswith("eval/")
+                          else ""))
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if plotted:
+      ax.legend(fontsize=7)
+    else:
+      ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", color="gray")
+  fig.suptitle(f"Strategy ablation ({report['base_config']}, seeds "
+               f"{', '.join(map(str, report['seeds']))})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+def plot_ablation_inner_steps(report, inner_steps, path):
+  """MSE against inner descent steps (mean over seeds, std as error bars), both sets, one
+  colour per strategy (the same as plot_ablation's)."""
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, len(SET_TITLES))
+  for ax, (key, title) in zip(axes, SET_TITLES.items()):
+    for i, strategy in enumerate(report["strategies"]):
+      sweep = report["rows"][strategy].get("inner_steps")
+      if not sweep:
+        continue
+      means = [sweep[k][key]["mean"] for k in sweep]
+      stds = [sweep[k][key]["std"] or 0.0 for k in sweep]
+      ax.errorbar([int(k) for k in sweep], means, yerr=stds, fmt="-o", capsize=3, ms=4,
+                  color=_strategy_color(i), label=strategy)
+    inner_steps_axes(ax, inner_steps, report["baseline"][key], f"eval MSE, {title}")
+  fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)

@@ -1,19 +1,24 @@
-"""The mining strategies' registry, config validation, and saved configs read back.
+"""The mining strategies' registry, config validation, and a run's saved config read back.
 
 ``STRATEGY_REGISTRY`` is the one home of what each strategy trains and which
 switches define it; ``apply_strategy`` and ``validate`` read it.
 ``validate(config, defaults)`` runs before anything is compiled or written and
 raises ``ConfigError`` naming the bad field and what it may be.
+``load_config(workdir)`` reads the config.json a run wrote.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import logging
 import math
+import os
 import re
 from typing import Mapping, Optional
+
+import ml_collections
 
 from ired_cd import model, tasks
 
@@ -72,6 +77,22 @@ ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": 
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
                 "learning_rate_decay_steps": 100_000, "last_layer": "auto"}
+
+
+# Config fields that are tuples in the config and lists in config.json.
+TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range")
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The run's resolved config (WORKDIR/config.json) as a ConfigDict, tuples restored."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
+  with open(path) as f:
+    saved = from_saved(json.load(f))
+  for field in TUPLE_FIELDS:
+    saved[field] = tuple(saved[field])
+  return ml_collections.ConfigDict(saved)
 
 
 class ConfigError(ValueError):

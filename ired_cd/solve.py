@@ -28,7 +28,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ired_cd import checkpoint, evaluation, loop, tasks, train
+from ired_cd import checkpoint, evaluation, schema, tasks, train
 from ired_cd import sampler as sampler_lib
 
 SCALE_MARGIN = 2.0  # warn below (training min norm) / margin and above margin * (training max)
@@ -68,7 +68,7 @@ def read_config(workdir: str, checkpoint_step: Optional[int] = None) -> ml_colle
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise SolveError("workdir", f"no config.json in {workdir}: not a run of experiments.run")
   try:
-    config = loop.load_config(workdir)
+    config = schema.load_config(workdir)
   except (OSError, ValueError, KeyError) as err:
     raise SolveError("workdir", f"config.json in {workdir} is unreadable "
                      f"({type(err).__name__}: {err})") from err

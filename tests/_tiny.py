@@ -3,8 +3,13 @@
 Compiling a train step costs seconds on a laptop CPU, so each strategy's jitted
 step is built once per session and shared by every test that needs it. The
 steps donate their state: always start from a fresh ``train.init_state``.
+``TRACES`` counts how often each of them was traced; ``jit_traces`` counts the
+traces of any jitted function in a block.
 """
 
+import collections
+import contextlib
+import dataclasses
 import functools
 
 import jax
@@ -50,10 +55,44 @@ def tiny_setup(strategy):
   return train.build_setup(tiny_config(strategy))
 
 
+# strategy -> traces of its tiny_step so far (each trace draws one batch: the counter
+# is a Python side effect of the task's sampler, which runs only while jit traces).
+TRACES = collections.Counter()
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_step(strategy):
-  """``train.jit_train_step`` of the tiny setup (state donated)."""
-  return train.jit_train_step(tiny_setup(strategy))
+  """``train.jit_train_step`` of the tiny setup (state donated), its traces in ``TRACES``."""
+  setup = tiny_setup(strategy)
+  draw = setup.task.sample
+
+  def counted_draw(*args):
+    TRACES[strategy] += 1
+    return draw(*args)
+
+  task = dataclasses.replace(setup.task, sample=counted_draw)
+  return train.jit_train_step(dataclasses.replace(setup, task=task))
+
+
+# The event jax.monitoring records each time jit traces a function (its name in ``fun_name``).
+TRACE_EVENT = "/jax/core/compile/jaxpr_trace_duration"
+
+
+@contextlib.contextmanager
+def jit_traces():
+  """Yields a Counter of function name -> jit traces of it inside the block."""
+  traced = collections.Counter()
+
+  def listener(event, duration_secs, **kwargs):
+    del duration_secs
+    if event == TRACE_EVENT:
+      traced[kwargs.get("fun_name")] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    yield traced
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def trained_none_run(path, train_steps=20):

@@ -1,4 +1,5 @@
-"""The strategy ablation (experiments.ablate) and the per-run plots (experiments.plot) end to end."""
+"""The strategy ablation (ired_cd.ablation, experiments.ablate) and the per-run plots
+(experiments.plot) end to end."""
 
 import json
 import os
@@ -11,8 +12,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import base, q204
-from experiments import ablate
-from ired_cd import loop, metrics_io
+from ired_cd import ablation, loop, metrics_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
@@ -67,13 +67,13 @@ def compile_cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ablation(tmp_path_factory):
+def grid(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("ablation"))
-  return workdir, ablate.run_ablation(tiny(), STRATEGIES, 2, workdir)
+  return workdir, ablation.run_ablation(tiny(), STRATEGIES, 2, workdir)
 
 
-def test_each_run_completes_in_its_own_workdir(ablation):
-  workdir, report = ablation
+def test_each_run_completes_in_its_own_workdir(grid):
+  workdir, report = grid
   for strategy in STRATEGIES:
     for seed in (0, 1):
       s = summary(workdir, strategy, seed)
@@ -83,8 +83,8 @@ def test_each_run_completes_in_its_own_workdir(ablation):
       (s, k, False) for s in STRATEGIES for k in (0, 1)]
 
 
-def test_json_holds_the_means_of_the_run_summaries(ablation):
-  workdir, report = ablation
+def test_json_holds_the_means_of_the_run_summaries(grid):
+  workdir, report = grid
   with open(os.path.join(workdir, "ablation.json")) as f:
     assert json.load(f) == json.loads(json.dumps(report))
   first = summary(workdir, "none", 0)
@@ -111,8 +111,8 @@ def test_json_holds_the_means_of_the_run_summaries(ablation):
         assert row[key]["mean"] == pytest.approx(np.mean([v[-1] for v in last]))
 
 
-def test_markdown_table_has_a_row_per_strategy_and_the_baseline(ablation):
-  workdir, report = ablation
+def test_markdown_table_has_a_row_per_strategy_and_the_baseline(grid):
+  workdir, report = grid
   header, rows = table(workdir)
   assert header == COLUMNS
   assert list(rows) == ["mean predictor"] + STRATEGIES
@@ -129,8 +129,8 @@ def test_markdown_table_has_a_row_per_strategy_and_the_baseline(ablation):
   assert_png(os.path.join(workdir, "ablation.png"))
 
 
-def test_cli_rerun_skips_completed_runs(ablation):
-  workdir, _ = ablation
+def test_cli_rerun_skips_completed_runs(grid):
+  workdir, _ = grid
   summaries = [os.path.join(workdir, s, f"seed{k}", "summary.json")
                for s in STRATEGIES for k in (0, 1)]
   before = [os.stat(p).st_mtime_ns for p in summaries]
@@ -149,8 +149,8 @@ def test_cli_rerun_skips_completed_runs(ablation):
 
 def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
   workdir = str(tmp_path)
-  report = ablate.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
-                               1, workdir)
+  report = ablation.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
+                                 1, workdir)
   assert [r["status"] for r in report["runs"]] == ["completed", "diverged"]
   failed = report["runs"][1]
   assert failed["failed_step"] is not None and "non-finite" in failed["message"]
@@ -163,8 +163,8 @@ def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
   # Deterministic training diverges again: a rerun keeps the outcome instead of redoing it.
   diverged = os.path.join(workdir, "cd_langevin", "seed0", "summary.json")
   before = os.stat(diverged).st_mtime_ns
-  again = ablate.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
-                              1, workdir)
+  again = ablation.run_ablation(tiny(energy_loss_weight=float("inf")), ["none", "cd_langevin"],
+                                1, workdir)
   assert [(r["status"], r["skipped"]) for r in again["runs"]] == [
       ("completed", True), ("diverged", True)]
   assert os.stat(diverged).st_mtime_ns == before
@@ -173,20 +173,20 @@ def test_a_diverged_run_is_flagged_and_the_others_complete(tmp_path):
 
 def test_report_only_trains_nothing_and_flags_unfinished_runs(tmp_path):
   workdir = str(tmp_path)
-  partial = ablate.run_dir(workdir, "none", 0)
+  partial = ablation.run_dir(workdir, "none", 0)
   loop.train_and_evaluate(base.run_config(tiny(train_steps=10), "none"), partial,
                           progress=False)
-  report = ablate.run_ablation(tiny(), ["none", "nce_random"], 1, workdir, report_only=True)
+  report = ablation.run_ablation(tiny(), ["none", "nce_random"], 1, workdir, report_only=True)
   assert [(r["status"], r["steps"]) for r in report["runs"]] == [(None, 10), (None, None)]
   assert report["rows"]["none"]["flags"] == ["0/1 seeds", "seed0 unfinished (step 10)"]
   assert report["rows"]["nce_random"]["flags"] == ["0/1 seeds", "seed0 not run"]
-  assert not os.path.exists(ablate.run_dir(workdir, "nce_random", 0))
+  assert not os.path.exists(ablation.run_dir(workdir, "nce_random", 0))
   assert json.load(open(os.path.join(partial, "summary.json")))["steps"] == 10
   assert os.path.exists(os.path.join(workdir, "ablation.md"))
 
 
-def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
-  run = os.path.join(ablation[0], "cd_full", "seed0")
+def test_plot_cli_curves_and_inner_steps_sweep(grid, compile_cache):
+  run = os.path.join(grid[0], "cd_full", "seed0")
   result = subprocess.run([sys.executable, "-m", "experiments.plot", run, "--inner_steps=0,2",
                            "--eval_size=16"], cwd=REPO, env=compile_cache, capture_output=True,
                           text=True, timeout=120)
@@ -201,11 +201,11 @@ def test_plot_cli_curves_and_inner_steps_sweep(ablation, compile_cache):
     assert np.isfinite(evaluated[key]), key
 
 
-def test_inner_steps_sweep_scores_every_completed_run_once(ablation):
+def test_inner_steps_sweep_scores_every_completed_run_once(grid):
   """--inner_steps: each run's final checkpoint scored per count (its eval.json), the means over
   seeds in the report, a table and a figure; a rerun reuses the scores instead of redoing them."""
-  workdir, _ = ablation
-  report = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2])
+  workdir, _ = grid
+  report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2])
   evals = {}
   for strategy in STRATEGIES:
     for seed in (0, 1):
@@ -226,11 +226,12 @@ def test_inner_steps_sweep_scores_every_completed_run_once(ablation):
   assert_png(os.path.join(workdir, "ablation_inner_steps.png"))
   scored = os.path.join(workdir, "none", "seed0", "eval.json")
   before = os.stat(scored).st_mtime_ns
-  again = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2],
-                              report_only=True)
+  again = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[0, 2],
+                                report_only=True)
   assert os.stat(scored).st_mtime_ns == before
   assert again["rows"]["none"]["inner_steps"] == report["rows"]["none"]["inner_steps"]
   # Under report_only a run without this sweep is reported unswept, not evaluated.
-  fresh = ablate.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[1], report_only=True)
+  fresh = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, inner_steps=[1],
+                                report_only=True)
   assert all(r["inner_steps"] is None for r in fresh["runs"])
   assert "inner_steps" not in fresh["rows"]["none"]

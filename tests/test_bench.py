@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -98,23 +97,3 @@ def test_program_bytes_count_arguments_and_outputs_less_donated():
   step = lambda a: a * 2.0 + 1.0  # noqa: E731
   assert memory.program_bytes(jax.jit(step).lower(x).compile()) == 2 * x.nbytes
   assert memory.program_bytes(jax.jit(step, donate_argnums=0).lower(x).compile()) == x.nbytes
-
-
-def test_sampler_flops_count_the_descent_only_when_it_runs():
-  """Without descent the sampler's count holds the T score calls only (it used to count the
-  descent branch of the traced program's cond: 0 steps read as much as 1). One subprocess:
-  bench's absl flags would clash with ablate's in this one."""
-  count = textwrap.dedent("""
-      import jax
-      from experiments import bench
-      from ired_cd import train
-      from tests import _tiny
-      setup = _tiny.tiny_setup("none")
-      params = train.init_state(setup).ema_params
-      inp, _ = setup.task.sample(jax.random.PRNGKey(1), 8, False)
-      print([bench.sampler_flops(setup, params, inp, inner) for inner in (0, 1, 2)])
-      """)
-  out = subprocess.run([sys.executable, "-c", count], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, check=True)
-  counts = json.loads(out.stdout.splitlines()[-1])
-  assert 0 < counts[0] < counts[1] < counts[2]

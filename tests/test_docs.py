@@ -1,21 +1,22 @@
 """Documented commands: every `python -m experiments.<tool> ...` in README.md and docs/*.md
 names an existing tool, config file and variant, and only flags and config fields that exist.
 
-Commands are parsed, not run. A tool's flags are read by importing it in a subprocess
+Commands are parsed, not run. A tool's flags are read by importing it, one tool at a time
 (absl refuses a flag defined by two modules, and the tools share names such as --workdir).
 """
 
 import functools
 import glob
+import importlib
 import importlib.util
-import json
 import os
 import re
 import shlex
-import subprocess
 import sys
 
 import pytest
+from absl import app, flags
+from ml_collections.config_flags.config_flags import is_config_flag
 
 from configs import base
 
@@ -25,19 +26,6 @@ DOCS = ["README.md"] + sorted(os.path.relpath(p, REPO)
 COMMAND = re.compile(r"python3? -m experiments\.(\w+)")
 OPERATORS = set(";&|<>")
 FLAG = re.compile(r"^--?([^=]+)")
-
-# Prints the flags a tool accepts (its own, absl's, and app.run's help flags) as JSON.
-_FLAGS_SCRIPT = """
-import importlib, json, sys
-from absl import app, flags
-from ml_collections.config_flags.config_flags import is_config_flag
-importlib.import_module("experiments." + sys.argv[1])
-app.define_help_flags()
-F = flags.FLAGS
-print(json.dumps({name: {"boolean": F[name].boolean, "config": is_config_flag(F[name]),
-                         "default": F[name].default_as_str} for name in F}))
-"""
-
 
 def code_lines(markdown):
   """The shell text of a markdown document, one logical line each.
@@ -90,11 +78,25 @@ def commands(markdown):
 
 @functools.lru_cache(maxsize=None)
 def tool_flags(tool):
-  """{flag name: {'boolean', 'config', 'default'}} that experiments.<tool> accepts."""
-  result = subprocess.run([sys.executable, "-c", _FLAGS_SCRIPT, tool], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-  assert result.returncode == 0, result.stderr
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  """{flag name: {'boolean', 'config', 'default'}} that experiments.<tool> accepts: its own,
+  those of the libraries it loads, absl's and app.run's help flags.
+
+  The tool is imported here and then unloaded, its own flags removed, so that the
+  next tool can define flags of the same names.
+  """
+  app.define_help_flags()
+  module = f"experiments.{tool}"
+  loaded_here = module not in sys.modules
+  importlib.import_module(module)
+  try:
+    return {name: {"boolean": flags.FLAGS[name].boolean,
+                   "config": is_config_flag(flags.FLAGS[name]),
+                   "default": flags.FLAGS[name].default_as_str} for name in flags.FLAGS}
+  finally:
+    if loaded_here:
+      for flag in flags.FLAGS.get_flags_for_module(module):
+        delattr(flags.FLAGS, flag.name)
+      del sys.modules[module]
 
 
 @functools.lru_cache(maxsize=None)

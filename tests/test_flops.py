@@ -1,4 +1,4 @@
-"""The analytic matmul FLOP count the benchmark reports."""
+"""The analytic matmul FLOP counts the benchmark reports."""
 
 import re
 
@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ired_cd import flops, gram
+from ired_cd import flops, gram, train
+from tests import _tiny
 
 
 def test_counts_dots_scans_and_skips_dead_code():
@@ -51,3 +52,13 @@ def test_missing_dead_code_elimination_names_the_symbol(monkeypatch):
   message = rf"{re.escape(flops.DCE_SYMBOL)}.*jax {re.escape(jax.__version__)} does not export"
   with pytest.raises(ImportError, match=message):
     flops.count_matmul_flops(lambda a: a @ a, jnp.ones((2, 2)))
+
+
+def test_sampler_flops_count_the_descent_only_when_it_runs():
+  """Without descent the sampler's count holds the T score calls only (it used to count the
+  descent branch of the traced program's cond: 0 steps read as much as 1)."""
+  setup = _tiny.tiny_setup("none")
+  params = train.init_state(setup).ema_params
+  inp, _ = setup.task.sample(jax.random.PRNGKey(1), 8, False)
+  counts = [flops.sampler_flops(setup, params, inp, inner) for inner in (0, 1, 2)]
+  assert 0 < counts[0] < counts[1] < counts[2]

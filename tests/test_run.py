@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from configs import base, q204
-from experiments import ablate
 from ired_cd import checkpoint, schema, loop, metrics_io, parallel, train, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +29,12 @@ def run_cli(*args, timeout=240):
                         cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
+def assert_carries(line, *facts):
+  """``line`` (a log or output line) states each of ``facts``, in any wording around them."""
+  missing = [fact for fact in facts if fact not in line]
+  assert not missing, f"{line!r} lacks {missing}"
+
+
 def restored(config, workdir, step=None):
   setup = train.build_setup(config)
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"))
@@ -41,9 +46,9 @@ def restored(config, workdir, step=None):
 def test_end_to_end_outputs(tmp_path, capsys, caplog):
   workdir = str(tmp_path / "run")
   summary = loop.train_and_evaluate(tiny(), workdir, progress=False)
-  assert capsys.readouterr().out.splitlines()[0] == (
-      f"cd_full, inverse 4x4: 1 {jax.devices()[0].device_kind} device (mesh data=1), batch 32 "
-      f"(32 per device), float32 matmuls, 40 steps, workdir {workdir}. Starting fresh.")
+  assert_carries(capsys.readouterr().out.splitlines()[0], "cd_full", "inverse 4x4",
+                 f"1 {jax.devices()[0].device_kind} device", "batch 32", "float32", "40 steps",
+                 f"workdir {workdir}", "Starting fresh")
   with open(os.path.join(workdir, "curves.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   # A fresh model whose landscape has not formed yet is not a collapse.
@@ -107,9 +112,11 @@ def test_a_resumed_run_remembers_how_high_the_score_norm_was(tmp_path):
 def test_run_description_names_what_runs_where():
   mesh = parallel.make_mesh()
   kind = jax.devices()[0].device_kind
-  assert loop.describe_run(tiny("none", matmul_dtype="bfloat16"), mesh, "w", 20) == (
-      f"none, inverse 4x4: 1 {kind} device (mesh data=1), batch 32 (32 per device), bfloat16 "
-      "matmuls, 40 steps, workdir w. Resuming from the checkpoint at step 20.")
+  line = loop.describe_run(tiny("none", matmul_dtype="bfloat16", batch_size=16), mesh,
+                           "runs/w", 20)
+  assert_carries(line, "none", "inverse 4x4", f"1 {kind} device", "data=1", "batch 16",
+                 "16 per device", "bfloat16", "40 steps", "workdir runs/w", "step 20")
+  assert "Starting fresh" in loop.describe_run(tiny(), mesh, "w", 0)
 
 
 def test_resume_is_exact(tmp_path):
@@ -183,7 +190,7 @@ def test_run_written_before_an_added_field_resumes(tmp_path):
   saved = json.load(open(path))
   del saved["matmul_dtype"]
   metrics_io.write_json_atomic(path, saved)
-  assert loop.load_config(workdir).matmul_dtype == "float32"
+  assert schema.load_config(workdir).matmul_dtype == "float32"
   assert loop.holds_outcome(tiny(train_steps=10, eval_every=0), workdir)
   with pytest.raises(schema.ConfigError, match="matmul_dtype: 'float32' -> 'bfloat16'"):
     loop.train_and_evaluate(tiny(train_steps=20, eval_every=0, matmul_dtype="bfloat16"),
@@ -257,8 +264,9 @@ def test_cli_one_run_per_workdir_sigterm_kill_resume_and_eval(tmp_path):
   resumed = run_cli(*args, f"--config.train_steps={last + 10}")
   assert resumed.returncode == 0, resumed.stderr
   assert f"Resuming from the checkpoint at step {last}" in resumed.stderr + resumed.stdout
-  assert resumed.stdout.splitlines()[-2].startswith(f"done: steps={last + 10} eval/mse=")
-  assert resumed.stdout.splitlines()[-1] == f"curves: {os.path.join(workdir, 'curves.png')}"
+  done, curves = resumed.stdout.splitlines()[-2:]
+  assert_carries(done, f"steps={last + 10} ", "eval/mse=", "eval/mse_ood=", workdir)
+  assert_carries(curves, os.path.join(workdir, "curves.png"))
   assert json.load(open(os.path.join(workdir, "summary.json")))["steps"] == last + 10
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK_NAME))
   rows = metrics_io.read_jsonl(metrics)
@@ -292,9 +300,8 @@ def test_cli_unknown_config_field_is_one_line_with_the_closest_names(tmp_path):
   result = run_cli("--config=configs/q204.py:tiny", f"--workdir={workdir}",
                    "--config.mining_opt_step=5", timeout=60)
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines() == [
-      "error: --config.mining_opt_step: no such config field (closest: mining_opt_steps, "
-      "mining_strategy, mining_noise_scale)"]
+  (line,) = result.stderr.strip().splitlines()
+  assert_carries(line, "--config.mining_opt_step:", "mining_opt_steps")
   assert not workdir.exists()
 
 

@@ -1,5 +1,6 @@
 """Solving one's own problems with a trained run: ired_cd.solve and experiments.solve."""
 
+import json
 import os
 import re
 import shutil
@@ -240,3 +241,14 @@ def test_save_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
   monkeypatch.undo()
   np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
   assert os.listdir(tmp_path) == ["X.npy"]
+
+
+def test_solving_and_training_load_only_what_they_run():
+  """A fresh interpreter: ired_cd.solve loads no training loop and no matplotlib; the
+  training loop loads no matplotlib (it draws curves.png only once a run has ended)."""
+  code = ("import json, sys; import ired_cd.solve; "
+          "after_solve = sorted({'ired_cd.loop', 'matplotlib'} & set(sys.modules)); "
+          "import ired_cd.loop; print(json.dumps([after_solve, 'matplotlib' in sys.modules]))")
+  result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=120, check=True)
+  assert json.loads(result.stdout.splitlines()[-1]) == [[], False]

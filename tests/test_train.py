@@ -43,7 +43,7 @@ def test_every_strategy_trains(strategy):
   if strategy in schema.CD_STRATEGIES:
     assert {"energy_pos", "energy_neg", "langevin_displacement"} <= set(metrics[-1])
   assert ("replay_fill" in metrics[-1]) == (strategy in ("cd_langevin_replay", "cd_full"))
-  assert _tiny.tiny_step(strategy)._cache_size() == 1
+  assert _tiny.TRACES[strategy] == 1
 
 
 def test_same_seed_same_state_different_seed_differs():
@@ -57,15 +57,14 @@ def test_same_seed_same_state_different_seed_differs():
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a.params["fc1"]["kernel"], c.params["fc1"]["kernel"])
   assert not np.array_equal(a.replay.storage, c.replay.storage)
-  assert _tiny.tiny_step("cd_full")._cache_size() == 1
+  assert _tiny.TRACES["cd_full"] == 1
 
 
 def test_train_step_compiles_once():
-  """Five steps of the jitted step: one executable (the new state does not retrace)."""
-  step_fn = _tiny.tiny_step("cd_langevin_replay")
+  """Five steps of the jitted step: one trace (the new state does not retrace)."""
   state, _ = _run("cd_langevin_replay", 5)
   assert int(state.step) == 5
-  assert step_fn._cache_size() == 1
+  assert _tiny.TRACES["cd_langevin_replay"] == 1
 
 
 def test_multi_step_equals_single_steps():

@@ -1,0 +1,313 @@
+"""The strategy ablation: every (strategy, seed) as a normal run, then one report.
+
+``run_ablation(config, strategies, seeds, workdir)`` trains (or resumes, or
+skips when finished) each run in ``run_dir(workdir, strategy, seed)``, records
+a failed one and goes on, and writes WORKDIR/ablation.md (``markdown``),
+ablation.json (``summarize``) and ablation.png (plotting.plot_ablation); with
+``inner_steps`` it also scores each final checkpoint per number of inner
+descent steps (``sweep_inner_steps``, ablation_inner_steps.png).
+
+A run's record (``_record``) holds its outcome and one value per measure. A new
+per-run measure is a record key filled there (or after it, as the inner-steps
+sweep is) and a line of ``RUN_MEASURES``: it is then averaged over the
+completed seeds and gets a column of the table.
+"""
+
+import logging
+import os
+import time
+
+import numpy as np
+import tqdm
+
+from configs import base
+from ired_cd import evaluation, loop, metrics_io, plotting, schema, tasks
+
+EVAL_KEYS = ("eval/mse", "eval/mse_ood")
+HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
+# The per-run measures reported beside the MSEs: (record key, column header, format).
+RUN_MEASURES = (("train/score_norm", "final ‖∇E‖", ".3g"),
+                ("train/energy_gap", "final energy gap", ".3g"),
+                ("train/steps_per_sec", "steps/s", ".1f"))
+# Config fields named in the report's header.
+HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
+                 "eval_inner_steps")
+
+
+def run_dir(workdir, strategy, seed):
+  """The directory of one run of the ablation: WORKDIR/<strategy>/seed<k>."""
+  return os.path.join(workdir, strategy, f"seed{seed}")
+
+
+def _last_value(rows, key):
+  _, values = plotting.series(rows, key)
+  return float(values[-1]) if values.size else None
+
+
+def run_one(config, strategy, seed, subdir, report_only=False):
+  """Trains (or skips) one run; returns its record. Never raises for a failed run.
+
+  ``report_only``: train nothing; a run without its outcome is recorded as not
+  finished, at the last step it logged.
+  """
+  tic = time.time()
+  skipped = loop.holds_outcome(config, subdir)
+  if skipped:
+    summary = metrics_io.read_json(os.path.join(subdir, "summary.json"))
+  elif report_only:
+    rows = metrics_io.read_jsonl(os.path.join(subdir, "metrics.jsonl"))
+    summary = dict(steps=rows[-1]["step"]) if rows else {}
+  else:
+    try:
+      summary = loop.train_and_evaluate(config, subdir, progress=False)
+    except loop.TrainingDiverged as err:
+      summary = metrics_io.read_json(os.path.join(subdir, "summary.json")) or {}
+      summary.update(status="diverged", message=str(err))
+    except Exception as err:  # noqa: BLE001 - any failure is recorded; the others go on
+      logging.exception("%s seed %d failed", strategy, seed)
+      summary = dict(status="failed", message=f"{type(err).__name__}: {err}")
+  return _record(strategy, seed, subdir, summary, skipped, time.time() - tic)
+
+
+def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
+  """A run's row of ablation.json: its outcome, final evaluation and last health values."""
+  status = summary.get("status")
+  record = dict(strategy=strategy, seed=seed, workdir=subdir, status=status, skipped=skipped,
+                steps=summary.get("steps"), collapse_step=summary.get("collapse_step"),
+                message=summary.get("message"), seconds=seconds)
+  record["failed_step"] = summary.get("failed_step")
+  record["train/steps_per_sec"] = summary.get("train/steps_per_sec")
+  for key in EVAL_KEYS:
+    record[key] = summary.get(key)
+    record[f"{key}_mean_predictor"] = summary.get(f"{key}_mean_predictor")
+  rows = metrics_io.read_jsonl(os.path.join(subdir, "metrics.jsonl")) if status else []
+  for key in HEALTH_KEYS:
+    record[key] = _last_value(rows, key)
+  return record
+
+
+def sweep_inner_steps(config, record, inner_steps, report_only=False):
+  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} of a completed run's final checkpoint scored
+  with each of ``inner_steps`` descent steps; None if it is not scored (yet).
+
+  Reuses the run's eval.json when it holds exactly this sweep (the final step,
+  the counts, the run's evaluation set); otherwise evaluates and writes it,
+  except under ``report_only``.
+  """
+  if record["status"] != "completed":
+    return None
+  saved = metrics_io.read_json(os.path.join(record["workdir"], "eval.json"))
+  current = (saved is not None and saved.get("step") == record["steps"]
+             and saved.get("inner_steps") == list(inner_steps)
+             and saved.get("eval_size") == config.eval_size and saved.get("params") == "ema")
+  if not current:
+    if report_only:
+      return None
+    saved = loop.evaluate_checkpoint(config, record["workdir"], inner_steps=inner_steps)
+  values = {key: evaluation.at_inner_steps(saved, key, inner_steps) for key in EVAL_KEYS}
+  return {str(k): {key: values[key][i] for key in EVAL_KEYS} for i, k in enumerate(inner_steps)}
+
+
+def stats(values):
+  """{'mean', 'std' (sample std; None below 2 values), 'n', 'values'} of the non-None values."""
+  values = [float(v) for v in values if v is not None]
+  if not values:
+    return None
+  return dict(mean=float(np.mean(values)),
+              std=float(np.std(values, ddof=1)) if len(values) > 1 else None,
+              n=len(values), values=values)
+
+
+def _flags(runs):
+  """Per-seed problems: failed runs are excluded from the means, collapsed ones are not."""
+  done = [r for r in runs if r["status"] == "completed"]
+  notes = [] if len(done) == len(runs) else [f"{len(done)}/{len(runs)} seeds"]
+  for r in runs:
+    seed = f"seed{r['seed']}"
+    if r["status"] == "diverged":
+      notes.append(f"{seed} diverged at step {r['failed_step']}" if r["failed_step"] is not None
+                   else f"{seed} diverged after step {r['steps']}")
+    elif r["status"] == "interrupted":
+      notes.append(f"{seed} interrupted at step {r['steps']}")
+    elif r["status"] == "failed":
+      notes.append(f"{seed} failed ({r['message'].split(':')[0]})")
+    elif r["status"] is None:
+      notes.append(f"{seed} not run" if r["steps"] is None
+                   else f"{seed} unfinished (step {r['steps']})")
+    if r["collapse_step"] is not None:
+      notes.append(f"{seed} collapsed at step {r['collapse_step']}")
+  return notes
+
+
+def summarize(records, strategies, config, command=None):
+  """The report: the mean-predictor baseline and one row per strategy (see ablation.json)."""
+  baseline = {}
+  for key in EVAL_KEYS:
+    known = [r[f"{key}_mean_predictor"] for r in records
+             if r[f"{key}_mean_predictor"] is not None]
+    baseline[key] = known[0] if known else None
+  rows = {}
+  for strategy in strategies:
+    runs = [r for r in records if r["strategy"] == strategy]
+    done = [r for r in runs if r["status"] == "completed"]
+    row = dict(seeds_completed=len(done), seeds_total=len(runs))
+    for key in EVAL_KEYS:
+      row[key] = stats(r[key] for r in done)
+      row[f"{key}_rel"] = stats(r[key] / r[f"{key}_mean_predictor"] for r in done)
+    for key, _, _ in RUN_MEASURES:
+      row[key] = stats(r[key] for r in done)
+    sweeps = [r["inner_steps"] for r in done if r.get("inner_steps")]
+    if sweeps:
+      row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in EVAL_KEYS}
+                            for k in sweeps[0]}
+    row["flags"] = _flags(runs)
+    rows[strategy] = row
+  return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
+              base_config=config.experiment_name, strategies=list(strategies),
+              seeds=sorted({r["seed"] for r in records}), baseline=baseline, rows=rows,
+              runs=records)
+
+
+# MSEs keep 4 significant digits with their trailing zeros (0.2100, not 0.21): strategies
+# differ in the fourth digit on the harder set. Their spread over seeds gets two.
+MSE_SPEC, MSE_STD_SPEC = "#.4g", ".2g"
+
+
+def _num(value):
+  return "n/a" if value is None else f"{value:{MSE_SPEC}}"
+
+
+def _fmt(s, spec, std_spec=None):
+  if s is None:
+    return "n/a"
+  std = f" ± {s['std']:{std_spec or spec}}" if s["std"] is not None else ""
+  return f"{s['mean']:{spec}}{std}"
+
+
+def _mse(s):
+  return _fmt(s, MSE_SPEC, MSE_STD_SPEC)
+
+
+COLUMNS = (("strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ baseline")
+           + tuple(header for _, header, _ in RUN_MEASURES) + ("flags",))
+
+
+def markdown(report):
+  """The ablation table with its command line and settings."""
+  c = report["config"]
+  lines = ["# Strategy ablation", ""]
+  if report["command"]:
+    lines += ["```bash", report["command"], "```", ""]
+  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
+  lines += [f"Base config `{report['base_config']}`: task {c['task']} (rank {c['rank']}), batch "
+            f"{c['batch_size']}, {c['train_steps']} steps, lr {c['learning_rate']}; evaluation "
+            f"on {c['eval_size']} problems per set with {tuple(c['eval_inner_steps'])[0]} inner "
+            f"steps; seeds {', '.join(map(str, report['seeds']))}.", "",
+            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+  base = report["baseline"]
+  lines.append(f"| mean predictor | | {_num(base['eval/mse'])} | 1 | "
+               f"{_num(base['eval/mse_ood'])} | 1 |" + " |" * (len(RUN_MEASURES) + 1))
+  for strategy in report["strategies"]:
+    row = report["rows"][strategy]
+    cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}",
+             _mse(row["eval/mse"]), _fmt(row["eval/mse_rel"], ".3f"),
+             _mse(row["eval/mse_ood"]), _fmt(row["eval/mse_ood_rel"], ".3f"),
+             *(_fmt(row[key], spec) for key, _, spec in RUN_MEASURES), "; ".join(row["flags"])]
+    lines.append("| " + " | ".join(cells) + " |")
+  lines += ["", "MSE: the sampler's (EMA parameters) mean squared error on the fixed "
+            "in-distribution and harder sets; ÷ baseline: relative to always predicting the "
+            "mean inverse (1 = no better than the mean predictor). Mean ± sample std over the "
+            "completed seeds: diverged or failed seeds are excluded and flagged; collapsed "
+            "seeds completed and are included, flagged. Final ‖∇E‖ and energy gap: the last "
+            f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}). n/a: nothing to "
+            "average (no completed seed, or no energy loss). steps/s: training throughput, "
+            "compilation excluded."]
+  lines += _inner_steps_markdown(report)
+  return "\n".join(lines) + "\n"
+
+
+def _inner_steps_markdown(report):
+  """The inner-steps sweep's table (lines), or nothing when no run was swept."""
+  swept = {s: report["rows"][s]["inner_steps"] for s in report["strategies"]
+           if "inner_steps" in report["rows"][s]}
+  if not swept:
+    return []
+  counts = list(next(iter(swept.values())))
+  lines = ["", "## MSE by inner descent steps", "",
+           "The final checkpoint scored with k inner descent steps per sampler timestep "
+           "(in-distribution / harder; mean ± std over the seeds swept).", "",
+           "| strategy | " + " | ".join(f"k={k}" for k in counts) + " |",
+           "|" + "---|" * (len(counts) + 1)]
+  for strategy, sweep in swept.items():
+    cells = [f"{_mse(sweep[k]['eval/mse'])} / {_mse(sweep[k]['eval/mse_ood'])}"
+             for k in counts]
+    lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+  return lines
+
+
+def _describe(record):
+  """One line per finished run for the log above the progress bar."""
+  name = f"{record['strategy']}/seed{record['seed']}"
+  if record["skipped"]:
+    return f"{name}: already {record['status']}, skipped"
+  if record["status"] is None:
+    return f"{name}: not finished (last logged step {record['steps']}), not trained"
+  if record["status"] != "completed":
+    return (f"{name}: {record['status'].upper()} after step {record['steps']}"
+            + (f": {record['message']}" if record["message"] else ""))
+  collapse = (f", COLLAPSED at step {record['collapse_step']}"
+              if record["collapse_step"] is not None else "")
+  return (f"{name}: eval/mse={record['eval/mse']:.5g} eval/mse_ood={record['eval/mse_ood']:.5g}"
+          f"{collapse} ({record['seconds'] / 60:.1f} min)")
+
+
+def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
+                 inner_steps=None):
+  """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
+
+  ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
+  raise ConfigError before anything runs. ``report_only``: train nothing, report
+  what has finished (a grid still running elsewhere). ``inner_steps``: also
+  score each completed run with these numbers of descent steps
+  (sweep_inner_steps; ablation_inner_steps.png). Returns the report.
+  """
+  if len(set(strategies)) != len(strategies) or not strategies:
+    raise schema.ConfigError(f"strategies: a non-empty list without repeats, got "
+                                 f"{list(strategies)}")
+  if seeds < 1:
+    raise schema.ConfigError(f"seeds: must be >= 1, got {seeds}")
+  plan = []
+  for strategy in strategies:
+    for seed in range(seeds):
+      c = base.run_config(config, strategy, seed=seed)
+      subdir = run_dir(workdir, strategy, seed)
+      loop.check_workdir(c, subdir)
+      plan.append((strategy, seed, c, subdir))
+  records = []
+  bar = tqdm.tqdm(plan, desc="ablation", unit="run", dynamic_ncols=True)
+  for strategy, seed, c, subdir in bar:
+    bar.set_postfix_str(f"{strategy}/seed{seed}")
+    record = run_one(c, strategy, seed, subdir, report_only)
+    records.append(record)
+    tqdm.tqdm.write(_describe(record))
+    if record["status"] == "interrupted":
+      break
+  bar.close()
+  # After an interruption the runs not reached are recorded with status None.
+  records += [_record(strategy, seed, subdir, {}) for strategy, seed, _, subdir
+              in plan[len(records):]]
+  if inner_steps:
+    for (_, _, c, _), record in zip(plan, records):
+      record["inner_steps"] = sweep_inner_steps(c, record, inner_steps, report_only)
+  report = summarize(records, strategies, config, command)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "ablation.md"), "w") as f:
+    f.write(markdown(report))
+  metrics_io.write_json_atomic(os.path.join(workdir, "ablation.json"), report)
+  plotting.plot_ablation(report, os.path.join(workdir, "ablation.png"))
+  if inner_steps:
+    plotting.plot_ablation_inner_steps(report, inner_steps,
+                                       os.path.join(workdir, "ablation_inner_steps.png"))
+  return report
+
+
