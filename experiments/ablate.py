@@ -42,6 +42,13 @@ _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation director
 _INNER = flags.DEFINE_list(
     "inner_steps", None, "Also score every completed run's final checkpoint with each of these "
     "numbers of inner descent steps, e.g. 0,1,2,5,10,20 (table and ablation_inner_steps.png).")
+_LANDSCAPE = flags.DEFINE_integer(
+    "landscape_size", None, "Also measure every completed run's energy landscape "
+    "(experiments.landscape) on this many problems per set, e.g. 256 (its landscape.json, "
+    "reused on rerun; a table and ablation_landscape.png).")
+_LANDSCAPE_DTYPE = flags.DEFINE_enum(
+    "landscape_matmul_dtype", "float32", ["float32", "bfloat16"],
+    "Matmul dtype of the landscape measurements.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -60,8 +67,11 @@ def main(argv):
     cli.check_workdir("--workdir", workdir)
     cli.check_choices(_STRATEGIES, schema.STRATEGIES)
     inner = cli.step_counts(_INNER.name, _INNER.value)
+    if _LANDSCAPE.value is not None:
+      cli.check_at_least(_LANDSCAPE, 1)
     report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
-                                   command, _REPORT_ONLY.value, inner)
+                                   command, _REPORT_ONLY.value, inner, _LANDSCAPE.value,
+                                   _LANDSCAPE_DTYPE.value)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

@@ -5,7 +5,9 @@ skips when finished) each run in ``run_dir(workdir, strategy, seed)``, records
 a failed one and goes on, and writes WORKDIR/ablation.md (``markdown``),
 ablation.json (``summarize``) and ablation.png (plotting.plot_ablation); with
 ``inner_steps`` it also scores each final checkpoint per number of inner
-descent steps (``sweep_inner_steps``, ablation_inner_steps.png).
+descent steps (``sweep_inner_steps``, ablation_inner_steps.png); with
+``landscape_size`` it also measures each final checkpoint's energy landscape
+(``score_landscape``: ired_cd.landscape, a table and ablation_landscape.png).
 
 A run's record (``_record``) holds its outcome and one value per measure. A new
 per-run measure is a record key filled there (or after it, as the inner-steps
@@ -21,7 +23,7 @@ import numpy as np
 import tqdm
 
 from configs import base
-from ired_cd import evaluation, loop, metrics_io, plotting, schema, tasks
+from ired_cd import evaluation, landscape, loop, metrics_io, plotting, schema, tasks
 
 EVAL_KEYS = ("eval/mse", "eval/mse_ood")
 HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
@@ -29,6 +31,14 @@ HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of e
 RUN_MEASURES = (("train/score_norm", "final ‖∇E‖", ".3g"),
                 ("train/energy_gap", "final energy gap", ".3g"),
                 ("train/steps_per_sec", "steps/s", ".1f"))
+# The landscape's columns (landscape.summary's keys, each per set): key, header, format.
+LANDSCAPE_MEASURES = (
+    ("repair_r0.25", "repair: MSE after descent ÷ start (truth + 0.25 RMS)", ".3g"),
+    ("spearman_residual", "Spearman(E, residual)", ".3f"),
+    ("truth_below_answer", "P[E(truth) < E(answer)] at t=0", ".3f"),
+    ("moved_after_first", "inner proposals that move y after the first", ".3f"),
+    ("scaling_gain", "MSE after descent past the schedule ÷ without", ".4f"),
+    ("breadth_gain", "MSE of the energy's pick of 8 ÷ one trajectory", ".4f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
@@ -108,6 +118,26 @@ def sweep_inner_steps(config, record, inner_steps, report_only=False):
   return {str(k): {key: values[key][i] for key in EVAL_KEYS} for i, k in enumerate(inner_steps)}
 
 
+def score_landscape(record, eval_size, matmul_dtype="float32", report_only=False):
+  """landscape.summary of a completed run's final checkpoint; None if it is not scored (yet).
+
+  Reuses the run's landscape.json when it measured the final step on ``eval_size``
+  problems per set with ``matmul_dtype``; otherwise measures and writes it (with
+  its figure), except under ``report_only``.
+  """
+  if record["status"] != "completed":
+    return None
+  saved = metrics_io.read_json(os.path.join(record["workdir"], "landscape.json"))
+  run = (saved or {}).get("run", {})
+  if (run.get("step"), run.get("eval_size"), run.get("matmul_dtype")) != (
+      record["steps"], eval_size, matmul_dtype):
+    if report_only:
+      return None
+    saved = landscape.evaluate_run(record["workdir"], eval_size, matmul_dtype=matmul_dtype)
+    landscape.write(record["workdir"], saved)
+  return landscape.summary(saved)
+
+
 def stats(values):
   """{'mean', 'std' (sample std; None below 2 values), 'n', 'values'} of the non-None values."""
   values = [float(v) for v in values if v is not None]
@@ -160,6 +190,9 @@ def summarize(records, strategies, config, command=None):
     if sweeps:
       row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in EVAL_KEYS}
                             for k in sweeps[0]}
+    scored = [r["landscape"] for r in done if r.get("landscape")]
+    if scored:
+      row["landscape"] = {key: stats(s[key] for s in scored) for key in scored[0]}
     row["flags"] = _flags(runs)
     rows[strategy] = row
   return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
@@ -223,6 +256,7 @@ def markdown(report):
             "average (no completed seed, or no energy loss). steps/s: training throughput, "
             "compilation excluded."]
   lines += _inner_steps_markdown(report)
+  lines += _landscape_markdown(report)
   return "\n".join(lines) + "\n"
 
 
@@ -245,6 +279,24 @@ def _inner_steps_markdown(report):
   return lines
 
 
+def _landscape_markdown(report):
+  """The landscape's table (lines), or nothing when no run was measured."""
+  scored = {s: report["rows"][s]["landscape"] for s in report["strategies"]
+            if "landscape" in report["rows"][s]}
+  if not scored:
+    return []
+  lines = ["", "## Energy landscape", "",
+           "Each final checkpoint measured by `experiments.landscape` (docs/landscape.md): "
+           "in-distribution / harder, mean ± std over the seeds measured.", "",
+           "| strategy | " + " | ".join(header for _, header, _ in LANDSCAPE_MEASURES) + " |",
+           "|" + "---|" * (len(LANDSCAPE_MEASURES) + 1)]
+  for strategy, measures in scored.items():
+    cells = [f"{_fmt(measures[key], spec, '.2g')} / {_fmt(measures[key + '_ood'], spec, '.2g')}"
+             for key, _, spec in LANDSCAPE_MEASURES]
+    lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+  return lines
+
+
 def _describe(record):
   """One line per finished run for the log above the progress bar."""
   name = f"{record['strategy']}/seed{record['seed']}"
@@ -262,14 +314,17 @@ def _describe(record):
 
 
 def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
-                 inner_steps=None):
+                 inner_steps=None, landscape_size=None, landscape_dtype="float32"):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
   ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
   raise ConfigError before anything runs. ``report_only``: train nothing, report
   what has finished (a grid still running elsewhere). ``inner_steps``: also
   score each completed run with these numbers of descent steps
-  (sweep_inner_steps; ablation_inner_steps.png). Returns the report.
+  (sweep_inner_steps; ablation_inner_steps.png). ``landscape_size``: also measure
+  each completed run's landscape on that many problems per set with
+  ``landscape_dtype`` matmuls (score_landscape; ablation_landscape.png). Returns
+  the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
     raise schema.ConfigError(f"strategies: a non-empty list without repeats, got "
@@ -299,6 +354,9 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   if inner_steps:
     for (_, _, c, _), record in zip(plan, records):
       record["inner_steps"] = sweep_inner_steps(c, record, inner_steps, report_only)
+  if landscape_size:
+    for record in records:
+      record["landscape"] = score_landscape(record, landscape_size, landscape_dtype, report_only)
   report = summarize(records, strategies, config, command)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
@@ -308,6 +366,9 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   if inner_steps:
     plotting.plot_ablation_inner_steps(report, inner_steps,
                                        os.path.join(workdir, "ablation_inner_steps.png"))
+  if any("landscape" in row for row in report["rows"].values()):
+    plotting.plot_ablation_landscape(report, LANDSCAPE_MEASURES,
+                                     os.path.join(workdir, "ablation_landscape.png"))
   return report
 
 

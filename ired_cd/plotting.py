@@ -268,3 +268,25 @@ def plot_ablation_inner_steps(report, inner_steps, path):
   fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
+
+
+def plot_ablation_landscape(report, measures, path):
+  """Writes the ablation's landscape figure: one panel per measure (key, title, _), a bar
+  per strategy and set (mean over the seeds measured, their spread as error bars)."""
+  strategies = [s for s in report["strategies"] if "landscape" in report["rows"][s]]
+  fig = Figure(figsize=(4.2 * len(measures), 3.8))
+  axes = fig.subplots(1, len(measures))
+  x = np.arange(len(strategies))
+  for ax, (key, title, _) in zip(axes, measures):
+    for offset, (suffix, (name, _)) in zip((-0.2, 0.2), SET_STYLES.items()):
+      values = [report["rows"][s]["landscape"][key + suffix] for s in strategies]
+      ax.bar(x + offset, [v["mean"] for v in values], 0.4, label=name,
+             yerr=[v["std"] or 0.0 for v in values], capsize=2)
+    ax.set_xticks(x, strategies, rotation=45, ha="right", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.grid(alpha=0.3, axis="y")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"energy landscape of each strategy's final checkpoint ({report['base_config']})")
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  return path

@@ -12,7 +12,7 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 
 from configs import base, q204
-from ired_cd import ablation, loop, metrics_io
+from ired_cd import ablation, landscape, loop, metrics_io
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE_SETTINGS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
@@ -235,3 +235,37 @@ def test_inner_steps_sweep_scores_every_completed_run_once(grid):
                                 report_only=True)
   assert all(r["inner_steps"] is None for r in fresh["runs"])
   assert "inner_steps" not in fresh["rows"]["none"]
+
+
+def test_landscape_columns_measure_every_completed_run_once(grid):
+  """--landscape_size: each run's final checkpoint measured by experiments.landscape (its
+  landscape.json), the means of landscape.summary over seeds in the report, a table and a
+  figure; a rerun reuses the measurements, and another size is not taken for this one."""
+  workdir, _ = grid
+  report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
+  for strategy in STRATEGIES:
+    columns = []
+    for seed in (0, 1):
+      saved = metrics_io.read_json(os.path.join(workdir, strategy, f"seed{seed}",
+                                                "landscape.json"))
+      assert (saved["run"]["step"], saved["run"]["eval_size"], saved["run"]["seed"]) == (
+          20, 8, seed)
+      columns.append(landscape.summary(saved))
+    row = report["rows"][strategy]["landscape"]
+    for key, _, _ in ablation.LANDSCAPE_MEASURES:
+      for suffix in ("", "_ood"):
+        values = [c[key + suffix] for c in columns]
+        assert row[key + suffix]["values"] == pytest.approx(values)
+  with open(os.path.join(workdir, "ablation.md")) as f:
+    text = f.read()
+  assert "## Energy landscape" in text and "Spearman(E, residual)" in text
+  assert_png(os.path.join(workdir, "ablation_landscape.png"))
+  measured = os.path.join(workdir, "none", "seed0", "landscape.json")
+  before = os.stat(measured).st_mtime_ns
+  again = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
+  assert os.stat(measured).st_mtime_ns == before
+  assert again["rows"]["cd_full"]["landscape"] == report["rows"]["cd_full"]["landscape"]
+  other = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=16,
+                                report_only=True)
+  assert all(r["landscape"] is None for r in other["runs"])
+  assert "landscape" not in other["rows"]["none"]
