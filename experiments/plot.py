@@ -49,7 +49,7 @@ def main(argv):
       for k, mse, mse_ood in zip(inner, evaluation.at_inner_steps(result, "eval/mse", inner),
                                  evaluation.at_inner_steps(result, "eval/mse_ood", inner)):
         print(f"  k={k}: mse={mse:.5g} mse_ood={mse_ood:.5g}")
-  except FileNotFoundError as err:
+  except loop.REFUSALS as err:
     sys.exit(f"error: {err}")
 
 

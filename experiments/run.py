@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli
 from ired_cd import schema
-from ired_cd import checkpoint, loop, metrics_io, parallel, workdir_lock
+from ired_cd import loop, parallel
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant), e.g. configs/q204.py:cpu.")
@@ -43,10 +43,6 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped with a checkpoint; rerun to resume
-# What a run refuses with one line: the workdir's state, not a bug.
-_REFUSALS = (schema.ConfigError, FileNotFoundError, workdir_lock.WorkdirBusy,
-             checkpoint.IncompatibleCheckpoint, checkpoint.UnreadableCheckpoint,
-             metrics_io.MalformedMetrics)
 
 
 def main(argv):
@@ -73,7 +69,7 @@ def main(argv):
       return
     summary = loop.train_and_evaluate(config, workdir, _ALLOW_CHANGE.value,
                                             progress=_PROGRESS.value)
-  except _REFUSALS as err:
+  except loop.REFUSALS as err:
     sys.exit(f"error: {err}")
   except loop.TrainingDiverged as err:
     sys.exit(f"error: training diverged: {err}")

@@ -55,6 +55,12 @@ COLLAPSE_SCORE_FRACTION = 0.05
 COLLAPSE_MSE = 0.9
 
 
+# What a run or an evaluation refuses with one line: the workdir's state, not a bug.
+REFUSALS = (schema.ConfigError, FileNotFoundError, workdir_lock.WorkdirBusy,
+            checkpoint.IncompatibleCheckpoint, checkpoint.UnreadableCheckpoint,
+            metrics_io.MalformedMetrics)
+
+
 class TrainingDiverged(RuntimeError):
   """The loss or the parameters became non-finite."""
 
