@@ -65,6 +65,21 @@ class CheckpointStore:
         self.manager = self._open()
     return None, None
 
+  def restore_params(self, like, step: Optional[int] = None, field: str = "ema_params"):
+    """(params, step): only the train state's ``field`` (``ema_params`` or ``params``) of the
+    newest (or the given) checkpoint, in the shapes and shardings of ``like`` (a params tree);
+    (None, None) without a checkpoint. The optimiser state and replay buffer are not read."""
+    step = self.steps()[-1] if step is None and self.steps() else step
+    if step is None:
+      return None, None
+    abstract = {field: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)}
+    restored = ocp.PyTreeCheckpointer().restore(
+        epath.Path(self.directory, str(step), "default"),
+        args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                    restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                        abstract)))
+    return restored[field], step
+
   def _restore(self, like, step: int):
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     saved_replay = self._saved_replay_shapes(step)

@@ -36,10 +36,11 @@ def _cluster_detected() -> bool:
   return "," in tpu_hosts or int(os.environ.get("SLURM_NTASKS", "1")) > 1
 
 
-def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-  """A 1-D ``data`` mesh over the first ``num_devices`` devices (default: all of them)."""
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return Mesh(devices, (DATA,))
+def make_mesh(num_devices: Optional[int] = None, devices=None) -> Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` of ``devices`` (default: every device
+  of every host; a compile-only topology's devices for ``experiments.compile``)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(devices[:num_devices] if num_devices else devices, (DATA,))
 
 
 def data_size(mesh: Optional[Mesh]) -> int:

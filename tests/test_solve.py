@@ -60,8 +60,9 @@ def test_answers_in_both_layouts_are_the_unscaled_x0(workdir):
   model = solve.load(workdir)
   setup = train.build_setup(model.config)
   default = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
-  scaled = evaluation.predict(default, model.params, a.reshape(6, -1), 3, 6,
-                              jax.random.PRNGKey(0))
+  rows = a.reshape(6, -1).astype(np.float32)
+  scaled = evaluation.predict(default, model.params, rows, solve.content_keys(rows), 3, 6,
+                              model.mesh)
   np.testing.assert_allclose(by_row[3] * float(setup.schedule.sqrt_alphas_cumprod[0]), scaled,
                              rtol=1e-5, atol=1e-6)
   assert model.step == 20
