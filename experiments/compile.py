@@ -22,6 +22,7 @@ if __name__ == "__main__":  # before JAX is imported: its compile-only backends,
   sys.path.insert(0, COMPILE_PACKAGES)
   os.environ["JAX_PLATFORMS"] = "cpu"  # the CUDA plugin then registers without a GPU
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU VM metadata server to ask
+  os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compiles at once
   with quiet.held_stderr():  # the CUDA plugin's libraries report the missing driver
     import jax  # noqa: F401
 
@@ -80,17 +81,18 @@ def main(argv):
     configs = [base.run_config(_CONFIG.value, s) for s in strategies]
     for config in configs:
       loop.check_devices(config, parallel.make_mesh(devices=devices))
-  except hardware.TargetError as err:
-    sys.exit(f"error: {err}\n(the compile packages: pip install --target {COMPILE_PACKAGES} "
-             "-r requirements-compile.txt)")
-  except schema.ConfigError as err:
+  except (hardware.TargetError, schema.ConfigError) as err:
     sys.exit(f"error: {err}")
-  failed = False
+  failed, sampler_memory = False, None  # the sampler is the same for every strategy
   for config in configs:
     try:
-      result = hardware.compile_run(config, target, devices)
+      result = hardware.compile_run(config, target, devices, sampler_memory)
+      sampler_memory = result["sampler_memory"]
       if _MAX_BATCH.value:
-        result["max_batch"] = hardware.max_batch(config, target, devices, result)
+        result["max_batch"] = hardware.max_batch(
+            config, target, devices, result,
+            on_probe=lambda batch, fits: print(f"  batch {batch}: {'fits' if fits else 'too big'}",
+                                               file=sys.stderr, flush=True))
     except hardware.DoesNotFit as err:
       print(f"error: {config.mining_strategy} at batch {config.batch_size} does not fit "
             f"{target.name}: {err}", file=sys.stderr)

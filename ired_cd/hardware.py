@@ -52,7 +52,7 @@ CHIPS = {
     "v4": Chip("TPU v4", 32 * GIB, {"bfloat16": 275e12, "float32": 275e12}, 1200e9, 1.0),
     "v5e": Chip("TPU v5e", 16 * GIB, {"bfloat16": 197e12, "float32": 197e12}, 819e9, 1.0),
     "v5p": Chip("TPU v5p", 95 * GIB, {"bfloat16": 459e12, "float32": 459e12}, 2765e9, 1.0),
-    "v6e": Chip("TPU v6e", 32 * GIB, {"bfloat16": 918e12, "float32": 918e12}, 1640e9, 1.0),
+    "v6e": Chip("TPU v6e", 32 * GIB, {"bfloat16": 918e12, "float32": 918e12}, 1638e9, 1.0),
     "a100-80gb": Chip("NVIDIA A100-SXM4-80GB", 85100068864,
                       {"bfloat16": 312e12, "float32": 156e12}, 2039e9, 0.75),
     "h100": Chip("NVIDIA H100 80GB HBM3", 84942979072,
@@ -78,20 +78,20 @@ class Target:
     return "cuda" if self.chip in GPU_CONFIGS else "tpu"
 
 
-# Cloud TPU names -> (chip, topology, chips per host). The number counts TensorCores for v4
-# and v5p (two per chip: v4-8 is 4 chips) and chips for v5e and v6e; 4 chips per host
-# except the single-host 8-chip v5e-8 and v6e-8.
+# Cloud TPU names -> (chip, topology, chips per host bounds). The number counts TensorCores
+# for v4 and v5p (two per chip: v4-8 is 4 chips, 4 per host) and chips for v5e and v6e (up
+# to 8 per host: v5e-8 is one host, v5e-32 four).
 _TPU_SLICES = {
     "v4-8": ("v4", "v4:2x2x1", (2, 2, 1)), "v4-16": ("v4", "v4:2x2x2", (2, 2, 1)),
     "v4-32": ("v4", "v4:2x2x4", (2, 2, 1)),
     "v5p-8": ("v5p", "v5p:2x2x1", (2, 2, 1)), "v5p-16": ("v5p", "v5p:2x2x2", (2, 2, 1)),
     "v5p-32": ("v5p", "v5p:2x2x4", (2, 2, 1)),
     "v5e-1": ("v5e", "v5e:1x1", (1, 1, 1)), "v5e-4": ("v5e", "v5e:2x2", (2, 2, 1)),
-    "v5e-8": ("v5e", "v5e:2x4", (2, 4, 1)), "v5e-16": ("v5e", "v5e:4x4", (2, 2, 1)),
-    "v5e-32": ("v5e", "v5e:4x8", (2, 2, 1)), "v5e-64": ("v5e", "v5e:8x8", (2, 2, 1)),
+    "v5e-8": ("v5e", "v5e:2x4", (2, 4, 1)), "v5e-16": ("v5e", "v5e:4x4", (2, 4, 1)),
+    "v5e-32": ("v5e", "v5e:4x8", (2, 4, 1)), "v5e-64": ("v5e", "v5e:8x8", (2, 4, 1)),
     "v6e-1": ("v6e", "v6e:1x1", (1, 1, 1)), "v6e-4": ("v6e", "v6e:2x2", (2, 2, 1)),
-    "v6e-8": ("v6e", "v6e:2x4", (2, 4, 1)), "v6e-16": ("v6e", "v6e:4x4", (2, 2, 1)),
-    "v6e-32": ("v6e", "v6e:4x8", (2, 2, 1)), "v6e-64": ("v6e", "v6e:8x8", (2, 2, 1)),
+    "v6e-8": ("v6e", "v6e:2x4", (2, 4, 1)), "v6e-16": ("v6e", "v6e:4x4", (2, 4, 1)),
+    "v6e-32": ("v6e", "v6e:4x8", (2, 4, 1)), "v6e-64": ("v6e", "v6e:8x8", (2, 4, 1)),
 }
 _GPU_COUNTS = (1, 8)
 
@@ -136,7 +136,9 @@ def target_devices(target: Target):
           topology = topologies.get_topology_desc(platform="cuda", target_config=f.read(),
                                                   topology=target.topology)
   except (RuntimeError, NotImplementedError) as err:
-    raise TargetError(f"--target: cannot compile for {target.name} here: {err}") from err
+    raise TargetError(f"--target: cannot compile for {target.name} here ({err}): are the "
+                      "compile packages (requirements-compile.txt) installed as "
+                      "experiments/compile.py says?") from err
   return topology.devices
 
 
@@ -192,13 +194,17 @@ def compile_sampler(setup, mesh, params):
       jax.ShapeDtypeStruct((), jnp.int32)))
 
 
-def replay_shards_per_device(compiled_train) -> Optional[int]:
-  """Replay-buffer shards each device holds in the compiled train program (None: no buffer)."""
+def replay_shards(compiled_train) -> Optional[Dict[str, int]]:
+  """The replay buffer's shards in the compiled train program: {'total', 'per_device',
+  'devices_holding_one'} (None: no buffer)."""
   state_sharding = compiled_train.input_shardings[0][0]
   if state_sharding.replay is None:
     return None
-  storage = state_sharding.replay.storage
-  return storage.shard_shape(compiled_train.args_info[0][0].replay.storage.shape)[0]
+  sharding = state_sharding.replay.storage
+  shape = compiled_train.args_info[0][0].replay.storage.shape
+  starts = [index[0].start or 0 for index in sharding.devices_indices_map(shape).values()]
+  return dict(total=shape[0], per_device=sharding.shard_shape(shape)[0],
+              devices_holding_one=len(set(starts)))
 
 
 def compile_run(config, target: Target, devices=None, sampler_memory=None) -> Dict:
@@ -230,7 +236,7 @@ def compile_run(config, target: Target, devices=None, sampler_memory=None) -> Di
       per_device_batch=config.batch_size // n, matmul_dtype=config.matmul_dtype,
       steps_per_program=steps, train_memory=train_memory, sampler_memory=sampler_memory,
       needed_bytes=needed, usable_bytes=usable, fits=needed <= usable,
-      headroom_bytes=usable - needed, replay_shards_per_device=replay_shards_per_device(compiled),
+      headroom_bytes=usable - needed, replay_shards=replay_shards(compiled),
       matmul_flops_per_step=step_flops, roofline_step_s=step_s,
       roofline_bound="compute" if compute_s >= memory_s else "memory",
       max_steps_per_s=1.0 / step_s)
@@ -242,13 +248,15 @@ def with_batch(config, batch_size: int):
   return c
 
 
-def max_batch(config, target: Target, devices, result: Dict) -> int:
+def max_batch(config, target: Target, devices, result: Dict, on_probe=None) -> int:
   """The largest global batch (a multiple of the device count) with which ``config`` fits
-  ``target``; 0 if none does. ``result``: ``compile_run``'s at ``config.batch_size``.
+  ``target``; 0 if none does. ``result``: ``compile_run``'s at ``config.batch_size``;
+  ``on_probe(batch, fits)`` is called after each compile.
 
-  Memory grows about linearly with the batch: two compiles (the config's batch
-  and twice it) predict the limit, two more check it from both sides; where the
-  prediction misses, bisection finishes the job.
+  Memory grows about linearly with the batch (in steps, where XLA pads it to tiles):
+  each next batch tried is where the line through the two largest measured batches
+  of different memory reaches the chip's limit, or, where that is no help, twice
+  the largest that fits, or the middle of the bracket.
   """
   n = len(devices)
   # per-device batch -> (fits, bytes needed or None where the compiler refused, usable bytes)
@@ -262,35 +270,34 @@ def max_batch(config, target: Target, devices, result: Dict) -> int:
         results[k] = (r["fits"], r["needed_bytes"], r["usable_bytes"])
       except DoesNotFit:
         results[k] = (False, None, None)
+      if on_probe:
+        on_probe(k * n, results[k][0])
     return results[k][0]
 
-  lo, hi = 0, None  # the largest per-device batch known to fit, the smallest known not to
+  def guess():
+    measured = sorted((k, r[1]) for k, r in results.items() if r[1] is not None)
+    points = {}
+    for k, need in measured[::-1]:  # the largest batch of each memory figure
+      points.setdefault(need, k)
+    if len(points) < 2:
+      return None
+    (need2, k2), (need1, k1) = sorted(points.items(), key=lambda p: -p[1])[:2]
+    if need2 <= need1:
+      return None
+    return k2 + int((result["usable_bytes"] - need2) * (k2 - k1) // (need2 - need1))
+
   k = max(1, config.batch_size // n)
-  for candidate in (k, 2 * k):
-    if probe(candidate):
-      lo = max(lo, candidate)
+  lo, hi = 0, None  # the largest per-device batch known to fit, the smallest known not to
+  while True:
+    if probe(k):
+      lo = max(lo, k)
     else:
-      hi = candidate if hi is None else min(hi, candidate)
-  measured = sorted((kk, r[1], r[2]) for kk, r in results.items() if r[1] is not None)
-  if len(measured) == 2 and measured[1][1] > measured[0][1]:
-    (k1, need1, usable), (k2, need2, _) = measured
-    guess = k1 + int((usable - need1) * (k2 - k1) // (need2 - need1))
-    for candidate in (guess, guess + 1):
-      if candidate > lo and (hi is None or candidate < hi):
-        if probe(candidate):
-          lo = candidate
-        else:
-          hi = candidate
-  while hi is None:  # grow until it does not fit
-    candidate = 2 * max(lo, 1)
-    if probe(candidate):
-      lo = candidate
-    else:
-      hi = candidate
-  while hi - lo > 1:
-    mid = (lo + hi) // 2
-    if probe(mid):
-      lo = mid
-    else:
-      hi = mid
+      hi = k if hi is None else min(hi, k)
+    if hi is not None and hi - lo <= 1:
+      break
+    k = guess()
+    if k is None or k in results or k <= lo or (hi is not None and k >= hi):
+      k = 2 * max(lo, 1) if hi is None else (lo + hi) // 2
+      if k in results:  # the line's guess and its neighbour: check the one above the limit
+        k = lo + 1
   return lo * n

@@ -203,3 +203,24 @@ def test_library_errors_name_the_field(workdir):
     solve.solve(workdir, a.astype(np.complex64))
   with pytest.raises(solve.SolveError, match="^inner_steps: "):
     solve.solve(workdir, a, inner_steps=())
+
+
+def test_an_answer_does_not_depend_on_its_row_or_batch_and_one_sampler_serves_every_n(workdir):
+  a, _ = problems(n=8)
+  model = solve.load(workdir)
+  rows = a.reshape(8, -1)
+  batch = solve.answer(model, rows, 2)
+  alone = solve.answer(model, rows[1:2], 2)
+  reordered = solve.answer(model, rows[::-1], 2)
+  np.testing.assert_allclose(alone[0], batch[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(reordered[::-1], batch, rtol=1e-5, atol=1e-6)
+  # Chunks of 2 or 8 rows (one padded chunk of eval_chunk above): the same answers.
+  keys = solve.content_keys(rows)
+  for chunk in (2, 8):
+    np.testing.assert_allclose(
+        evaluation.predict(model.sample, model.params, rows, keys, 2, chunk, model.mesh), batch,
+        rtol=1e-5, atol=1e-6)
+  # 1, 8 and 8 problems all ran in one padded eval_chunk: one compiled sampler (the chunks of
+  # 2 and 8 rows above are two more shapes).
+  assert model.sample._cache_size() == 3
+  assert model.config.eval_chunk > 8
