@@ -128,9 +128,11 @@ def target_devices(target: Target):
     with quiet.held_stderr():
       jax.devices()  # discovers the plugins (the CUDA stub prints here)
       if target.platform == "tpu":
+        # A v4 chip's two TensorCores are one JAX device (megacore), as on a v4 TPU VM.
+        megacore = {"chip_config_name": "megacore"} if target.chip == "v4" else {}
         topology = topologies.get_topology_desc(
             platform="tpu", topology_name=target.topology,
-            chips_per_host_bounds=list(target.chips_per_host))
+            chips_per_host_bounds=list(target.chips_per_host), **megacore)
       else:
         with open(os.path.join(GPU_TARGETS, GPU_CONFIGS[target.chip])) as f:
           topology = topologies.get_topology_desc(platform="cuda", target_config=f.read(),
