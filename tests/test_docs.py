@@ -174,7 +174,7 @@ def test_the_docs_document_every_tool():
   for doc in DOCS:
     with open(os.path.join(REPO, doc)) as f:
       documented |= {tool for tool, _ in commands(f.read())}
-  assert documented == {"run", "ablate", "bench", "plot", "solve"}
+  assert documented == {"run", "ablate", "bench", "plot", "solve", "compile"}
 
 
 SAMPLE = """Prose with `python -m experiments.plot
