@@ -199,7 +199,7 @@ def bench_gram(config, strategy, steps, inner_steps):
   setup = setups["gram"]
   params = train.init_state(setup).ema_params
   inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.eval_chunk, False)
-  key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
+  key, k = jax.random.split(jax.random.PRNGKey(2), config.eval_chunk), jnp.int32(inner_steps)
   samplers = {}
   for mode in modes:
     samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule,
@@ -224,7 +224,7 @@ def bench_sampler(config, inner_steps, reps, peak):
   params = train.init_state(setup).ema_params
   sample = sampler.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
   inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.batch_size, False)
-  key, k = jax.random.PRNGKey(2), jnp.int32(inner_steps)
+  key, k = jax.random.split(jax.random.PRNGKey(2), config.batch_size), jnp.int32(inner_steps)
   tic = time.perf_counter()
   compiled = sample.lower(params, inp, key, k).compile()
   compile_s = time.perf_counter() - tic

@@ -75,16 +75,20 @@ class CheckpointStore:
     IncompatibleCheckpoint for a checkpoint of another model,
     UnreadableCheckpoint for an unreadable ``step``.
     """
+    return self._newest_readable(lambda candidate: self._restore(like, candidate), step)
+
+  def _newest_readable(self, read, step: Optional[int]):
+    """(read(step), step) of the given step, or of the newest readable one (restore's rules)."""
     candidates = [step] if step is not None else self.steps()[::-1]
     for candidate in candidates:
       try:
-        state, error = self._restore(like, candidate), None
+        value, error = read(candidate), None
       except IncompatibleCheckpoint:
         raise
       except Exception as err:  # noqa: BLE001 - any unreadable checkpoint is skipped
-        state, error = None, f"{type(err).__name__}: {err}"
+        value, error = None, f"{type(err).__name__}: {err}"
       if not parallel.any_process(error is not None):
-        return state, candidate
+        return value, candidate
       if step is not None:
         raise UnreadableCheckpoint(f"checkpoint at step {step} in {self.directory} is "
                                    f"unreadable ({error or 'on another host'})")
@@ -105,6 +109,22 @@ class CheckpointStore:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f"checkpoint {step} moved aside")
     return aside
+
+  def restore_params(self, like, step: Optional[int] = None, field: str = "ema_params"):
+    """(params, step): only the train state's ``field`` (``ema_params`` or ``params``) of the
+    newest readable (or the given) checkpoint, as ``restore`` picks it, in the shapes and
+    shardings of ``like`` (a params tree); (None, None) without a checkpoint. The optimiser
+    state and replay buffer are not read."""
+    abstract = {field: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)}
+
+    def read(candidate):
+      return ocp.PyTreeCheckpointer().restore(
+          epath.Path(self.directory, str(candidate), "default"),
+          args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
+                                      restore_args=ocp.checkpoint_utils.construct_restore_args(
+                                          abstract)))[field]
+
+    return self._newest_readable(read, step)
 
   def _restore(self, like, step: int):
     self._check_params(like, step)

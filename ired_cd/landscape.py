@@ -77,11 +77,6 @@ def from_setup(setup, inner_steps: Optional[int] = None) -> Probe:
                c.eval_return_x0)
 
 
-def problem_normals(keys, dim: int):
-  """One standard normal (dim,) per problem key: (B, 2) keys -> (B, dim)."""
-  return jax.vmap(lambda k: jax.random.normal(k, (dim,), jnp.float32))(keys)
-
-
 def problem_keys(key, indices, tag: int):
   """fold_in(fold_in(key, tag), i) for each problem index i: (B,) -> (B, 2)."""
   tagged = jax.random.fold_in(key, tag)
@@ -98,7 +93,7 @@ def sample(probe: Probe, params, inputs, indices, key, inner_steps: int, traject
 
   Returns (output (B, D) in the sampler's convention, DescentStats (B, T, K)).
   """
-  y_init = problem_normals(problem_keys(key, indices, 1000 + trajectory), probe.out_dim)
+  y_init = sampler_lib.start_noise(problem_keys(key, indices, 1000 + trajectory), probe.out_dim)
   return sampler_lib.ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule,
                                  inner_steps, probe.return_x0, with_stats=True)
 
@@ -132,7 +127,7 @@ def errors(probe: Probe, inputs, targets, x):
 
 def perturb(targets, keys, radius):
   """The truth plus isotropic noise of RMS ``radius`` times the truth's RMS, per problem."""
-  return targets + radius * rms(targets) * problem_normals(keys, targets.shape[-1])
+  return targets + radius * rms(targets) * sampler_lib.start_noise(keys, targets.shape[-1])
 
 
 # ----------------------------------------------------------------- the measures (one chunk)
@@ -187,7 +182,7 @@ def candidates(probe: Probe, params, inputs, targets, indices, answer, key):
   settings = probe.loss_settings
   t0 = jnp.zeros((targets.shape[0],), jnp.int32)
   for j in range(CHAIN_NEGATIVES):
-    eps = problem_normals(problem_keys(key, indices, 4000 + j), targets.shape[-1])
+    eps = sampler_lib.start_noise(problem_keys(key, indices, 4000 + j), targets.shape[-1])
     x_init = probe.schedule.q_sample(targets, t0, settings.mining_noise_scale * eps)
     x_neg, _ = langevin.sample_negatives(
         probe.energy_fn, params, inputs, x_init, t0, jax.random.fold_in(key, 5000 + j),
@@ -301,9 +296,9 @@ def describe_descent(model: solve.Model, problems: np.ndarray, inner_steps: int,
   setup = train.build_setup(model.config)
   sample_with_stats = sampler_lib.make_sampler(setup.energy_fn, setup.schedule,
                                                setup.task.out_dim, True, with_stats=True)
-  key = jax.random.PRNGKey(seed)
-  stats = map_chunks(lambda inputs: sample_with_stats(model.params, inputs, key, inner_steps)[1],
-                     (problems,), min(CHUNK, len(problems)))
+  stats = map_chunks(lambda inputs, keys: sample_with_stats(model.params, inputs, keys,
+                                                           inner_steps)[1],
+                     (problems, solve.content_keys(problems, seed)), min(CHUNK, len(problems)))
   s = summarize_stats(stats)
   lines = [f"descent at inner_steps={inner_steps} ({len(problems)} problems): per timestep, "
            "fraction of proposals that moved y per inner step, samples frozen after the last, "

@@ -340,13 +340,12 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
     tqdm.tqdm.write(description)
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
-  evaluator = evaluation.Evaluator(setup)
+  evaluator = evaluation.Evaluator(setup, mesh=mesh)
   record = RunRecord(config, step, evaluator.mean_predictor, _peak_score(workdir, step))
   run_chunk = _CompiledSteps(setup, mesh)
 
-  def evaluate():  # the EMA parameters are replicated: host 0 holds a full copy
-    return (evaluator.report(jax.device_get(state.ema_params), tuple(config.eval_inner_steps))
-            if main_process else {})
+  def evaluate():  # on every host: the sampler runs on the mesh, on the EMA params in place
+    return evaluator.report(state.ema_params, tuple(config.eval_inner_steps))
 
   bar = tqdm.tqdm(total=config.train_steps, initial=step, disable=not (progress and main_process),
                   dynamic_ncols=True, desc=config.mining_strategy)
@@ -384,11 +383,14 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
         record.status = "interrupted"
         tqdm.tqdm.write(f"{stop.received or 'stop'}: checkpoint saved at step {record.step}; "
                         "rerun the same command to resume.")
-    if record.status == "interrupted" or not main_process:
+    if record.status == "interrupted":
       return {"status": record.status, "steps": record.step}
     if record.last_eval is None or record.step != config.train_steps:
       record.last_eval = evaluate()
-      writer.write(record.step, record.last_eval)
+      if main_process:
+        writer.write(record.step, record.last_eval)
+    if not main_process:
+      return {"status": record.status, "steps": record.step}
     summary = record.summary()
     metrics_io.write_json_atomic(os.path.join(workdir, "summary.json"), summary)
     return summary
@@ -403,7 +405,8 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
                         inner_steps=None, eval_size: Optional[int] = None,
                         use_ema: bool = True) -> Dict:
-  """Evaluates the latest (or the given) checkpoint of ``workdir``; writes eval.json.
+  """Evaluates the latest (or the given) checkpoint of ``workdir`` on every device (only its
+  EMA or online parameters are read); writes eval.json.
 
   Raises FileNotFoundError, before anything is created, if there is no such
   checkpoint; holds the workdir (workdir_lock) while it reads and writes.
@@ -418,15 +421,19 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
           f"{', '.join(map(str, saved))}")
     with workdir_lock.hold(workdir):
       setup = train.build_setup(config)
-      state, restored_step = store.restore(train.init_state(setup), step=step)
-      if state is None:
+      mesh = parallel.make_mesh()
+      field = "ema_params" if use_ema else "params"
+      params, restored_step = store.restore_params(
+          getattr(train.abstract_state(setup, mesh), field), step=step, field=field)
+      if params is None:
         raise FileNotFoundError(f"no readable checkpoint in {store.directory}")
       inner_steps = tuple(inner_steps or config.eval_inner_steps)
-      evaluator = evaluation.Evaluator(setup, size=eval_size)
-      result = evaluator.report(state.ema_params if use_ema else state.params, inner_steps)
+      evaluator = evaluation.Evaluator(setup, size=eval_size, mesh=mesh)
+      result = evaluator.report(params, inner_steps)
       result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
                     params="ema" if use_ema else "online")
-      metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
+      if jax.process_index() == 0:
+        metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
   finally:
     store.close()
   return result

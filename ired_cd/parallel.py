@@ -45,10 +45,11 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
 
 
-def make_mesh(num_devices: Optional[int] = None) -> Mesh:
-  """A 1-D ``data`` mesh over the first ``num_devices`` devices (default: all of them)."""
-  devices = jax.devices()[:num_devices] if num_devices else jax.devices()
-  return Mesh(devices, (DATA,))
+def make_mesh(num_devices: Optional[int] = None, devices=None) -> Mesh:
+  """A 1-D ``data`` mesh over the first ``num_devices`` of ``devices`` (default: every device
+  of every host; a compile-only topology's devices for ``experiments.compile``)."""
+  devices = list(jax.devices() if devices is None else devices)
+  return Mesh(devices[:num_devices] if num_devices else devices, (DATA,))
 
 
 def data_size(mesh: Optional[Mesh]) -> int:

@@ -60,18 +60,27 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
   return x0s[-1] if return_x0 else y
 
 
+def start_noise(keys, out_dim: int):
+  """y_init ~ N(0, I), each row from its own key: keys (B,) -> (B, out_dim) float32.
+
+  A problem's start, and so its answer, does not depend on its row, chunk or batch.
+  """
+  return jax.vmap(lambda key: jax.random.normal(key, (out_dim,), jnp.float32))(keys)
+
+
 def make_sampler(energy_fn, schedule: Schedule, out_dim: int, return_x0: bool = False,
                  with_stats: bool = False):
-  """A jitted ``sample(params, inp, key, inner_steps) -> (B, out_dim)``, y_init ~ N(0, I).
+  """A jitted ``sample(params, inp, keys, inner_steps) -> (B, out_dim)``; row i starts from
+  ``start_noise`` of keys[i]. The shardings follow the arguments' (problems on a mesh's
+  ``data`` axis, parameters replicated: ``evaluation.predict``).
 
   with_stats: ``-> (output, DescentStats)`` (ired_sample), compiled per python-int
   ``inner_steps``.
   """
 
   @functools.partial(jax.jit, static_argnums=(3,) if with_stats else ())
-  def sample(params, inp, key, inner_steps):
-    y_init = jax.random.normal(key, (inp.shape[0], out_dim), jnp.float32)
-    return ired_sample(energy_fn, params, inp, y_init, schedule, inner_steps, return_x0,
-                       with_stats)
+  def sample(params, inp, keys, inner_steps):
+    return ired_sample(energy_fn, params, inp, start_noise(keys, out_dim), schedule,
+                       inner_steps, return_x0, with_stats)
 
   return sample

@@ -20,6 +20,7 @@ norm far outside the training inputs') are solved, with one
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -28,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from ired_cd import checkpoint, evaluation, schema, tasks, train
+from ired_cd import checkpoint, evaluation, parallel, schema, tasks, train
 from ired_cd import sampler as sampler_lib
 
 SCALE_MARGIN = 2.0  # warn below (training min norm) / margin and above margin * (training max)
@@ -51,14 +52,16 @@ class OutOfDistributionWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A trained run, loaded: its config, task, EMA parameters, checkpoint step and sampler
-  (sampler.make_sampler with return_x0: one compiled sampler for any inner-step count)."""
+  """A trained run, loaded: its config, task, EMA parameters (replicated on ``mesh``, every
+  device of this host), checkpoint step and sampler (sampler.make_sampler with return_x0:
+  one compiled sampler for any inner-step count and any number of problems)."""
 
   config: ml_collections.ConfigDict
   task: tasks.Task
   params: Any
   step: int
   sample: Callable
+  mesh: jax.sharding.Mesh
 
 
 def read_config(workdir: str, checkpoint_step: Optional[int] = None) -> ml_collections.ConfigDict:
@@ -160,37 +163,48 @@ def distribution_warnings(task: tasks.Task, rank: int, problems: np.ndarray) -> 
 
 
 def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
-  """The run's config and EMA parameters of its newest readable (or the given) checkpoint."""
+  """The run's config and the EMA parameters (only those) of its newest (or the given)
+  checkpoint, on every local device."""
   config = read_config(workdir, checkpoint_step)
   setup = train.build_setup(config)
+  mesh = parallel.make_mesh(devices=jax.local_devices())
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)
   try:
-    state, step = store.restore(train.init_state(setup), step=checkpoint_step)
-  except Exception as err:  # noqa: BLE001 - orbax raises many kinds for a damaged checkpoint
-    if checkpoint_step is None:  # the newest readable one was looked for: not a bad argument
-      raise
-    raise SolveError("checkpoint_step", f"the checkpoint at step {checkpoint_step} in "
-                     f"{store.directory} is unreadable ({type(err).__name__}: "
-                     f"{(str(err).splitlines() or [''])[0]}); choose another of "
-                     f"{store.steps()}") from err
+    params, step = store.restore_params(train.abstract_state(setup, mesh).ema_params,
+                                        step=checkpoint_step)
+  except checkpoint.UnreadableCheckpoint as err:
+    raise SolveError("checkpoint_step", f"{err}; choose another of {store.steps()}") from err
   finally:
     store.close()
-  if state is None:
+  if params is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
   sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim,
                                     return_x0=True)
-  return Model(config, setup.task, jax.device_get(state.ema_params), step, sample)
+  return Model(config, setup.task, params, step, sample, mesh)
+
+
+def content_keys(problems: np.ndarray, seed: int = 0) -> np.ndarray:
+  """Each problem's start-noise key from its bytes: (n, inp_dim) float32 -> (n, 2) uint32.
+
+  fold_in(PRNGKey(seed), a 32-bit hash of the row), so a problem gets the same
+  answer alone, in any batch, at any row.
+  """
+  hashes = np.array([int.from_bytes(hashlib.blake2b(row.tobytes(), digest_size=4).digest(),
+                                    "little") for row in problems], np.uint32)
+  return evaluation.fold_in_keys(jax.random.PRNGKey(seed), hashes)
 
 
 def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0) -> np.ndarray:
   """The sampler's unscaled x0 for ``problems`` (n, inp_dim) -> (n, out_dim) float32.
 
-  ``inner_steps`` energy-descent steps per timestep; the start noise comes from
-  ``seed`` (the same for every ``inner_steps``).
+  ``inner_steps`` energy-descent steps per timestep; each problem's start noise
+  comes from ``seed`` and its content (``content_keys``: the same for every
+  ``inner_steps``). Problems go in chunks of ``eval_chunk`` rows, fewer padded:
+  one compiled sampler serves every n.
   """
-  chunk = min(model.config.eval_chunk, len(problems))
-  return evaluation.predict(model.sample, model.params, problems, inner_steps, chunk,
-                            jax.random.PRNGKey(seed))
+  chunk = evaluation.chunk_size(model.config.eval_chunk, model.mesh)
+  return evaluation.predict(model.sample, model.params, problems, content_keys(problems, seed),
+                            inner_steps, chunk, model.mesh)
 
 
 def check_answers(answers: Dict[int, np.ndarray]) -> None:

@@ -117,6 +117,17 @@ def init_state(setup: Setup, seed: Optional[int] = None, mesh=None) -> TrainStat
   return jax.jit(build, out_shardings=shardings)()
 
 
+def abstract_state(setup: Setup, mesh=None) -> TrainState:
+  """``init_state``'s shapes and dtypes as jax.ShapeDtypeStructs, in its shardings on
+  ``mesh`` (any mesh, a compile-only topology's too); nothing is allocated."""
+  shapes = jax.eval_shape(lambda: init_state(setup, mesh=mesh))
+  if mesh is None:
+    return shapes
+  return jax.tree_util.tree_map(
+      lambda shape, sharding: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding),
+      shapes, parallel.state_shardings(shapes, mesh))
+
+
 def _dot(a, b):
   return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a),
                                               jax.tree_util.tree_leaves(b)))

@@ -176,7 +176,7 @@ def test_the_docs_document_every_tool():
   for doc in DOCS:
     with open(os.path.join(REPO, doc)) as f:
       documented |= {tool for tool, _ in commands(f.read())}
-  assert documented == {"run", "ablate", "bench", "plot", "solve", "landscape"}
+  assert documented == {"run", "ablate", "bench", "plot", "solve", "landscape", "compile"}
 
 
 SAMPLE = """Prose with `python -m experiments.plot

@@ -123,10 +123,10 @@ def test_instruments_do_not_change_the_sampler():
   plain = sampler_lib.make_sampler(energy_fn, _tiny.schedule(), _tiny.DIM)
   instrumented = sampler_lib.make_sampler(energy_fn, _tiny.schedule(), _tiny.DIM,
                                           with_stats=True)
-  key = jax.random.PRNGKey(3)
+  keys = jax.random.split(jax.random.PRNGKey(3), 8)
   for k in (0, 1, 3):
-    output, stats = instrumented(params, inputs, key, k)
-    np.testing.assert_allclose(output, plain(params, inputs, key, jnp.int32(k)), atol=1e-5)
+    output, stats = instrumented(params, inputs, keys, k)
+    np.testing.assert_allclose(output, plain(params, inputs, keys, jnp.int32(k)), atol=1e-5)
     chex.assert_shape([stats.moved, stats.rejected], (8, _tiny.T, k))
     chex.assert_shape([stats.score_norm_start, stats.score_norm_end, stats.energy_end],
                       (8, _tiny.T))

@@ -89,6 +89,34 @@ def test_four_devices_match_one_device():
     np.testing.assert_allclose(four["kernel"], one["kernel"], rtol=1e-5, atol=1e-7)
 
 
+def test_evaluation_on_four_devices_matches_one_device():
+  """The sampler's problems split over the data axis, parameters replicated: the answers of
+  one device, and of a problem alone."""
+  out = run_on_devices("""
+      from ired_cd import evaluation
+      setup = train.build_setup(tiny("cd_full"))
+      params = train.init_state(setup).ema_params
+      preds = {}
+      for n in (1, 4):
+        evaluator = evaluation.Evaluator(setup, size=12, chunk=8, mesh=parallel.make_mesh(n))
+        inputs, _ = evaluator.sets[""]
+        preds[n] = evaluator.predict(params, inputs, 2)
+      mesh = evaluator.mesh
+      alone = evaluation.predict(evaluator._sample, params, inputs[5:6], evaluator.keys[5:6], 2,
+                                 4, mesh)
+      rows = evaluation._global_rows(inputs[:8], mesh)
+      keys = evaluation._global_rows(evaluator.keys[:8], mesh)
+      out = evaluator._sample(jax.device_put(params, parallel.replicated(mesh)), rows, keys, 2)
+      print(json.dumps(dict(one=preds[1].tolist(), four=preds[4].tolist(), alone=alone.tolist(),
+                            chunk=evaluator.chunk, out_spec=list(out.sharding.spec),
+                            out_devices=len(out.sharding.device_set))))
+      """)
+  assert out["chunk"] == 8
+  assert out["out_spec"] == ["data"] and out["out_devices"] == 4
+  np.testing.assert_allclose(out["four"], out["one"], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out["alone"][0], out["four"][5], rtol=1e-5, atol=1e-6)
+
+
 def test_four_device_checkpoint_restores_on_one_device(tmp_path):
   workdir = str(tmp_path / "run")
   out = run_on_devices(f"""

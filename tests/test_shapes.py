@@ -265,8 +265,9 @@ class SamplerShapesTest(chex.TestCase):
     fn, params = _tiny.small_energy()
     sample = sampler.make_sampler(fn, _tiny.schedule(), D)
     inp = jnp.ones((3, D))
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
     with _tiny.jit_traces() as traced:
-      outs = [sample(params, inp, jax.random.PRNGKey(0), k) for k in (0, 0, 2)]
+      outs = [sample(params, inp, keys, k) for k in (0, 0, 2)]
     chex.assert_shape(outs, [(3, D)] * 3)
     chex.assert_type(outs, F32)
     self.assertEqual(traced["sample"], 1)

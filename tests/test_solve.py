@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 
-import jax
 import numpy as np
 import pytest
 
@@ -57,8 +56,9 @@ def test_answers_in_both_layouts_are_the_unscaled_x0(workdir):
   model = solve.load(workdir)
   setup = train.build_setup(model.config)
   default = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
-  scaled = evaluation.predict(default, model.params, a.reshape(6, -1), 3, 6,
-                              jax.random.PRNGKey(0))
+  rows = a.reshape(6, -1).astype(np.float32)
+  scaled = evaluation.predict(default, model.params, rows, solve.content_keys(rows), 3, 6,
+                              model.mesh)
   np.testing.assert_allclose(by_row[3] * float(setup.schedule.sqrt_alphas_cumprod[0]), scaled,
                              rtol=1e-5, atol=1e-6)
   assert model.step == 20
@@ -252,3 +252,25 @@ def test_solving_and_training_load_only_what_they_run():
   result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           timeout=120, check=True)
   assert json.loads(result.stdout.splitlines()[-1]) == [[], False]
+
+
+def test_an_answer_does_not_depend_on_its_row_or_batch_and_one_sampler_serves_every_n(workdir):
+  a, _ = problems(n=8)
+  model = solve.load(workdir)
+  rows = a.reshape(8, -1)
+  keys = solve.content_keys(rows)
+  with _tiny.jit_traces() as traced:
+    batch = solve.answer(model, rows, 2)
+    alone = solve.answer(model, rows[1:2], 2)
+    reordered = solve.answer(model, rows[::-1], 2)
+    # Chunks of 2 or 8 rows (one padded chunk of eval_chunk above): the same answers.
+    chunked = [evaluation.predict(model.sample, model.params, rows, keys, 2, chunk, model.mesh)
+               for chunk in (2, 8)]
+  np.testing.assert_allclose(alone[0], batch[1], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(reordered[::-1], batch, rtol=1e-5, atol=1e-6)
+  for answers in chunked:
+    np.testing.assert_allclose(answers, batch, rtol=1e-5, atol=1e-6)
+  # 1, 8 and 8 problems all ran in one padded eval_chunk: one compiled sampler (the chunks of
+  # 2 and 8 rows are two more shapes).
+  assert traced["sample"] == 3
+  assert model.config.eval_chunk > 8

@@ -1,0 +1,83 @@
+"""experiments.compile: the run compiled for TPU slices and GPUs on this CPU (compile-only).
+
+Needs the compile packages (requirements-compile.txt, installed with pip --target into
+COMPILE_PACKAGES): skipped without them on a workstation, failed on CI.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import on_ci
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPILE_PACKAGES = os.path.join(sys.prefix, "compile-packages")  # experiments.compile's
+
+
+def compile_tool(*args, timeout=600):
+  """(exit code, the JSON records printed, stderr) of experiments.compile on the tiny config."""
+  if not os.path.isdir(COMPILE_PACKAGES):
+    message = (f"compile packages not installed in {COMPILE_PACKAGES} (pip install --target "
+               f"{COMPILE_PACKAGES} -r requirements-compile.txt)")
+    if on_ci():
+      pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
+    pytest.skip(message)
+  result = subprocess.run(
+      [sys.executable, "-m", "experiments.compile", "--config=configs/q204.py:tiny", *args],
+      cwd=REPO, capture_output=True, text=True, timeout=timeout)
+  records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+  return result.returncode, records, result.stderr
+
+
+def check_memory(record):
+  for program in ("train_memory", "sampler_memory"):
+    assert record[program]["arguments"] > 0 and record[program]["needed"] > 0
+  assert record["needed_bytes"] > 0 and record["fits"]
+  assert 0 < record["needed_bytes"] < record["usable_bytes"]
+  assert record["matmul_flops_per_step"] > 0 and record["roofline_step_s"] > 0
+
+
+def test_single_host_tpu_slice():
+  code, [record], stderr = compile_tool("--target=v5e-8", "--strategies=none")
+  assert code == 0, stderr[-2000:]
+  assert (record["devices"], record["hosts"], record["device_kind"]) == (8, 1, "TPU v5 lite")
+  assert record["per_device_batch"] == 32 // 8 and record["replay_shards"] is None
+  check_memory(record)
+
+
+def test_multi_host_tpu_slice_gives_each_device_one_replay_shard():
+  code, [record], stderr = compile_tool("--target=v5e-16", "--strategies=cd_full")
+  assert code == 0, stderr[-2000:]
+  assert (record["devices"], record["hosts"]) == (16, 2)
+  assert record["replay_shards"] == dict(total=16, per_device=1, devices_holding_one=16)
+  check_memory(record)
+
+
+def test_gpu_target_and_an_oversized_batch_reported_as_not_fitting():
+  code, [record], stderr = compile_tool("--target=h100x8", "--hosts=2", "--strategies=none")
+  assert code == 0, stderr[-2000:]
+  assert (record["devices"], record["hosts"]) == (16, 2)
+  assert record["device_kind"] == "NVIDIA H100 80GB HBM3"
+  check_memory(record)
+  # XLA compiles a GPU program of any size: the tool compares it with the GPU's memory.
+  code, [record], stderr = compile_tool("--target=h100", "--strategies=none",
+                                        "--config.batch_size=50000000")
+  assert code == 1 and not record["fits"] and record["needed_bytes"] > record["usable_bytes"]
+  assert stderr.strip().splitlines()[-1] == (
+      "error: the batch does not fit h100 for every strategy (see above)")
+
+
+@pytest.mark.parametrize("args, message", [
+    (("--target=v9-8",), "error: --target: unknown target 'v9-8'; known: "),
+    (("--target=v5e-8", "--config.batch_size=30"),
+     "error: config.batch_size: 30 does not split over 8 devices"),
+    (("--target=v5e-8", "--hosts=2"), "error: --hosts: a TPU slice's hosts are fixed"),
+])
+def test_bad_target_or_batch_is_one_line(args, message):
+  code, records, stderr = compile_tool(*args)
+  assert code == 1 and not records
+  assert stderr.strip().splitlines()[-1].startswith(message), stderr[-2000:]
+  assert "Traceback" not in stderr
