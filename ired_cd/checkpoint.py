@@ -118,6 +118,7 @@ class CheckpointStore:
     abstract = {field: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)}
 
     def read(candidate):
+      self._check_params(like, candidate)
       return ocp.PyTreeCheckpointer().restore(
           epath.Path(self.directory, str(candidate), "default"),
           args=ocp.args.PyTreeRestore(item=abstract, partial_restore=True,
@@ -127,7 +128,7 @@ class CheckpointStore:
     return self._newest_readable(read, step)
 
   def _restore(self, like, step: int):
-    self._check_params(like, step)
+    self._check_params(like.params, step)
     abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
     saved_replay = self._saved_replay_shapes(step)
     if like.replay is None or saved_replay["storage"] == like.replay.storage.shape:
@@ -160,12 +161,13 @@ class CheckpointStore:
     replay = self._saved_tree(step).get("replay") or {}
     return {name: tuple(meta.shape) for name, meta in replay.items() if meta is not None}
 
-  def _check_params(self, like, step: int) -> None:
-    """Raises IncompatibleCheckpoint if the saved parameters' shapes differ from ``like``'s."""
+  def _check_params(self, params_like, step: int) -> None:
+    """Raises IncompatibleCheckpoint if the saved parameters' shapes differ from
+    ``params_like``'s (a params tree)."""
     saved = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
         self._saved_tree(step)["params"], sep="/").items()}
     wanted = {k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(
-        like.params, sep="/").items()}
+        params_like, sep="/").items()}
     if saved != wanted:
       differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
       raise IncompatibleCheckpoint(

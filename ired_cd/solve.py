@@ -173,7 +173,7 @@ def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
     params, step = store.restore_params(train.abstract_state(setup, mesh).ema_params,
                                         step=checkpoint_step)
   except checkpoint.UnreadableCheckpoint as err:
-    raise SolveError("checkpoint_step", f"{err}; choose another of {store.steps()}") from err
+    raise SolveError("checkpoint_step", f"the {err}; choose another of {store.steps()}") from err
   finally:
     store.close()
   if params is None:
