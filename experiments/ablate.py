@@ -27,7 +27,7 @@ import os
 import shlex
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
@@ -55,10 +55,7 @@ _REPORT_ONLY = flags.DEFINE_bool(
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  cli.start(argv)
   workdir = _WORKDIR.value
   # The command that makes the grid: a report-only call names the training one.
   command = "python -m experiments.ablate " + shlex.join(

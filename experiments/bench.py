@@ -36,7 +36,7 @@ import time
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
@@ -240,9 +240,7 @@ def bench_sampler(config, inner_steps, reps, peak):
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:  # library chatter (XLA backends) from WARNING on
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   config = _CONFIG.value
   devices = jax.devices()
   try:

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import List, Optional, Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from configs import base
 from ired_cd import schema
@@ -31,6 +31,19 @@ def parse_flags(argv):
     return flags.FLAGS(argv)
   except (schema.ConfigError, flags.Error) as err:
     sys.exit(f"error: {str(err).splitlines()[0]}")
+
+
+def start(argv, usage: Optional[str] = None) -> None:
+  """A tool's first line in main: library chatter (orbax, XLA) from WARNING on unless
+  --verbosity is given; positional arguments refused in one line, exit 1 (``usage``: the
+  tool takes exactly one, and this says how)."""
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  if usage is not None:
+    if len(argv) != 2:
+      sys.exit(f"usage: {usage}")
+  elif len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
 
 
 def flag_argument(argv, name: str) -> Optional[str]:

@@ -11,8 +11,9 @@ under 'run') and WORKDIR/landscape.png, from the EMA parameters of the newest (o
 
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
+from experiments import cli
 from ired_cd import landscape, solve
 from ired_cd.matmul import MATMUL_DTYPES
 
@@ -37,10 +38,7 @@ def check_flags():
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  cli.start(argv)
   try:
     check_flags()
   except solve.SolveError as err:
@@ -54,4 +52,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

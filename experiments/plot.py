@@ -14,7 +14,7 @@ and plots the MSE against them in WORKDIR/inner_steps.png. Headless: files only.
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import cli
 from ired_cd import schema
@@ -27,10 +27,7 @@ _SIZE = flags.DEFINE_integer("eval_size", None,
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) != 2:
-    sys.exit("usage: python -m experiments.plot WORKDIR [--inner_steps=0,1,2,5] [--eval_size=N]")
+  cli.start(argv, usage="python -m experiments.plot WORKDIR [--inner_steps=0,1,2,5] [--eval_size=N]")
   workdir = argv[1]
   try:
     cli.check_workdir("WORKDIR", workdir, must_exist=True)

@@ -16,7 +16,7 @@ Exit status: 0 done (or nothing to do), 1 an error (one line on stderr),
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from configs import base
@@ -46,9 +46,7 @@ EXIT_INTERRUPTED = 75  # EX_TEMPFAIL (sysexits.h): stopped with a checkpoint; re
 
 
 def main(argv):
-  del argv
-  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
-    logging.set_verbosity(logging.WARNING)
+  cli.start(argv)
   parallel.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or config.output_dir

@@ -19,7 +19,7 @@ import os
 import sys
 
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from experiments import cli
 from ired_cd import schema
@@ -93,10 +93,7 @@ def describe(task_name, metrics):
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # library chatter (orbax, XLA) from WARNING on
-    logging.set_verbosity(logging.WARNING)
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  cli.start(argv)
   try:
     for flag in (_WORKDIR, _INPUT, _OUTPUT):
       if not flag.value:
