@@ -40,7 +40,7 @@ _HOSTS = flags.DEFINE_integer("hosts", 1, "GPU targets: hosts, each with the nam
 _STRATEGIES = flags.DEFINE_list("strategies", None,
                                 "Strategies to compile (default: the config's own).")
 _MAX_BATCH = flags.DEFINE_bool("max_batch", False,
-                               "Also find the largest global batch that fits (bisection).")
+                               "Also find the largest global batch that fits, to within 1 %.")
 
 MIB = 1024 ** 2
 

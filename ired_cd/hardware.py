@@ -250,15 +250,18 @@ def with_batch(config, batch_size: int):
   return c
 
 
-def max_batch(config, target: Target, devices, result: Dict, on_probe=None) -> int:
+def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
+              tolerance: float = 0.01) -> int:
   """The largest global batch (a multiple of the device count) with which ``config`` fits
-  ``target``; 0 if none does. ``result``: ``compile_run``'s at ``config.batch_size``;
-  ``on_probe(batch, fits)`` is called after each compile.
+  ``target``, to within ``tolerance`` (a batch that fits, less than that fraction below
+  the smallest found not to); 0 if none does. ``result``: ``compile_run``'s at
+  ``config.batch_size``; ``on_probe(batch, fits)`` is called after each compile.
 
   Memory grows about linearly with the batch (in steps, where XLA pads it to tiles):
   each next batch tried is where the line through the two largest measured batches
-  of different memory reaches the chip's limit, or, where that is no help, twice
-  the largest that fits, or the middle of the bracket.
+  of different memory reaches the chip's limit (or, where that is no help, twice the
+  largest that fits, or the middle of the bracket), kept a tolerance inside the
+  bracket, so that a good guess is confirmed by one compile just beside it.
   """
   n = len(devices)
   # per-device batch -> (fits, bytes needed or None where the compiler refused, usable bytes)
@@ -288,6 +291,9 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None) -> i
       return None
     return k2 + int((result["usable_bytes"] - need2) * (k2 - k1) // (need2 - need1))
 
+  def margin(k):
+    return max(1, int(tolerance * k))
+
   k = max(1, config.batch_size // n)
   lo, hi = 0, None  # the largest per-device batch known to fit, the smallest known not to
   while True:
@@ -295,11 +301,14 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None) -> i
       lo = max(lo, k)
     else:
       hi = k if hi is None else min(hi, k)
-    if hi is not None and hi - lo <= 1:
+    if hi is not None and hi - lo <= margin(hi):
       break
     k = guess()
-    if k is None or k in results or k <= lo or (hi is not None and k >= hi):
+    if k is None:
       k = 2 * max(lo, 1) if hi is None else (lo + hi) // 2
-      if k in results:  # the line's guess and its neighbour: check the one above the limit
-        k = lo + 1
+    k = max(k, lo + margin(lo))
+    if hi is not None:
+      k = min(k, hi - margin(hi))
+      if not lo < k < hi:
+        k = (lo + hi) // 2
   return lo * n

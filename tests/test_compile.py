@@ -81,3 +81,35 @@ def test_bad_target_or_batch_is_one_line(args, message):
   assert code == 1 and not records
   assert stderr.strip().splitlines()[-1].startswith(message), stderr[-2000:]
   assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("bytes_per_example, fixed, granule", [(1000, 5_000, 1), (37, 0, 8)])
+def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
+    monkeypatch, bytes_per_example, fixed, granule):
+  """The search on a stand-in compiler whose memory grows in steps of ``granule`` examples
+  (as XLA pads to tiles): a batch that fits, within 1 % of the true largest, few compiles."""
+  from configs import base
+  from ired_cd import hardware
+  usable, n = 10_000_000, 4
+
+  def needed(per_device):
+    return fixed + bytes_per_example * granule * -(-per_device // granule)
+
+  compiled = []
+
+  def fake_compile_run(config, target, devices, sampler_memory=None):
+    compiled.append(config.batch_size)
+    need = needed(config.batch_size // n)
+    return dict(fits=need <= usable, needed_bytes=need, usable_bytes=usable,
+                sampler_memory=sampler_memory)
+
+  monkeypatch.setattr(hardware, "compile_run", fake_compile_run)
+  config = base.get_config()
+  config.batch_size = 64
+  first = fake_compile_run(config, None, None)
+  found = hardware.max_batch(config, None, [None] * n, first)
+  largest = n * max(k for k in range(1, usable) if needed(k) <= usable
+                    ) if needed(1) <= usable else 0
+  assert found % n == 0 and needed(found // n) <= usable
+  assert largest * 0.99 <= found <= largest
+  assert len(compiled) <= 8, compiled
