@@ -21,6 +21,10 @@ scored with each number of inner descent steps (its WORKDIR/<strategy>/seed<k>/
 eval.json, reused when it already holds that sweep), and the report gains a
 table of MSE against inner steps (mean ± std over seeds) and
 WORKDIR/ablation_inner_steps.png (ired_cd/ablation.py).
+
+With --merge=A/ablation.json,B/ablation.json nothing trains: the reports of grids
+run apart on one protocol (stage by stage, or on several machines) become one
+report in WORKDIR, with every command that made it.
 """
 
 import os
@@ -31,7 +35,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from ired_cd import ablation, schema
+from ired_cd import ablation, metrics_io, schema
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
@@ -52,6 +56,21 @@ _LANDSCAPE_DTYPE = flags.DEFINE_enum(
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
+_MERGE = flags.DEFINE_list(
+    "merge", None, "Train nothing: one report in --workdir from these ablation.json files of "
+    "grids run apart on one protocol.")
+
+
+def read_report(path):
+  """The ablation.json at ``path``; ConfigError (one line) if it is missing or not one."""
+  try:
+    report = metrics_io.read_json(path)
+  except (OSError, ValueError):  # a folder, unreadable, not JSON
+    report = None
+  if not isinstance(report, dict) or "runs" not in report:
+    raise schema.ConfigError(f"--merge: {path} is not an ablation.json (experiments.ablate's "
+                             "report)")
+  return report
 
 
 def main(argv):
@@ -66,9 +85,17 @@ def main(argv):
     inner = cli.step_counts(_INNER.name, _INNER.value)
     if _LANDSCAPE.value is not None:
       cli.check_at_least(_LANDSCAPE, 1)
-    report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
-                                   command, _REPORT_ONLY.value, inner, _LANDSCAPE.value,
-                                   _LANDSCAPE_DTYPE.value)
+    if _MERGE.value:
+      out = os.path.realpath(os.path.join(workdir, "ablation.json"))
+      if out in {os.path.realpath(p) for p in _MERGE.value}:
+        raise schema.ConfigError(f"--workdir: {workdir} holds a report given to --merge, which "
+                                 "the merged one would overwrite: give another --workdir")
+      report = ablation.merge([read_report(path) for path in _MERGE.value], command)
+      ablation.write_report(report, workdir)
+    else:
+      report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
+                                     command, _REPORT_ONLY.value, inner, _LANDSCAPE.value,
+                                     _LANDSCAPE_DTYPE.value)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

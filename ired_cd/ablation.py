@@ -8,6 +8,7 @@ ablation.json (``summarize``) and ablation.png (plotting.plot_ablation); with
 descent steps (``sweep_inner_steps``, ablation_inner_steps.png); with
 ``landscape_size`` it also measures each final checkpoint's energy landscape
 (``score_landscape``: ired_cd.landscape, a table and ablation_landscape.png).
+``merge`` makes one report of grids run apart on the same protocol.
 
 A run's record (``_record``) holds its outcome and one value per measure. A new
 per-run measure is a record key filled there (or after it, as the inner-steps
@@ -169,8 +170,9 @@ def _flags(runs):
   return notes
 
 
-def summarize(records, strategies, config, command=None):
-  """The report: the mean-predictor baseline and one row per strategy (see ablation.json)."""
+def summarize(records, strategies, header, base_config, command=None):
+  """The report: the mean-predictor baseline and one row per strategy (see ablation.json).
+  ``header``: the protocol's HEADER_FIELDS; ``base_config``: its experiment name."""
   baseline = {}
   for key in EVAL_KEYS:
     known = [r[f"{key}_mean_predictor"] for r in records
@@ -195,8 +197,8 @@ def summarize(records, strategies, config, command=None):
       row["landscape"] = {key: stats(s[key] for s in scored) for key in scored[0]}
     row["flags"] = _flags(runs)
     rows[strategy] = row
-  return dict(command=command, config={k: config[k] for k in HEADER_FIELDS},
-              base_config=config.experiment_name, strategies=list(strategies),
+  return dict(command=command, config=dict(header), base_config=base_config,
+              strategies=list(strategies),
               seeds=sorted({r["seed"] for r in records}), baseline=baseline, rows=rows,
               runs=records)
 
@@ -357,18 +359,47 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   if landscape_size:
     for record in records:
       record["landscape"] = score_landscape(record, landscape_size, landscape_dtype, report_only)
-  report = summarize(records, strategies, config, command)
+  report = summarize(records, strategies, {k: config[k] for k in HEADER_FIELDS},
+                     config.experiment_name, command)
+  write_report(report, workdir)
+  return report
+
+
+def merge(reports, command=None):
+  """One report from the reports (ablation.json) of grids run apart on one protocol (stage
+  by stage, or on several machines): all their runs, the strategies in order of first
+  appearance. ConfigError where the protocols differ or a (strategy, seed) repeats."""
+  first = reports[0]
+  for other in reports[1:]:
+    for key in ("base_config", "config"):
+      if other[key] != first[key]:
+        raise schema.ConfigError(f"--merge: the reports differ in {key} ({first[key]} against "
+                                 f"{other[key]}): only grids of one protocol merge")
+  records = [run for report in reports for run in report["runs"]]
+  seen = set()
+  for run in records:
+    if (run["strategy"], run["seed"]) in seen:
+      raise schema.ConfigError(f"--merge: {run['strategy']} seed {run['seed']} is in more than "
+                               "one report")
+    seen.add((run["strategy"], run["seed"]))
+  strategies = list(dict.fromkeys(s for report in reports for s in report["strategies"]))
+  commands = [r["command"] for r in reports if r["command"]] + ([command] if command else [])
+  return summarize(records, strategies, first["config"], first["base_config"],
+                   "\n".join(commands) or None)
+
+
+def write_report(report, workdir):
+  """WORKDIR/ablation.md, ablation.json, ablation.png, and the inner-steps and landscape
+  figures where the report has those measures."""
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "ablation.md"), "w") as f:
     f.write(markdown(report))
   metrics_io.write_json_atomic(os.path.join(workdir, "ablation.json"), report)
   plotting.plot_ablation(report, os.path.join(workdir, "ablation.png"))
-  if inner_steps:
-    plotting.plot_ablation_inner_steps(report, inner_steps,
+  swept = [row["inner_steps"] for row in report["rows"].values() if "inner_steps" in row]
+  if swept:
+    plotting.plot_ablation_inner_steps(report, [int(k) for k in swept[0]],
                                        os.path.join(workdir, "ablation_inner_steps.png"))
   if any("landscape" in row for row in report["rows"].values()):
     plotting.plot_ablation_landscape(report, LANDSCAPE_MEASURES,
                                      os.path.join(workdir, "ablation_landscape.png"))
-  return report
-
-

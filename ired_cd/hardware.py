@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from typing import Dict, Optional
 
 import jax
@@ -159,7 +160,17 @@ def memory_breakdown(compiled) -> Dict[str, int]:
 
 
 class DoesNotFit(Exception):
-  """A program the target's compiler refused for lack of memory (TPU: RESOURCE_EXHAUSTED)."""
+  """A program the target's compiler refused for lack of memory (TPU: RESOURCE_EXHAUSTED);
+  ``needed_bytes``: what the compiler said it needed, where it said (else None)."""
+
+  def __init__(self, message: str):
+    super().__init__(message)
+    # "... HLO temporaries (78.58G) exceeds available HBM (15.75G)", "Used 20.5G of 15.75G hbm"
+    said = re.search(r"\(([\d.]+)([KMGT])\) exceeds|Used ([\d.]+)([KMGT]) of", message)
+    self.needed_bytes = None
+    if said:
+      value, unit = said.group(1, 2) if said.group(1) else said.group(3, 4)
+      self.needed_bytes = int(float(value) * 1024 ** ("KMGT".index(unit) + 1))
 
 
 def _compile(lowered):
@@ -264,7 +275,7 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
   bracket, so that a good guess is confirmed by one compile just beside it.
   """
   n = len(devices)
-  # per-device batch -> (fits, bytes needed or None where the compiler refused, usable bytes)
+  # per-device batch -> (fits, bytes needed (None: refused without saying), usable bytes)
   results = {config.batch_size // n: (result["fits"], result["needed_bytes"],
                                        result["usable_bytes"])}
 
@@ -273,8 +284,8 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
       try:
         r = compile_run(with_batch(config, k * n), target, devices, result["sampler_memory"])
         results[k] = (r["fits"], r["needed_bytes"], r["usable_bytes"])
-      except DoesNotFit:
-        results[k] = (False, None, None)
+      except DoesNotFit as refused:  # what the compiler said it needed, a point of the line
+        results[k] = (False, refused.needed_bytes, None)
       if on_probe:
         on_probe(k * n, results[k][0])
     return results[k][0]
@@ -304,9 +315,9 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
     if hi is not None and hi - lo <= margin(hi):
       break
     k = guess()
-    if k is None:
+    if k is None or (hi is not None and k >= hi):
       k = 2 * max(lo, 1) if hi is None else (lo + hi) // 2
-    k = max(k, lo + margin(lo))
+    k = max(k, lo + margin(lo))  # a guess at the largest that fits: just above it
     if hi is not None:
       k = min(k, hi - margin(hi))
       if not lo < k < hi:

@@ -269,3 +269,23 @@ def test_landscape_columns_measure_every_completed_run_once(grid):
                                 report_only=True)
   assert all(r["landscape"] is None for r in other["runs"])
   assert "landscape" not in other["rows"]["none"]
+
+
+def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
+  """The grid run as two grids (one per strategy), merged: the same rows and table, every
+  command named; protocols that differ, or a seed in two reports, are refused."""
+  workdir, report = grid
+  apart = [ablation.summarize([r for r in report["runs"] if r["strategy"] == s], [s],
+                              report["config"], report["base_config"], f"grid {s}")
+           for s in STRATEGIES]
+  merged = ablation.merge(apart, "merge command")
+  assert merged["rows"] == report["rows"] and merged["strategies"] == STRATEGIES
+  assert merged["command"] == "grid none\ngrid cd_full\nmerge command"
+  ablation.write_report(merged, str(tmp_path))
+  assert table(str(tmp_path)) == table(workdir)
+  assert_png(os.path.join(tmp_path, "ablation.png"))
+  other = dict(apart[1], config=dict(apart[1]["config"], learning_rate=3e-4))
+  with pytest.raises(ablation.schema.ConfigError, match="differ in config"):
+    ablation.merge([apart[0], other])
+  with pytest.raises(ablation.schema.ConfigError, match="none seed 0 is in more than one"):
+    ablation.merge([apart[0], apart[0]])

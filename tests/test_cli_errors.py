@@ -56,6 +56,8 @@ CASES = {
                                      _read_only),
     "ablate: unknown strategy": ("ablate", [CONFIG, "--workdir=w", "--strategies=none,foo"],
                                  "--strategies", None),
+    "ablate: merge a file that is no report": ("ablate", ["--workdir=w", "--merge={path}"],
+                                               "--merge", _file),
     "bench: no steps": ("bench", [CONFIG, "--steps=0"], "--steps", None),
     "bench: steps not a number": ("bench", [CONFIG, "--steps=abc"], "--steps", None),
     "bench: device count not a number": ("bench", [CONFIG, "--device_counts=abc"],

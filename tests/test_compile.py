@@ -83,11 +83,16 @@ def test_bad_target_or_batch_is_one_line(args, message):
   assert "Traceback" not in stderr
 
 
-@pytest.mark.parametrize("bytes_per_example, fixed, granule", [(1000, 5_000, 1), (37, 0, 8)])
+@pytest.mark.parametrize("bytes_per_example, fixed, granule, refusal", [
+    (1000, 5_000, 1, None), (37, 0, 8, None),
+    (1000, 5_000, 1, "HLO temporaries ({:.2f}G) exceeds available HBM (15.75G)"),
+    (37, 0, 8, "out of memory")])
 def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
-    monkeypatch, bytes_per_example, fixed, granule):
+    monkeypatch, bytes_per_example, fixed, granule, refusal):
   """The search on a stand-in compiler whose memory grows in steps of ``granule`` examples
-  (as XLA pads to tiles): a batch that fits, within 1 % of the true largest, few compiles."""
+  (as XLA pads to tiles) and that compiles what does not fit (GPU) or refuses it, saying
+  how much it needed or not (TPU): a batch that fits, within 1 % of the largest, few
+  compiles."""
   from configs import base
   from ired_cd import hardware
   usable, n = 10_000_000, 4
@@ -100,6 +105,8 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
   def fake_compile_run(config, target, devices, sampler_memory=None):
     compiled.append(config.batch_size)
     need = needed(config.batch_size // n)
+    if refusal and need > usable:
+      raise hardware.DoesNotFit("RESOURCE_EXHAUSTED: " + refusal.format(need / 1024 ** 3))
     return dict(fits=need <= usable, needed_bytes=need, usable_bytes=usable,
                 sampler_memory=sampler_memory)
 
@@ -108,8 +115,18 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
   config.batch_size = 64
   first = fake_compile_run(config, None, None)
   found = hardware.max_batch(config, None, [None] * n, first)
-  largest = n * max(k for k in range(1, usable) if needed(k) <= usable
-                    ) if needed(1) <= usable else 0
+  largest = n * max(k for k in range(1, usable) if needed(k) <= usable)
   assert found % n == 0 and needed(found // n) <= usable
   assert largest * 0.99 <= found <= largest
-  assert len(compiled) <= 8, compiled
+  assert len(compiled) <= (6 if refusal != "out of memory" else 24), compiled
+
+
+def test_a_refusal_names_what_the_compiler_needed():
+  from ired_cd import hardware
+  said = hardware.DoesNotFit("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
+                             "required for HLO temporaries (78.58G) exceeds available HBM "
+                             "(15.75G).")
+  assert said.needed_bytes == int(78.58 * 1024 ** 3)
+  assert hardware.DoesNotFit("RESOURCE_EXHAUSTED: Used 20.5G of 15.75G hbm").needed_bytes == (
+      int(20.5 * 1024 ** 3))
+  assert hardware.DoesNotFit("RESOURCE_EXHAUSTED: no figure").needed_bytes is None
