@@ -70,6 +70,16 @@ def test_gpu_target_and_an_oversized_batch_reported_as_not_fitting():
       "error: the batch does not fit h100 for every strategy (see above)")
 
 
+def test_a_gpu_program_with_a_large_sort_compiles_without_a_gpu():
+  """cd_full's residual filter sorts the batch; at 262,144 a device XLA would sort with CUB,
+  whose compile asks the CUDA runtime for a device: the tool compiles XLA's own sort."""
+  code, [record], stderr = compile_tool("--target=h100", "--strategies=cd_full",
+                                        "--config.batch_size=262144")
+  assert code == 0, stderr[-2000:]
+  assert record["per_device_batch"] == 262144
+  check_memory(record)
+
+
 @pytest.mark.parametrize("args, message", [
     (("--target=v9-8",), "error: --target: unknown target 'v9-8'; known: "),
     (("--target=v5e-8", "--config.batch_size=30"),
