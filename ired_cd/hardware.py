@@ -316,19 +316,26 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
 
   k = max(1, config.batch_size // n)
   lo, hi = 0, None  # the largest per-device batch known to fit, the smallest known not to
+  nudged = False  # the last batch tried was just above lo
   while True:
-    if probe(k):
+    fits = probe(k)
+    if fits:
       lo = max(lo, k)
     else:
       hi = k if hi is None else min(hi, k)
     if hi is not None and hi - lo <= margin(hi):
       break
+    split = 2 * max(lo, 1) if hi is None else (lo + hi) // 2
     k = guess()
     if k is None or (hi is not None and k >= hi):
-      k = 2 * max(lo, 1) if hi is None else (lo + hi) // 2
+      k = split
     k = max(k, lo + margin(lo))  # a guess at the largest that fits: just above it
+    nudge = k == lo + margin(lo)
+    if nudge and nudged and fits:  # the line is behind twice running: halve the bracket
+      k, nudge = split, False
     if hi is not None:
       k = min(k, hi - margin(hi))
       if not lo < k < hi:
         k = (lo + hi) // 2
+    nudged = nudge
   return lo * n
