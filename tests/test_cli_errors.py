@@ -34,6 +34,14 @@ def _read_only(case_dir):
   return "ro"
 
 
+def _report(case_dir):
+  """A directory holding an ablation report."""
+  os.makedirs(os.path.join(case_dir, "grid"))
+  with open(os.path.join(case_dir, "grid", "ablation.json"), "w") as f:
+    f.write('{"runs": []}\n')
+  return "grid"
+
+
 # name -> (tool, arguments, text the line names, setup(case_dir) -> the path the case uses).
 # "{path}" in the arguments is replaced by what setup returns.
 CASES = {
@@ -58,6 +66,8 @@ CASES = {
                                  "--strategies", None),
     "ablate: merge a file that is no report": ("ablate", ["--workdir=w", "--merge={path}"],
                                                "--merge", _file),
+    "ablate: merge into a report it reads": (
+        "ablate", ["--workdir={path}", "--merge={path}/ablation.json"], "--workdir", _report),
     "bench: no steps": ("bench", [CONFIG, "--steps=0"], "--steps", None),
     "bench: steps not a number": ("bench", [CONFIG, "--steps=abc"], "--steps", None),
     "bench: device count not a number": ("bench", [CONFIG, "--device_counts=abc"],
