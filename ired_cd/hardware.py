@@ -177,8 +177,7 @@ class DoesNotFit(Exception):
 # sorts (the residual filter's quantile above a batch of about 10^5 a device), asks the CUDA
 # runtime for a device at compile time. Such programs are predicted with slightly less scratch
 # memory than a GPU would use.
-_COMPILER_OPTIONS = {platform: {"xla_gpu_enable_cub_radix_sort": False}
-                     for platform in ("cuda", "gpu")}
+_COMPILER_OPTIONS = {"gpu": {"xla_gpu_enable_cub_radix_sort": False}}  # by device platform
 
 
 def _compile(lowered, platform):
