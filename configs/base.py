@@ -65,13 +65,16 @@ def get_config(arg=None):
 
   # Energy-landscape supervision: none | nce_random | ired | cd_langevin |
   # cd_langevin_replay | cd_full (schema.STRATEGY_REGISTRY). A switch the strategy
-  # does not read must stay off (schema.CD_SWITCHES, schema.ENERGY_SWITCHES).
+  # does not read must stay off (schema.CD_SWITCHES, ENERGY_SWITCHES, DESCENT_SWITCHES).
   c.mining_strategy = "ired"
   # ired / nce_random (the original's NCE): negatives from q_sample(x0, t, 3 eps),
   # ired_descent_steps energy-descent steps on them (ired only: nce_random takes
   # none), softplus loss weighted 0.5.
   c.ired_noise_scale = 3.0
   c.ired_descent_steps = 2
+  # per_sample: the descent clamps each negative to its own box 2 sqrt(abar_t) |
+  # first_sample: to sample 0's box, for the whole batch (the original's quirk).
+  c.ired_descent_clamp = "per_sample"
   c.nce_loss_weight = 0.5
   # CD (guide sections A-F).
   # The guide's switches for the chain and the CD loss: kept so the config files

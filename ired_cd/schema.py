@@ -58,6 +58,7 @@ CD_STRATEGIES = tuple(n for n, s in STRATEGY_REGISTRY.items() if s.energy_term =
 # that term reads none of them, so validate refuses them on and apply_strategy
 # turns them off.
 ENERGY_SWITCHES = dict(energy_reg_weight=0.0, log_grad_conflict=False)  # nce and cd
+DESCENT_SWITCHES = dict(ired_descent_clamp="per_sample")  # the strategies with descent (ired)
 CD_SWITCHES = dict(
     use_replay_buffer=False, use_residual_filter=False, use_energy_schedule=False,
     use_timestep_range=False, replay_store_condition=False, langevin_grad_clip=0.0,
@@ -65,6 +66,9 @@ CD_SWITCHES = dict(
     energy_grad_max_ratio=0.0)
 
 REPLAY_MIXING = ("sample", "batch")
+# per_sample: each sample's own bound 2 sqrt(abar_t) | first_sample: sample 0's for the whole
+# batch (the original's quirk, the reference's per_sample_clamp=False).
+DESCENT_CLAMPS = ("per_sample", "first_sample")
 CD_LOSSES = ("linear", "logistic")
 CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
@@ -76,7 +80,8 @@ LR_SCHEDULES = ("constant", "cosine")
 ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
-                "learning_rate_decay_steps": 100_000, "last_layer": "auto"}
+                "learning_rate_decay_steps": 100_000, "last_layer": "auto",
+                "ired_descent_clamp": "per_sample"}
 
 
 # Config fields that are tuples in the config and lists in config.json.
@@ -101,9 +106,10 @@ class ConfigError(ValueError):
 
 def ignored_switches(strategy: str) -> dict:
   """{switch: off value} of every switch that ``strategy``'s energy term does not read."""
-  term = STRATEGY_REGISTRY[strategy].energy_term
-  return {**(CD_SWITCHES if term != "cd" else {}),
-          **(ENERGY_SWITCHES if term is None else {})}
+  spec = STRATEGY_REGISTRY[strategy]
+  return {**(CD_SWITCHES if spec.energy_term != "cd" else {}),
+          **(ENERGY_SWITCHES if spec.energy_term is None else {}),
+          **(DESCENT_SWITCHES if not spec.descent else {})}
 
 
 def from_saved(saved: dict) -> dict:
@@ -194,6 +200,7 @@ def validate(config, defaults=None):
          "eval_inner_steps", f"must be a non-empty tuple of integers >= 0, got {inner!r}")
   for field, allowed in (("cd_loss", CD_LOSSES), ("cd_negatives", CD_NEGATIVES),
                         ("energy_grad_surgery", GRAD_SURGERY),
+                        ("ired_descent_clamp", DESCENT_CLAMPS),
                         ("learning_rate_schedule", LR_SCHEDULES)):
     _check(c[field] in allowed, field, f"must be one of {allowed}, got {c[field]!r}")
   for field in ("mining_noise_scale", "langevin_sigma_multiplier", "langevin_grad_clip",
@@ -207,7 +214,9 @@ def validate(config, defaults=None):
   strategy = c.mining_strategy
   term = STRATEGY_REGISTRY[strategy].energy_term
   for field, off in ignored_switches(strategy).items():
-    readers = "the CD strategies" if field in CD_SWITCHES else "the strategies with an energy term"
+    readers = ("the CD strategies" if field in CD_SWITCHES else
+               "the strategies with training descent" if field in DESCENT_SWITCHES else
+               "the strategies with an energy term")
     _check(c[field] == off, field, f"mining_strategy={strategy!r} does not read it (only "
            f"{readers} do): must be {off!r} for {strategy}, got {c[field]!r}")
   if term == "cd":

@@ -24,7 +24,8 @@ Choices where the guide is open (each tested, each in the README):
   * ``energy_reg_weight`` alpha adds alpha (E_pos^2 + E_neg^2) to each sample's
     energy loss before the filter, mask and weight are applied.
   * Energy descent in training clamps each sample with its own bound
-    2 sqrt(abar_t) (the original used sample 0's bound for the whole batch).
+    2 sqrt(abar_t); ``ired_descent_clamp='first_sample'`` is the original's
+    sample 0's bound for the whole batch.
 
 Stabilisers of the CD energy term (off, i.e. the guide's literal values, by
 default; ``configs/cd_stable.py`` turns on the ones the study selected):
@@ -94,6 +95,7 @@ class LossSettings:
   log_grad_conflict: bool  # log both gradients' norms and cosine
   ired_noise_scale: float
   ired_descent_steps: int
+  ired_descent_clamp: str  # per_sample | first_sample (the original's)
   nce_loss_weight: float
 
   @classmethod
@@ -188,8 +190,11 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
   x_pos = schedule.q_sample(x0, t, eps)
   x_neg = schedule.q_sample(x0, t, settings.ired_noise_scale * eps)
   if settings.strategy.descent:
+    bound = schedule.clamp_bound(t)
+    if settings.ired_descent_clamp == "first_sample":
+      bound = bound[0]
     x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.ired_descent_steps,
-                           take(schedule.opt_step_size, t), schedule.clamp_bound(t), cond)
+                           take(schedule.opt_step_size, t), bound, cond)
   x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
   e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_neg, t)
   loss = jax.nn.softplus(e_pos - e_neg)

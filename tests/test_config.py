@@ -69,7 +69,7 @@ BAD = [
      r"replay_sample_prob: must lie in \[0, 1\]"),
     ("bad_last_layer", "q204", _set(last_layer="fast"),
      r"last_layer: must be one of \('auto', 'gram', 'plain'\), got 'fast'"),
-    # A switch the strategy would ignore (schema.CD_SWITCHES, schema.ENERGY_SWITCHES).
+    # A switch the strategy would ignore (schema.CD_SWITCHES, ENERGY_SWITCHES, DESCENT_SWITCHES).
     ("filter_on_ired", "ired", _set(use_residual_filter=True),
      r"^config\.use_residual_filter: mining_strategy='ired' does not read it \(only the CD "
      r"strategies do\): must be False for ired, got True$"),
@@ -80,6 +80,11 @@ BAD = [
     ("regulariser_on_none", "none", _set(energy_reg_weight=0.1),
      r"energy_reg_weight: mining_strategy='none' does not read it \(only the strategies with "
      r"an energy term do\): must be 0\.0 for none, got 0\.1"),
+    ("bad_descent_clamp", "ired", _set(ired_descent_clamp="batch"),
+     r"ired_descent_clamp: must be one of \('per_sample', 'first_sample'\), got 'batch'"),
+    ("original_clamp_on_nce_random", "nce_random", _set(ired_descent_clamp="first_sample"),
+     r"ired_descent_clamp: mining_strategy='nce_random' does not read it \(only the strategies "
+     r"with training descent do\): must be 'per_sample' for nce_random"),
 ]
 
 
@@ -156,8 +161,9 @@ def test_apply_strategy_sets_stage_switches():
             use_timestep_range=True, replay_store_condition=True, langevin_grad_clip=1.0,
             cd_loss="logistic", cd_margin=1.0, cd_negatives="denoised",
             energy_grad_surgery="project", energy_grad_max_ratio=2.0, energy_reg_weight=0.1,
-            log_grad_conflict=True)
-  assert set(on) == set(schema.CD_SWITCHES) | set(schema.ENERGY_SWITCHES)
+            log_grad_conflict=True, ired_descent_clamp="first_sample")
+  assert set(on) == (set(schema.CD_SWITCHES) | set(schema.ENERGY_SWITCHES)
+                     | set(schema.DESCENT_SWITCHES))
   for strategy, spec in schema.STRATEGY_REGISTRY.items():
     c = base.get_config("tiny")
     c.update(on)
@@ -165,7 +171,8 @@ def test_apply_strategy_sets_stage_switches():
     _validate(c)
     assert c.mining_strategy == strategy
     ignored = schema.ignored_switches(strategy)
-    assert bool(ignored) == (spec.energy_term != "cd")
+    assert set(schema.CD_SWITCHES) <= set(ignored) or spec.energy_term == "cd"
+    assert ("ired_descent_clamp" in ignored) == (not spec.descent)
     for field in on:
       want = spec.stage.get(field, ignored.get(field, on[field]))
       assert c[field] == want, (strategy, field)

@@ -253,3 +253,26 @@ def test_only_ired_descends():
     np.testing.assert_array_equal(more[key], nce[key], err_msg=key)
   np.testing.assert_allclose(ired["energy_pos"], nce["energy_pos"], rtol=1e-6)
   assert float(ired["energy_neg"]) != float(nce["energy_neg"])
+
+
+def test_original_clamp_bounds_the_batch_by_sample_zero():
+  """ired_descent_clamp='first_sample' (the original's) clamps every negative to sample 0's
+  box: sample 0's loss and a batch sharing one t are unchanged, and the others' losses
+  change when sample 0's box (t = 9) is the tightest (all but those whose every proposal
+  was rejected: they keep their unclamped start either way)."""
+  fn, params, inp, x0 = _small_setup(8)
+  schedule = _tiny.schedule()
+
+  def nce_loss(clamp, t):
+    settings = strategies.LossSettings.from_config(
+        _tiny.tiny_config("ired", ired_descent_clamp=clamp))
+    return strategies._nce_energy_loss(fn, params, schedule, settings, inp,  # noqa: SLF001
+                                       fn.condition(params, inp, t), x0, t,
+                                       jax.random.PRNGKey(3))[0]
+
+  shared = jnp.full((8,), 3, jnp.int32)
+  np.testing.assert_array_equal(nce_loss("first_sample", shared), nce_loss("per_sample", shared))
+  mixed = jnp.asarray([9, 0, 0, 1, 1, 2, 2, 0], jnp.int32)
+  original, ours = nce_loss("first_sample", mixed), nce_loss("per_sample", mixed)
+  np.testing.assert_array_equal(original[0], ours[0])
+  assert np.count_nonzero(np.asarray(original[1:]) != np.asarray(ours[1:])) >= 5
