@@ -62,6 +62,10 @@ def get_config(arg=None):
   c.ema_update_every = 10
   c.ema_update_after_step = 100
   c.ema_power = 2.0 / 3.0
+  # > 0: also denoise at the sampler's own noise-free states sqrt(abar_t) x0_hat (x0_hat:
+  # the model's answer from x_t), towards the noise that leads to the truth, with this
+  # weight beside the denoising MSE (strategies.sampler_state_loss; every strategy; off).
+  c.sampler_state_weight = 0.0
 
   # Energy-landscape supervision: none | nce_random | ired | cd_langevin |
   # cd_langevin_replay | cd_full (schema.STRATEGY_REGISTRY). A switch the strategy

@@ -81,7 +81,7 @@ ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": 
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
                 "learning_rate_decay_steps": 100_000, "last_layer": "auto",
-                "ired_descent_clamp": "per_sample"}
+                "ired_descent_clamp": "per_sample", "sampler_state_weight": 0.0}
 
 
 # Config fields that are tuples in the config and lists in config.json.
@@ -205,7 +205,8 @@ def validate(config, defaults=None):
     _check(c[field] in allowed, field, f"must be one of {allowed}, got {c[field]!r}")
   for field in ("mining_noise_scale", "langevin_sigma_multiplier", "langevin_grad_clip",
                 "energy_reg_weight", "energy_loss_weight", "energy_loss_max_weight",
-                "nce_loss_weight", "ired_noise_scale", "energy_grad_max_ratio", "cd_margin"):
+                "nce_loss_weight", "ired_noise_scale", "energy_grad_max_ratio", "cd_margin",
+                "sampler_state_weight"):
     _check(c[field] >= 0, field, f"must be >= 0, got {c[field]!r}")
   _check(c.cd_margin == 0 or c.cd_loss == "logistic", "cd_margin",
          f"needs cd_loss='logistic' (a margin only shifts the linear loss), got cd_margin="

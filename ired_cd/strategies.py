@@ -27,6 +27,11 @@ Choices where the guide is open (each tested, each in the README):
     2 sqrt(abar_t); ``ired_descent_clamp='first_sample'`` is the original's
     sample 0's bound for the whole batch.
 
+A candidate beside every strategy's denoising loss (off by default):
+  * ``sampler_state_weight`` w > 0 adds w * sampler_state_loss: the score at the
+    sampler's noise-free state sqrt(abar_t) x0_hat, asked for the noise that leads
+    to the truth (docs/landscape.md section 5).
+
 Stabilisers of the CD energy term (off, i.e. the guide's literal values, by
 default; ``configs/cd_stable.py`` turns on the ones the study selected):
   * ``cd_loss='logistic'``: softplus(E_pos - E_neg), bounded below like IRED's
@@ -97,6 +102,7 @@ class LossSettings:
   ired_descent_steps: int
   ired_descent_clamp: str  # per_sample | first_sample (the original's)
   nce_loss_weight: float
+  sampler_state_weight: float  # > 0: sampler_state_loss beside the denoising MSE
 
   @classmethod
   def from_config(cls, c) -> "LossSettings":
@@ -128,6 +134,29 @@ def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps, cond=
     cond = energy_fn.condition(params, inp, t)
   pred = model_lib.conditioned_score(energy_fn, params, cond, x_t)
   return jnp.mean(jnp.square(pred - eps), axis=-1), pred, x_t
+
+
+def sampler_state_target(schedule: Schedule, x0_hat, x0, t):
+  """The sampler's noise-free state y = sqrt(abar_t) x0_hat and the noise eps* with
+  predict_start_from_noise(y, t, eps*) = x0: eps* = sqrt(abar_t) (x0_hat - x0) / sqrt(1 - abar_t).
+  x0_hat, x0: (B, D); t: (B,). Returns (y, eps*), both (B, D)."""
+  y = take(schedule.sqrt_alphas_cumprod, t) * x0_hat
+  target = (y - take(schedule.sqrt_alphas_cumprod, t) * x0) / take(
+      schedule.sqrt_one_minus_alphas_cumprod, t)
+  return y, target
+
+
+def sampler_state_loss(energy_fn, params, schedule: Schedule, cond, x0_hat, x0, t):
+  """Per-sample MSE (B,) between the score at the sampler's state and eps* (sampler_state_target).
+
+  The sampler scores noise-free states sqrt(abar_t) x0_hat, which the denoising loss
+  (Gaussian x_t only) never shows the model; its fixed points there are where the score
+  is 0. This term asks the score at those states to point at the truth, so that the
+  truth is the fixed point. ``x0_hat`` (the model's answer from x_t) gets no gradient.
+  """
+  y, target = sampler_state_target(schedule, jax.lax.stop_gradient(x0_hat), x0, t)
+  pred = model_lib.conditioned_score(energy_fn, params, cond, y)
+  return jnp.mean(jnp.square(pred - target), axis=-1)
 
 
 def energy_weight(settings: LossSettings, step):
@@ -292,9 +321,13 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
         pred_norm=jnp.mean(jnp.linalg.norm(x0_hat, axis=-1)),
         target_norm=jnp.mean(jnp.linalg.norm(x0, axis=-1)),
     )
+    denoising = jnp.mean(loss_mse)
+    if settings.sampler_state_weight:
+      loss_state = sampler_state_loss(energy_fn, params, schedule, cond, x0_hat, x0, t)
+      metrics["loss_sampler_state"] = jnp.mean(loss_state)
+      denoising = denoising + settings.sampler_state_weight * jnp.mean(loss_state)
     if settings.strategy.energy_term is None:
-      loss = jnp.mean(loss_mse)
-      return loss, (dict(metrics, loss=loss), buffer)
+      return denoising, (dict(metrics, loss=denoising), buffer)
     if settings.strategy.energy_term == "nce":
       energy_loss, weight, extra = _nce_energy_loss(
           energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg, energy_params)
@@ -302,7 +335,7 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
       energy_loss, weight, extra, buffer = _cd_energy_loss(
           energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, k_neg, step,
           buffer, energy_params)
-    loss = jnp.mean(loss_mse) + weight * jnp.mean(energy_loss)
+    loss = denoising + weight * jnp.mean(energy_loss)
     metrics.update(extra)
     metrics.update(loss=loss, loss_energy=jnp.mean(energy_loss), energy_weight=weight,
                    energy_gap=extra["energy_neg"] - extra["energy_pos"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import q202, q204
-from ired_cd import replay, strategies, train
+from ired_cd import model, replay, strategies, train
 from tests import _tiny
 
 D = _tiny.DIM
@@ -276,3 +276,47 @@ def test_original_clamp_bounds_the_batch_by_sample_zero():
   original, ours = nce_loss("first_sample", mixed), nce_loss("per_sample", mixed)
   np.testing.assert_array_equal(original[0], ours[0])
   assert np.count_nonzero(np.asarray(original[1:]) != np.asarray(ours[1:])) >= 5
+
+
+def test_sampler_state_target_denoises_to_the_truth():
+  """eps* turns the sampler's state back into the truth, and is 0 at the truth's own state."""
+  schedule = _tiny.schedule()
+  k1, k2 = jax.random.split(jax.random.PRNGKey(4))
+  x0_hat, x0 = jax.random.normal(k1, (10, D)), jax.random.normal(k2, (10, D))
+  t = jnp.arange(10, dtype=jnp.int32)
+  y, target = strategies.sampler_state_target(schedule, x0_hat, x0, t)
+  np.testing.assert_allclose(schedule.predict_start_from_noise(y, t, target), x0, atol=2e-5)
+  np.testing.assert_allclose(y, schedule.sqrt_alphas_cumprod[t][:, None] * x0_hat, rtol=1e-6)
+  np.testing.assert_array_equal(strategies.sampler_state_target(schedule, x0, x0, t)[1], 0.0)
+
+
+def test_sampler_state_loss_trains_the_score_not_the_answer_it_starts_from():
+  """The term's gradient is that with x0_hat held constant: no gradient through the
+  model's answer that defines the state."""
+  fn, params, inp, x0 = _small_setup(8)
+  schedule = _tiny.schedule()
+  t = jnp.asarray([0, 1, 2, 3, 4, 5, 6, 9], jnp.int32)
+  x_t = schedule.q_sample(x0, t, jax.random.normal(jax.random.PRNGKey(5), x0.shape))
+
+  def answer(p):
+    eps = model.score(fn, p, inp, x_t, t)
+    return strategies.clip_answer(schedule.predict_start_from_noise(x_t, t, eps))
+
+  def term(p, x0_hat):
+    return jnp.mean(strategies.sampler_state_loss(fn, p, schedule, fn.condition(p, inp, t),
+                                                  x0_hat, x0, t))
+
+  through = jax.grad(lambda p: term(p, answer(p)))(params)
+  held = jax.grad(lambda p: term(p, np.asarray(answer(params))))(params)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
+                         through, held)
+  assert any(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(held))
+
+
+@pytest.mark.parametrize("strategy", ["none", "ired"])
+def test_sampler_state_weight_adds_its_term_to_the_loss(strategy):
+  off, _ = _loss_metrics(strategy, 16)
+  on, _ = _loss_metrics(strategy, 16, sampler_state_weight=0.5)
+  assert "loss_sampler_state" not in off and float(on["loss_sampler_state"]) > 0
+  np.testing.assert_allclose(on["loss"], off["loss"] + 0.5 * on["loss_sampler_state"], rtol=1e-5)
+  np.testing.assert_array_equal(on["loss_mse"], off["loss_mse"])
