@@ -30,7 +30,7 @@ Choices where the guide is open (each tested, each in the README):
 A candidate beside every strategy's denoising loss (off by default):
   * ``sampler_state_weight`` w > 0 adds w * sampler_state_loss: the score at the
     sampler's noise-free state sqrt(abar_t) x0_hat, asked for the noise that leads
-    to the truth (docs/landscape.md section 5).
+    to the truth (docs/landscape.md section 6).
 
 Stabilisers of the CD energy term (off, i.e. the guide's literal values, by
 default; ``configs/cd_stable.py`` turns on the ones the study selected):
