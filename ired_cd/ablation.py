@@ -39,7 +39,10 @@ LANDSCAPE_MEASURES = (
     ("truth_below_answer", "P[E(truth) < E(answer)] at t=0", ".3f"),
     ("moved_after_first", "inner proposals that move y after the first", ".3f"),
     ("scaling_gain", "MSE after descent past the schedule ÷ without", ".4f"),
-    ("breadth_gain", "MSE of the energy's pick of 8 ÷ one trajectory", ".4f"))
+    ("breadth_gain", "MSE of the energy's pick of 8 ÷ one trajectory", ".4f"),
+    ("breadth_renoised_gain", "the same, 8 re-noised trajectories ÷ the sampler's answer",
+     ".4f"),
+    ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
@@ -123,15 +126,15 @@ def score_landscape(record, eval_size, matmul_dtype="float32", report_only=False
   """landscape.summary of a completed run's final checkpoint; None if it is not scored (yet).
 
   Reuses the run's landscape.json when it measured the final step on ``eval_size``
-  problems per set with ``matmul_dtype``; otherwise measures and writes it (with
+  problems per set with ``matmul_dtype`` in the current format; otherwise measures and writes it (with
   its figure), except under ``report_only``.
   """
   if record["status"] != "completed":
     return None
   saved = metrics_io.read_json(os.path.join(record["workdir"], "landscape.json"))
   run = (saved or {}).get("run", {})
-  if (run.get("step"), run.get("eval_size"), run.get("matmul_dtype")) != (
-      record["steps"], eval_size, matmul_dtype):
+  if (run.get("step"), run.get("eval_size"), run.get("matmul_dtype"), run.get("version")) != (
+      record["steps"], eval_size, matmul_dtype, landscape.VERSION):
     if report_only:
       return None
     saved = landscape.evaluate_run(record["workdir"], eval_size, matmul_dtype=matmul_dtype)

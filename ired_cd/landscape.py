@@ -14,7 +14,9 @@ points. These measures look at the energy itself, per evaluation set:
   spearman     over candidate answers per problem, the rank correlation of E at t = 0
                with the residual and with the error; truth_below_answer per t;
   scaling      descent continued at t = 0 past the schedule: MSE against total steps;
-  breadth      several start noises per problem, E at t = 0 choosing the answer.
+  breadth      several trajectories per problem (other start noises, re-noised between
+               timesteps at BREADTH_RENOISE), E at t = 0 choosing the answer (and, for
+               scale, the task's residual choosing it).
 
 Every measure is a jitted function of (params, a chunk of problems, per-problem
 keys): problem i draws its randomness from fold_in(key, i), so results do not
@@ -48,7 +50,10 @@ CANDIDATE_RADII = RADII + (1.0,)
 CHAIN_NEGATIVES = 2
 SCALING_EXTRA_STEPS = (0, 5, 10, 20, 50, 100, 200)
 TRAJECTORIES = 8
+BREADTH_RENOISE = (0.0, 0.3, 1.0)  # sampler.ired_sample's renoise; 0: start noise only
 CHUNK = 256  # problems per compiled call
+# landscape.json's format; a file of another (older) version is measured again, not read.
+VERSION = 2  # 2: breadth per BREADTH_RENOISE level, with the residual's pick
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +93,18 @@ def rms(x):
   return jnp.sqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True))
 
 
-def sample(probe: Probe, params, inputs, indices, key, inner_steps: int, trajectory: int = 0):
-  """The sampler from problem i's own start noise, with its instruments.
+def sample(probe: Probe, params, inputs, indices, key, inner_steps: int, trajectory: int = 0,
+           renoise: float = 0.0):
+  """The sampler from problem i's own start noise (and re-noise, if ``renoise`` > 0:
+  sampler.ired_sample), with its instruments.
 
   Returns (output (B, D) in the sampler's convention, DescentStats (B, T, K)).
   """
   y_init = sampler_lib.start_noise(problem_keys(key, indices, 1000 + trajectory), probe.out_dim)
+  renoise_keys = problem_keys(key, indices, 6000 + trajectory) if renoise else None
   return sampler_lib.ired_sample(probe.energy_fn, params, inputs, y_init, probe.schedule,
-                                 inner_steps, probe.return_x0, with_stats=True)
+                                 inner_steps, probe.return_x0, with_stats=True,
+                                 renoise_keys=renoise_keys, renoise=renoise)
 
 
 def to_answer(probe: Probe, output):
@@ -228,15 +237,36 @@ def scaling_chunk(probe: Probe, params, inputs, targets, indices, answer, key,
 
 
 def breadth_chunk(probe: Probe, params, inputs, targets, indices, key,
-                  trajectories: int = TRAJECTORIES):
-  """MSE (B, trajectories) of the sampler from several start noises, and the energy at
-  t = 0 of each answer (B, trajectories)."""
+                  trajectories: int = TRAJECTORIES, renoise: float = 0.0):
+  """The sampler from several start noises (re-noised between timesteps with ``renoise``):
+  each answer's MSE, energy at t = 0 and residual, (B, trajectories) each."""
   def trajectory(j):
-    output, _ = sample(probe, params, inputs, indices, key, probe.inner_steps, j)
+    output, _ = sample(probe, params, inputs, indices, key, probe.inner_steps, j, renoise)
+    answer = to_answer(probe, output)
     return (jnp.mean(jnp.square(output - targets), axis=-1),
-            energy_at(probe, params, inputs, to_answer(probe, output), 0))
-  mse, energy = jax.lax.map(trajectory, jnp.arange(trajectories))
-  return dict(mse=mse.T, energy=energy.T)
+            energy_at(probe, params, inputs, answer, 0), probe.residual(inputs, answer))
+  mse, energy, residual = jax.lax.map(trajectory, jnp.arange(trajectories))
+  return dict(mse=mse.T, energy=energy.T, residual=residual.T)
+
+
+def summarize_breadth(per_level: Sequence[Dict[str, np.ndarray]]) -> Dict[str, list]:
+  """Host summary of breadth_chunk's arrays over a set, one entry per BREADTH_RENOISE level:
+  the MSE of the answer the energy picks (lowest E), of the one the residual picks, of a
+  trajectory on average and of the best one; ``energy_beats_mean``: problems whose energy
+  pick is better than their trajectories' mean MSE."""
+  def pick(values, by):
+    return np.take_along_axis(values["mse"], np.argmin(values[by], 1)[:, None], 1)[:, 0]
+  columns = dict(mse_energy_chosen=[], mse_residual_chosen=[], mse_mean_trajectory=[],
+                 mse_oracle=[], energy_beats_mean=[])
+  for values in per_level:
+    chosen = pick(values, "energy")
+    for name, value in (("mse_energy_chosen", np.mean(chosen)),
+                        ("mse_residual_chosen", np.mean(pick(values, "residual"))),
+                        ("mse_mean_trajectory", np.mean(values["mse"])),
+                        ("mse_oracle", np.mean(np.min(values["mse"], axis=1))),
+                        ("energy_beats_mean", np.mean(chosen < np.mean(values["mse"], 1)))):
+      columns[name].append(float(value))
+  return columns
 
 
 # ----------------------------------------------------------------- over a set, on the host
@@ -323,7 +353,8 @@ def measure(probe: Probe, params, sets: Dict[str, Tuple[np.ndarray, np.ndarray]]
   {'acceptance' + suffix: ..., 'repair' + suffix, 'energy_residual_spearman' + suffix,
   'energy_error_spearman' + suffix, 'truth_below_answer' + suffix, 'scaling' + suffix,
   'breadth' + suffix}; ``mean_answer`` (D,) is repair's cheap wrong start. Inner-step
-  counts besides the config's: ACCEPTANCE_INNER_STEPS; breadth: TRAJECTORIES."""
+  counts besides the config's: ACCEPTANCE_INNER_STEPS; breadth: TRAJECTORIES at each
+  of BREADTH_RENOISE."""
   acceptance_steps = ACCEPTANCE_INNER_STEPS if acceptance_steps is None else acceptance_steps
   trajectories = trajectories or TRAJECTORIES
   cache = {}
@@ -346,9 +377,9 @@ def measure(probe: Probe, params, sets: Dict[str, Tuple[np.ndarray, np.ndarray]]
     repair = run(repair_chunk, data + (np.broadcast_to(mean_answer, targets.shape),))
     ranking = run(ranking_chunk, data + (answers,))
     scaling = run(scaling_chunk, data + (answers,))
-    breadth = run(breadth_chunk, data, trajectories=trajectories)
+    breadth = [run(breadth_chunk, data, trajectories=trajectories, renoise=r)
+               for r in BREADTH_RENOISE]
     extra = np.asarray(SCALING_EXTRA_STEPS)
-    chosen = np.take_along_axis(breadth["mse"], np.argmin(breadth["energy"], 1)[:, None], 1)
     result.update({
         f"acceptance{suffix}": acceptance,
         f"repair{suffix}": dict(
@@ -362,10 +393,8 @@ def measure(probe: Probe, params, sets: Dict[str, Tuple[np.ndarray, np.ndarray]]
             extra_steps=extra.tolist(),
             total_steps=(extra + probe.schedule.num_timesteps * probe.inner_steps).tolist(),
             mse=np.mean(scaling["mse"], axis=0)[extra].tolist()),
-        f"breadth{suffix}": dict(
-            trajectories=trajectories, mse_energy_chosen=float(np.mean(chosen)),
-            mse_mean_trajectory=float(np.mean(breadth["mse"])),
-            mse_oracle=float(np.mean(np.min(breadth["mse"], axis=1))))})
+        f"breadth{suffix}": dict(trajectories=trajectories, renoise=list(BREADTH_RENOISE),
+                                 **summarize_breadth(breadth))})
   return result
 
 
@@ -374,7 +403,9 @@ def summary(landscape: Dict) -> Dict[str, float]:
   moved_after_first (mean over t and inner steps >= 1 at the config's count),
   repair_r0.25 (MSE after the last repair step at t = 0 from radius 0.25, relative to
   its start), spearman_residual, truth_below_answer (t = 0), scaling_gain (MSE after
-  the most extra steps / at none), breadth_gain (energy-chosen / mean trajectory)."""
+  the most extra steps / at none), breadth_gain (energy-chosen / mean trajectory, start
+  noise only), breadth_renoised_gain and breadth_renoised_residual_gain (the energy's and
+  the residual's pick at the largest renoise / the sampler's answer without re-noise)."""
   columns = {}
   k = landscape["run"]["inner_steps"]
   for suffix in ("", "_ood"):
@@ -388,7 +419,12 @@ def summary(landscape: Dict) -> Dict[str, float]:
         f"spearman_residual{suffix}": landscape[f"energy_residual_spearman{suffix}"]["mean"],
         f"truth_below_answer{suffix}": landscape[f"truth_below_answer{suffix}"][0],
         f"scaling_gain{suffix}": scaling[-1] / scaling[0],
-        f"breadth_gain{suffix}": breadth["mse_energy_chosen"] / breadth["mse_mean_trajectory"]})
+        f"breadth_gain{suffix}": (breadth["mse_energy_chosen"][0]
+                                  / breadth["mse_mean_trajectory"][0]),
+        f"breadth_renoised_gain{suffix}": (breadth["mse_energy_chosen"][-1]
+                                           / breadth["mse_mean_trajectory"][0]),
+        f"breadth_renoised_residual_gain{suffix}": (breadth["mse_residual_chosen"][-1]
+                                                    / breadth["mse_mean_trajectory"][0])})
   return columns
 
 
@@ -406,7 +442,7 @@ def evaluate_run(workdir: str, eval_size: int = 256, checkpoint_step: Optional[i
   result = measure(probe, model.params, sets, jax.random.PRNGKey(seed),
                    sets[""][1].mean(axis=0), min(CHUNK, eval_size))
   result["run"] = dict(
-      workdir=os.path.abspath(workdir), strategy=config.mining_strategy, seed=config.seed,
+      version=VERSION, workdir=os.path.abspath(workdir), strategy=config.mining_strategy, seed=config.seed,
       step=model.step, matmul_dtype=config.matmul_dtype, eval_size=eval_size,
       eval_seed=config.eval_seed, landscape_seed=seed, inner_steps=probe.inner_steps,
       sampler_output="x0" if probe.return_x0 else "sqrt(abar_0) x0")

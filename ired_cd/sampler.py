@@ -5,7 +5,8 @@ y ~ N(0, I); for t = T-1 .. 0:
      y = sqrt(abar_t) x0                                   (no posterior noise)
   2. ``inner_steps`` steps of energy descent at t;
   3. y = clip(y, +-ANSWER_BOX sqrt(abar_t)); x0 = y / sqrt(abar_t);
-     if t > 0: y = sqrt(abar_{t-1}) x0.
+     if t > 0: y = sqrt(abar_{t-1}) x0 (+ renoise sqrt(1 - abar_{t-1}) z, z ~ N(0, I),
+     with ``renoise_keys``: stochastic trajectories, not the original's sampler).
 The original returns y after t = 0, i.e. sqrt(abar_0) x0 (abar_0 ~ 0.972), and
 scores that; we keep it as the default so numbers compare, and ``return_x0``
 gives the unscaled x0. The timestep loop is a lax.scan; ``inner_steps`` is a
@@ -27,8 +28,13 @@ from ired_cd.diffusion import ANSWER_BOX, Schedule, clip_answer
 
 
 def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
-                return_x0: bool = False, with_stats: bool = False):
+                return_x0: bool = False, with_stats: bool = False, renoise_keys=None,
+                renoise=1.0):
   """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D).
+
+  renoise_keys (B,): re-noise each state passed to t - 1 with ``renoise`` times that
+  timestep's noise std, row i drawing fold_in(renoise_keys[i], t); renoise = 1 makes it
+  q_sample(x0, t - 1) with fresh noise. None (the default): the original's sampler.
 
   with_stats: (output, DescentStats) with each field stacked per timestep in the
   sampler's order t = T-1 .. 0 after the batch axis: moved (B, T, K), score_norm_* (B, T).
@@ -49,6 +55,10 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
     y = jnp.clip(y, -ANSWER_BOX * sqrt_abar, ANSWER_BOX * sqrt_abar)
     x0 = schedule.sqrt_recip_alphas_cumprod[tt] * y
     y_prev = schedule.sqrt_alphas_cumprod[jnp.maximum(tt - 1, 0)] * x0
+    if renoise_keys is not None:
+      z = start_noise(jax.vmap(lambda key: jax.random.fold_in(key, tt))(renoise_keys),
+                      x0.shape[-1])
+      y_prev += renoise * schedule.sqrt_one_minus_alphas_cumprod[jnp.maximum(tt - 1, 0)] * z
     return jnp.where(tt > 0, y_prev, y), (x0, stats) if with_stats else x0
 
   timesteps = jnp.arange(schedule.num_timesteps - 1, -1, -1, dtype=jnp.int32)

@@ -265,6 +265,11 @@ def test_landscape_columns_measure_every_completed_run_once(grid):
   again = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
   assert os.stat(measured).st_mtime_ns == before
   assert again["rows"]["cd_full"]["landscape"] == report["rows"]["cd_full"]["landscape"]
+  older = metrics_io.read_json(measured)  # a landscape.json of an older format: measured again
+  del older["run"]["version"]
+  metrics_io.write_json_atomic(measured, older)
+  ablation.run_ablation(tiny(), ["none"], 1, workdir, landscape_size=8)
+  assert metrics_io.read_json(measured)["run"]["version"] == landscape.VERSION
   other = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=16,
                                 report_only=True)
   assert all(r["landscape"] is None for r in other["runs"])

@@ -133,6 +133,48 @@ def test_instruments_do_not_change_the_sampler():
     assert not np.any(np.asarray(stats.moved) & np.asarray(stats.rejected))
 
 
+def test_renoise_draws_fresh_noise_per_row_and_zero_is_the_original_sampler():
+  energy_fn, params = _tiny.small_energy()
+  inputs, _, _ = problems(8)
+  y_init = sampler_lib.start_noise(jax.random.split(jax.random.PRNGKey(3), 8), _tiny.DIM)
+  keys = jax.random.split(jax.random.PRNGKey(4), 8)
+  run = jax.jit(lambda inp, y, keys, r: sampler_lib.ired_sample(
+      energy_fn, params, inp, y, _tiny.schedule(), 2, renoise_keys=keys, renoise=r))
+  plain = jax.jit(lambda inp, y: sampler_lib.ired_sample(
+      energy_fn, params, inp, y, _tiny.schedule(), 2))(inputs, y_init)
+  np.testing.assert_allclose(run(inputs, y_init, keys, 0.0), plain, atol=1e-6)
+  noisy = run(inputs, y_init, keys, 1.0)
+  assert np.all(np.max(np.abs(noisy - plain), axis=1) > 1e-3)  # every row re-noised
+  np.testing.assert_array_equal(noisy, run(inputs, y_init, keys, 1.0))
+  np.testing.assert_allclose(run(inputs[:3], y_init[:3], keys[:3], 1.0), noisy[:3], atol=1e-6)
+  other = run(inputs, y_init, jnp.roll(keys, 1, axis=0), 1.0)
+  assert np.all(np.max(np.abs(other - noisy), axis=1) > 1e-3)
+
+
+def test_renoise_leaves_a_fixed_point_model_at_its_answer():
+  """x0_hat = A^-1 whatever y: re-noised trajectories all end where the plain one does."""
+  inputs, targets, indices = problems()
+  p = probe(QuadraticEnergy(fixed_point=True), inner_steps=0)
+  noisy, plain = (jax.jit(lambda *a: landscape.breadth_chunk(  # noqa: B023
+      p, {}, *a, jax.random.PRNGKey(0), trajectories=3, renoise=r))(inputs, targets, indices)
+                  for r in (1.0, 0.0))
+  chex.assert_shape(list(noisy.values()), (N, 3))
+  np.testing.assert_allclose(noisy["mse"], plain["mse"][:, :1] + 0 * noisy["mse"], atol=1e-7)
+  np.testing.assert_allclose(noisy["energy"], plain["energy"], atol=1e-5)
+
+
+def test_breadth_summary_picks_by_energy_and_by_residual():
+  values = dict(mse=np.array([[1.0, 2.0, 3.0], [4.0, 2.0, 6.0]]),
+                energy=np.array([[0.0, -1.0, 5.0], [1.0, 0.0, 2.0]]),
+                residual=np.array([[0.1, 0.2, 0.3], [0.5, 0.1, 0.4]]))
+  summary = landscape.summarize_breadth([values, values])
+  assert summary["mse_energy_chosen"] == [2.0, 2.0]  # (2 + 2) / 2
+  assert summary["mse_residual_chosen"] == [1.5, 1.5]  # (1 + 2) / 2
+  assert summary["mse_mean_trajectory"] == [3.0, 3.0]
+  assert summary["mse_oracle"] == [1.5, 1.5]
+  assert summary["energy_beats_mean"] == [0.5, 0.5]  # 2 < 2 is not, 2 < 4 is
+
+
 def test_chunk_measures_have_their_shapes_and_are_deterministic():
   energy_fn, params = _tiny.small_energy()
   p = probe(energy_fn)
@@ -151,6 +193,7 @@ def test_chunk_measures_have_their_shapes_and_are_deterministic():
   assert names[:2] == ["truth", "answer"] and "chain1" in names
   breadth = jax.jit(lambda *a: landscape.breadth_chunk(p, params, *a, key, trajectories=3))
   chex.assert_shape(list(breadth(inputs, targets, indices).values()), (N, 3))
+  assert set(breadth(inputs, targets, indices)) == {"mse", "energy", "residual"}
   scaling = landscape.scaling_chunk(p, params, inputs, targets, indices, answers, key, 4)
   chex.assert_shape(scaling["mse"], (N, 5))
 
@@ -201,6 +244,10 @@ def test_cli_writes_landscape_json_and_figure(workdir, monkeypatch):
   assert len(saved["truth_below_answer"]) == _tiny.T
   assert len(saved["scaling"]["mse"]) == len(landscape.SCALING_EXTRA_STEPS)
   assert len(saved["repair_ood"]["t0"]["mean"]["residual"]) == len(landscape.REPAIR_STEPS)
+  assert saved["breadth"]["renoise"] == list(landscape.BREADTH_RENOISE)
+  assert all(len(v) == len(landscape.BREADTH_RENOISE) for k, v in saved["breadth_ood"].items()
+             if k.startswith("mse") or k == "energy_beats_mean")
+  assert saved["run"]["version"] == landscape.VERSION
   columns = landscape.summary(saved)
   assert all(np.isfinite(v) for v in columns.values()) and "breadth_gain_ood" in columns
   assert os.path.getsize(png_path) > 0
