@@ -126,8 +126,8 @@ def score_landscape(record, eval_size, matmul_dtype="float32", report_only=False
   """landscape.summary of a completed run's final checkpoint; None if it is not scored (yet).
 
   Reuses the run's landscape.json when it measured the final step on ``eval_size``
-  problems per set with ``matmul_dtype`` in the current format; otherwise measures and writes it (with
-  its figure), except under ``report_only``.
+  problems per set with ``matmul_dtype`` in the current format (landscape.VERSION);
+  otherwise measures and writes it (with its figure), except under ``report_only``.
   """
   if record["status"] != "completed":
     return None
