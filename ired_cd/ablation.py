@@ -42,7 +42,8 @@ LANDSCAPE_MEASURES = (
     ("breadth_gain", "MSE of the energy's pick of 8 ÷ one trajectory", ".4f"),
     ("breadth_renoised_gain", "the same, 8 re-noised trajectories ÷ the sampler's answer",
      ".4f"),
-    ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"))
+    ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
+    ("breadth_renoised_lost", "re-noised trajectories worse than the mean answer", ".3f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")

@@ -16,7 +16,8 @@ points. These measures look at the energy itself, per evaluation set:
   scaling      descent continued at t = 0 past the schedule: MSE against total steps;
   breadth      several trajectories per problem (other start noises, re-noised between
                timesteps at BREADTH_RENOISE), E at t = 0 choosing the answer (and, for
-               scale, the task's residual choosing it).
+               scale, the task's residual choosing it); ``lost``: trajectories that end
+               worse than the mean answer.
 
 Every measure is a jitted function of (params, a chunk of problems, per-problem
 keys): problem i draws its randomness from fold_in(key, i), so results do not
@@ -53,7 +54,7 @@ TRAJECTORIES = 8
 BREADTH_RENOISE = (0.0, 0.3, 1.0)  # sampler.ired_sample's renoise; 0: start noise only
 CHUNK = 256  # problems per compiled call
 # landscape.json's format; a file of another (older) version is measured again, not read.
-VERSION = 2  # 2: breadth per BREADTH_RENOISE level, with the residual's pick
+VERSION = 3  # 2: breadth per BREADTH_RENOISE level, with the residual's pick; 3: lost
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,22 +250,25 @@ def breadth_chunk(probe: Probe, params, inputs, targets, indices, key,
   return dict(mse=mse.T, energy=energy.T, residual=residual.T)
 
 
-def summarize_breadth(per_level: Sequence[Dict[str, np.ndarray]]) -> Dict[str, list]:
+def summarize_breadth(per_level: Sequence[Dict[str, np.ndarray]],
+                      mean_answer_mse: np.ndarray) -> Dict[str, list]:
   """Host summary of breadth_chunk's arrays over a set, one entry per BREADTH_RENOISE level:
   the MSE of the answer the energy picks (lowest E), of the one the residual picks, of a
   trajectory on average and of the best one; ``energy_beats_mean``: problems whose energy
-  pick is better than their trajectories' mean MSE."""
+  pick is better than their trajectories' mean MSE; ``lost``: trajectories whose MSE exceeds
+  the mean answer's on their problem (``mean_answer_mse``, (B,))."""
   def pick(values, by):
     return np.take_along_axis(values["mse"], np.argmin(values[by], 1)[:, None], 1)[:, 0]
   columns = dict(mse_energy_chosen=[], mse_residual_chosen=[], mse_mean_trajectory=[],
-                 mse_oracle=[], energy_beats_mean=[])
+                 mse_oracle=[], energy_beats_mean=[], lost=[])
   for values in per_level:
     chosen = pick(values, "energy")
     for name, value in (("mse_energy_chosen", np.mean(chosen)),
                         ("mse_residual_chosen", np.mean(pick(values, "residual"))),
                         ("mse_mean_trajectory", np.mean(values["mse"])),
                         ("mse_oracle", np.mean(np.min(values["mse"], axis=1))),
-                        ("energy_beats_mean", np.mean(chosen < np.mean(values["mse"], 1)))):
+                        ("energy_beats_mean", np.mean(chosen < np.mean(values["mse"], 1))),
+                        ("lost", np.mean(values["mse"] > mean_answer_mse[:, None]))):
       columns[name].append(float(value))
   return columns
 
@@ -393,8 +397,9 @@ def measure(probe: Probe, params, sets: Dict[str, Tuple[np.ndarray, np.ndarray]]
             extra_steps=extra.tolist(),
             total_steps=(extra + probe.schedule.num_timesteps * probe.inner_steps).tolist(),
             mse=np.mean(scaling["mse"], axis=0)[extra].tolist()),
-        f"breadth{suffix}": dict(trajectories=trajectories, renoise=list(BREADTH_RENOISE),
-                                 **summarize_breadth(breadth))})
+        f"breadth{suffix}": dict(
+            trajectories=trajectories, renoise=list(BREADTH_RENOISE),
+            **summarize_breadth(breadth, np.mean(np.square(mean_answer - targets), axis=-1)))})
   return result
 
 
@@ -405,7 +410,8 @@ def summary(landscape: Dict) -> Dict[str, float]:
   its start), spearman_residual, truth_below_answer (t = 0), scaling_gain (MSE after
   the most extra steps / at none), breadth_gain (energy-chosen / mean trajectory, start
   noise only), breadth_renoised_gain and breadth_renoised_residual_gain (the energy's and
-  the residual's pick at the largest renoise / the sampler's answer without re-noise)."""
+  the residual's pick at the largest renoise / the sampler's answer without re-noise),
+  breadth_renoised_lost (trajectories worse than the mean answer, largest renoise)."""
   columns = {}
   k = landscape["run"]["inner_steps"]
   for suffix in ("", "_ood"):
@@ -424,7 +430,8 @@ def summary(landscape: Dict) -> Dict[str, float]:
         f"breadth_renoised_gain{suffix}": (breadth["mse_energy_chosen"][-1]
                                            / breadth["mse_mean_trajectory"][0]),
         f"breadth_renoised_residual_gain{suffix}": (breadth["mse_residual_chosen"][-1]
-                                                    / breadth["mse_mean_trajectory"][0])})
+                                                    / breadth["mse_mean_trajectory"][0]),
+        f"breadth_renoised_lost{suffix}": breadth["lost"][-1]})
   return columns
 
 

@@ -167,12 +167,13 @@ def test_breadth_summary_picks_by_energy_and_by_residual():
   values = dict(mse=np.array([[1.0, 2.0, 3.0], [4.0, 2.0, 6.0]]),
                 energy=np.array([[0.0, -1.0, 5.0], [1.0, 0.0, 2.0]]),
                 residual=np.array([[0.1, 0.2, 0.3], [0.5, 0.1, 0.4]]))
-  summary = landscape.summarize_breadth([values, values])
+  summary = landscape.summarize_breadth([values, values], np.array([2.5, 5.0]))
   assert summary["mse_energy_chosen"] == [2.0, 2.0]  # (2 + 2) / 2
   assert summary["mse_residual_chosen"] == [1.5, 1.5]  # (1 + 2) / 2
   assert summary["mse_mean_trajectory"] == [3.0, 3.0]
   assert summary["mse_oracle"] == [1.5, 1.5]
   assert summary["energy_beats_mean"] == [0.5, 0.5]  # 2 < 2 is not, 2 < 4 is
+  assert summary["lost"] == [2 / 6, 2 / 6]  # 3 > 2.5 and 6 > 5
 
 
 def test_chunk_measures_have_their_shapes_and_are_deterministic():
