@@ -43,7 +43,8 @@ LANDSCAPE_MEASURES = (
     ("breadth_renoised_gain", "the same, 8 re-noised trajectories ÷ the sampler's answer",
      ".4f"),
     ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
-    ("breadth_renoised_lost", "re-noised trajectories worse than the mean answer", ".3f"))
+    ("breadth_renoised_lost", "re-noised trajectories worse than the mean answer", ".4f"),
+    ("breadth_renoised_chose_lost", "problems where the energy picks one", ".4f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")

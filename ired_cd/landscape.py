@@ -17,7 +17,7 @@ points. These measures look at the energy itself, per evaluation set:
   breadth      several trajectories per problem (other start noises, re-noised between
                timesteps at BREADTH_RENOISE), E at t = 0 choosing the answer (and, for
                scale, the task's residual choosing it); ``lost``: trajectories that end
-               worse than the mean answer.
+               worse than the mean answer, and how often the energy picks one.
 
 Every measure is a jitted function of (params, a chunk of problems, per-problem
 keys): problem i draws its randomness from fold_in(key, i), so results do not
@@ -54,7 +54,8 @@ TRAJECTORIES = 8
 BREADTH_RENOISE = (0.0, 0.3, 1.0)  # sampler.ired_sample's renoise; 0: start noise only
 CHUNK = 256  # problems per compiled call
 # landscape.json's format; a file of another (older) version is measured again, not read.
-VERSION = 3  # 2: breadth per BREADTH_RENOISE level, with the residual's pick; 3: lost
+# 2: breadth per BREADTH_RENOISE level, with the residual's pick; 3: lost, energy_chose_lost
+VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -256,19 +257,22 @@ def summarize_breadth(per_level: Sequence[Dict[str, np.ndarray]],
   the MSE of the answer the energy picks (lowest E), of the one the residual picks, of a
   trajectory on average and of the best one; ``energy_beats_mean``: problems whose energy
   pick is better than their trajectories' mean MSE; ``lost``: trajectories whose MSE exceeds
-  the mean answer's on their problem (``mean_answer_mse``, (B,))."""
+  the mean answer's on their problem (``mean_answer_mse``, (B,)); ``energy_chose_lost``:
+  problems whose energy pick is lost."""
   def pick(values, by):
     return np.take_along_axis(values["mse"], np.argmin(values[by], 1)[:, None], 1)[:, 0]
   columns = dict(mse_energy_chosen=[], mse_residual_chosen=[], mse_mean_trajectory=[],
-                 mse_oracle=[], energy_beats_mean=[], lost=[])
+                 mse_oracle=[], energy_beats_mean=[], lost=[], energy_chose_lost=[])
   for values in per_level:
     chosen = pick(values, "energy")
+    lost = values["mse"] > mean_answer_mse[:, None]
     for name, value in (("mse_energy_chosen", np.mean(chosen)),
                         ("mse_residual_chosen", np.mean(pick(values, "residual"))),
                         ("mse_mean_trajectory", np.mean(values["mse"])),
                         ("mse_oracle", np.mean(np.min(values["mse"], axis=1))),
                         ("energy_beats_mean", np.mean(chosen < np.mean(values["mse"], 1))),
-                        ("lost", np.mean(values["mse"] > mean_answer_mse[:, None]))):
+                        ("lost", np.mean(lost)),
+                        ("energy_chose_lost", np.mean(chosen > mean_answer_mse))):
       columns[name].append(float(value))
   return columns
 
@@ -411,7 +415,8 @@ def summary(landscape: Dict) -> Dict[str, float]:
   the most extra steps / at none), breadth_gain (energy-chosen / mean trajectory, start
   noise only), breadth_renoised_gain and breadth_renoised_residual_gain (the energy's and
   the residual's pick at the largest renoise / the sampler's answer without re-noise),
-  breadth_renoised_lost (trajectories worse than the mean answer, largest renoise)."""
+  breadth_renoised_lost (trajectories worse than the mean answer, largest renoise) and
+  breadth_renoised_chose_lost (problems whose energy pick is one)."""
   columns = {}
   k = landscape["run"]["inner_steps"]
   for suffix in ("", "_ood"):
@@ -431,7 +436,8 @@ def summary(landscape: Dict) -> Dict[str, float]:
                                            / breadth["mse_mean_trajectory"][0]),
         f"breadth_renoised_residual_gain{suffix}": (breadth["mse_residual_chosen"][-1]
                                                     / breadth["mse_mean_trajectory"][0]),
-        f"breadth_renoised_lost{suffix}": breadth["lost"][-1]})
+        f"breadth_renoised_lost{suffix}": breadth["lost"][-1],
+        f"breadth_renoised_chose_lost{suffix}": breadth["energy_chose_lost"][-1]})
   return columns
 
 

@@ -174,6 +174,9 @@ def test_breadth_summary_picks_by_energy_and_by_residual():
   assert summary["mse_oracle"] == [1.5, 1.5]
   assert summary["energy_beats_mean"] == [0.5, 0.5]  # 2 < 2 is not, 2 < 4 is
   assert summary["lost"] == [2 / 6, 2 / 6]  # 3 > 2.5 and 6 > 5
+  assert summary["energy_chose_lost"] == [0.0, 0.0]  # the picks, 2 and 2, are not lost
+  picks_lost = landscape.summarize_breadth([values], np.array([2.5, 1.5]))
+  assert picks_lost["lost"] == [4 / 6] and picks_lost["energy_chose_lost"] == [0.5]
 
 
 def test_chunk_measures_have_their_shapes_and_are_deterministic():
