@@ -126,11 +126,12 @@ def plot_landscape(landscape, path):
   """Writes the figure of a landscape.json (ired_cd.landscape) to ``path`` (through a
   temporary file and a rename) and returns ``path``. Panels: proposals that moved y per
   timestep; repair from wrong answers at t = 0; descent past the schedule; P[E(truth) <
-  E(answer)] per timestep."""
+  E(answer)] per timestep; breadth: the MSE of the energy's pick of several trajectories
+  against their re-noise, beside the residual's pick and the mean trajectory."""
   run = landscape["run"]
   k = run["inner_steps"]
-  fig = Figure(figsize=(20, 4))
-  moved_ax, repair_ax, scaling_ax, below_ax = fig.subplots(1, 4)
+  fig = Figure(figsize=(25, 4))
+  moved_ax, repair_ax, scaling_ax, below_ax, breadth_ax = fig.subplots(1, 5)
   for suffix, (name, style) in SET_STYLES.items():
     moved = np.asarray(landscape[f"acceptance{suffix}"][f"k{k}"]["moved"])  # (T, K)
     timesteps = np.arange(moved.shape[0])
@@ -144,6 +145,11 @@ def plot_landscape(landscape, path):
     scaling_ax.plot(scaling["total_steps"], scaling["mse"], style, marker="o", ms=3, label=name)
     below_ax.plot(timesteps, landscape[f"truth_below_answer{suffix}"], style, marker="o", ms=3,
                   label=name)
+    breadth = landscape[f"breadth{suffix}"]
+    for key, marker in (("mse_energy_chosen", "o"), ("mse_residual_chosen", "s"),
+                        ("mse_mean_trajectory", "^")):
+      breadth_ax.plot(breadth["renoise"], breadth[key], style, marker=marker, ms=3,
+                      label=f"{name}, {key[4:].replace('_', ' ')}")
   moved_ax.set(title=f"proposals that moved y ({k} inner steps)", xlabel="timestep t",
                ylim=(-0.05, 1.05))
   repair_ax.set(title="repair at t = 0: MSE of x from wrong starts", xlabel="descent steps",
@@ -153,7 +159,9 @@ def plot_landscape(landscape, path):
   scaling_ax.set(title="descent past the schedule (t = 0)", xlabel="total descent steps",
                  ylabel=f"MSE ({run['sampler_output']})", yscale="log")
   below_ax.set(title="P[E(truth) < E(model's answer)]", xlabel="timestep t", ylim=(-0.05, 1.05))
-  for ax in (moved_ax, repair_ax, scaling_ax, below_ax):
+  breadth_ax.set(title=f"breadth: {landscape['breadth']['trajectories']} trajectories a problem",
+                 xlabel="re-noise between timesteps", ylabel="MSE", yscale="log")
+  for ax in (moved_ax, repair_ax, scaling_ax, below_ax, breadth_ax):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
   fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
