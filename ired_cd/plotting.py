@@ -120,6 +120,7 @@ def plot_curves(workdir):
 
 
 SET_STYLES = {"": ("in-distribution", "-"), "_ood": ("harder", "--")}
+LANDSCAPE_PANELS_PER_ROW = 5  # the ablation's landscape figure
 
 
 def plot_landscape(landscape, path):
@@ -280,10 +281,15 @@ def plot_ablation_inner_steps(report, inner_steps, path):
 
 def plot_ablation_landscape(report, measures, path):
   """Writes the ablation's landscape figure: one panel per measure (key, title, _), a bar
-  per strategy and set (mean over the seeds measured, their spread as error bars)."""
+  per strategy and set (mean over the seeds measured, their spread as error bars), up to
+  LANDSCAPE_PANELS_PER_ROW panels a row."""
   strategies = [s for s in report["strategies"] if "landscape" in report["rows"][s]]
-  fig = Figure(figsize=(4.2 * len(measures), 3.8))
-  axes = fig.subplots(1, len(measures))
+  columns = min(len(measures), LANDSCAPE_PANELS_PER_ROW)
+  rows = -(-len(measures) // columns)
+  fig = Figure(figsize=(4.2 * columns, 3.8 * rows))
+  axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+  for ax in axes[len(measures):]:
+    ax.set_axis_off()
   x = np.arange(len(strategies))
   for ax, (key, title, _) in zip(axes, measures):
     for offset, (suffix, (name, _)) in zip((-0.2, 0.2), SET_STYLES.items()):
