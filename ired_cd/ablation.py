@@ -44,7 +44,7 @@ LANDSCAPE_MEASURES = (
      ".4f"),
     ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
     ("breadth_renoised_lost", "re-noised trajectories worse than the mean answer", ".4f"),
-    ("breadth_renoised_chose_lost", "problems where the energy picks one", ".4f"))
+    ("breadth_renoised_chose_lost", "problems where the energy picks a lost one", ".4f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
