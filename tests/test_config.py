@@ -52,8 +52,6 @@ BAD = [
     ("zero_rank", "q202", _set(rank=0), r"config\.rank: must be a positive integer, got 0"),
     ("negative_train_steps", "none", _set(train_steps=-1),
      r"train_steps: must be a positive integer, got -1"),
-    ("filter_on_lowrank", "q204", _set(task="lowrank"),
-     r"use_residual_filter: task 'lowrank' has no oracle.*'inverse', 'addition'"),
     ("bad_replay_mixing", "q203", _set(replay_mixing="bucket"),
      r"replay_mixing: must be one of \('sample', 'batch'\), got 'bucket'"),
     ("no_langevin_on_cd", "q202", _set(use_langevin=False),

@@ -284,7 +284,6 @@ def test_cli_one_run_per_workdir_sigterm_kill_resume_and_eval(tmp_path):
     ("--config.mining_strategy=cd_fast", "mining_strategy"),
     ("--config.residual_filter_quantile=1.5", "residual_filter_quantile"),
     ("--config.batch_size=0", "batch_size"),
-    ("--config.task=lowrank", "use_residual_filter"),
     ("--config.energy_loss_timestep_range=(0.8,0.2)", "energy_loss_timestep_range"),
 ])
 def test_cli_bad_input_names_the_field(tmp_path, override, field):

@@ -79,15 +79,20 @@ def test_addition_residual_and_scales():
   assert 1.0 < float(jnp.max(jnp.abs(inp_ood))) <= 2.5
 
 
-def test_lowrank_has_no_residual_and_masks_half():
-  """Matrix completion: no oracle; the input is the target with about half the entries zeroed."""
+def test_lowrank_masks_half_and_its_residual_checks_the_observed_entries():
+  """Matrix completion: the input is the target with about half the entries zeroed; the
+  residual is the error on the observed entries only (0 for any fill of the others)."""
   task = tasks.get_task("lowrank", N)
-  assert task.residual is None
   inp, x = jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(4), B)
   inp, x = np.asarray(inp), np.asarray(x)
   observed = inp != 0
   np.testing.assert_array_equal(inp[observed], x[observed])
   assert 0.45 < observed.mean() < 0.55
+  other_fill = np.where(observed, x, 7.0)
+  np.testing.assert_allclose(task.residual(inp, other_fill), 0.0, atol=1e-6)
+  shifted = x + observed * 0.5  # every observed entry off by 0.5
+  np.testing.assert_allclose(task.residual(inp, shifted), 0.5 * np.sqrt(observed.sum(1)),
+                             rtol=1e-5)
 
 
 def _reference_inverse_f64(rng, n, ood, rank=N):
