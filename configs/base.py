@@ -29,10 +29,26 @@ def get_config(arg=None):
   c.notes = ""
   c.output_dir = "results/ired"
 
-  # Task: inverse | addition | lowrank, on rank x rank matrices.
+  # Task: inverse | addition | lowrank (rank x rank matrices) | sat | colouring
+  # (ired_cd/tasks/). A task reads its own fields only; another task's must stay as here.
   c.task = "inverse"
-  c.rank = 20
   c.ood = False  # train on the harder distribution (the original --ood flag)
+  c.rank = 20  # inverse, addition, lowrank
+  # sat: random 3-SAT on sat_variables; training and in-distribution formulas have
+  # sat_clauses = (lo, hi) clauses, the harder set sat_clauses_ood (91: SATLIB uf20-91's);
+  # a dataset of sat_train_instances satisfiable formulas, sat_solutions of each one's
+  # satisfying assignments kept (drawn uniformly), built once per seed in the workdir.
+  c.sat_variables = 20
+  c.sat_clauses = (60, 80)
+  c.sat_clauses_ood = 91
+  c.sat_train_instances = 20_000
+  c.sat_solutions = 32
+  # colouring: planted graph_colours-colourable graphs on graph_nodes nodes, average degree
+  # graph_degree (harder: graph_degree_ood; the 3-colouring threshold is near 4.69).
+  c.graph_nodes = 20
+  c.graph_colours = 3
+  c.graph_degree = 3.0
+  c.graph_degree_ood = 4.5
 
   # Energy model and diffusion.
   c.hidden_dim = 512
@@ -208,9 +224,19 @@ def cpu20k_variant(c):
   cpu_variant(c, train_steps=20_000, eval_every=2_000, suffix="_cpu20k")
 
 
+# The tiny variant's problem sizes, per task (the fields that task reads).
+TINY_TASKS = dict(
+    inverse=dict(rank=4), addition=dict(rank=4), lowrank=dict(rank=4),
+    sat=dict(sat_variables=8, sat_clauses=(20, 26), sat_clauses_ood=34, sat_train_instances=128,
+             sat_solutions=8),
+    colouring=dict(graph_nodes=8))
+
+
 def tiny_variant(c):
-  """Seconds-long smoke run (tests, quick checks): rank 4, batch 32, hidden 64."""
-  c.rank = 4
+  """Seconds-long smoke run (tests, quick checks): small problems of the config's task
+  (TINY_TASKS: matrices of rank 4, 3-SAT on 8 variables, graphs of 8 nodes), batch 32,
+  hidden 64."""
+  c.update(TINY_TASKS[c.task])
   c.hidden_dim = 64
   c.time_embedding_dim = 16
   c.batch_size = 32

@@ -35,7 +35,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from ired_cd import ablation, metrics_io, schema
+from ired_cd import ablation, landscape, metrics_io, schema
+from ired_cd.matmul import MATMUL_DTYPES
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
@@ -51,8 +52,8 @@ _LANDSCAPE = flags.DEFINE_integer(
     "(experiments.landscape) on this many problems per set, e.g. 256 (its landscape.json, "
     "reused on rerun; a table and ablation_landscape.png).")
 _LANDSCAPE_DTYPE = flags.DEFINE_enum(
-    "landscape_matmul_dtype", "float32", ["float32", "bfloat16"],
-    "Matmul dtype of the landscape measurements.")
+    "landscape_matmul_dtype", landscape.Settings.matmul_dtype, list(MATMUL_DTYPES),
+    "The products' operand dtype of the landscape measurements.")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -93,9 +94,11 @@ def main(argv):
       report = ablation.merge([read_report(path) for path in _MERGE.value], command)
       ablation.write_report(report, workdir)
     else:
+      settings = (landscape.Settings(eval_size=_LANDSCAPE.value,
+                                     matmul_dtype=_LANDSCAPE_DTYPE.value)
+                  if _LANDSCAPE.value is not None else None)
       report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
-                                     command, _REPORT_ONLY.value, inner, _LANDSCAPE.value,
-                                     _LANDSCAPE_DTYPE.value)
+                                     command, _REPORT_ONLY.value, inner, settings)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

@@ -120,14 +120,25 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
   emit(**record)
 
 
+class _Step:
+  """A compiled train step on the task's training data (built once, not timed)."""
+
+  def __init__(self, compiled, data):
+    self.compiled, self.data = compiled, data
+
+  def __call__(self, state):
+    return self.compiled(state, self.data)
+
+
 def _warm_step(config, strategy, mesh=None, **overrides):
   """(config, setup, state, compiled step, compile seconds) for ``strategy``, after three
   warm-up steps (which also fill the replay buffer, so replay paths are exercised)."""
   c = base.run_config(config, strategy, **overrides)
   setup = train.build_setup(c)
   state = train.init_state(setup, mesh=mesh)
+  data = train.device_data(setup.task.build_data(c.seed, c.ood), mesh)
   tic = time.perf_counter()
-  compiled = train.jit_train_step(setup, mesh, state).lower(state).compile()
+  compiled = _Step(train.jit_train_step(setup, mesh, state).lower(state, data).compile(), data)
   compile_s = time.perf_counter() - tic
   for _ in range(3):
     state, _ = compiled(state)
@@ -143,24 +154,31 @@ def _timed_step(compiled, state):
   return state, metrics, (time.perf_counter() - tic) * 1e3
 
 
+def _problems(setup, n):
+  """(inputs (n, inp_dim), keys (n, 2)) for the sampler: the task's evaluation problems."""
+  inputs, _ = setup.task.eval_set(n, setup.config.eval_seed, False)
+  return inputs, jax.random.split(jax.random.PRNGKey(2), n)
+
+
 def bench_train(config, strategy, steps, peak, num_devices):
   device = jax.devices()[0]
   stats_before = device.memory_stats()
   mesh = parallel.make_mesh(num_devices)
   c, setup, state, compiled, compile_s = _warm_step(config, strategy, mesh)
-  flops_analytic = flops.train_step_flops(setup, state, mesh)
+  flops_analytic = flops.train_step_flops(setup, state, mesh, compiled.data)
   times = []
   for _ in range(steps):
     state, metrics, ms = _timed_step(compiled, state)
     times.append(ms)
   median = statistics.median(times)
-  emit(what="train", strategy=strategy, batch_size=c.batch_size, matmul_dtype=c.matmul_dtype,
+  emit(what="train", task=c.task, strategy=strategy, batch_size=c.batch_size,
+       matmul_dtype=c.matmul_dtype,
        devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
-       flops_analytic=flops_analytic, flops_xla=flops.xla_flops(compiled),
+       flops_analytic=flops_analytic, flops_xla=flops.xla_flops(compiled.compiled),
        gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None,
-       program_memory_bytes=memory.program_bytes(compiled),
+       program_memory_bytes=memory.program_bytes(compiled.compiled),
        device_peak_bytes=memory.device_peak_bytes(stats_before, device.memory_stats()),
        loss=float(metrics["loss"]))
 
@@ -198,12 +216,12 @@ def bench_gram(config, strategy, steps, inner_steps):
   train_ms = {mode: statistics.median(t) for mode, t in times.items()}
   setup = setups["gram"]
   params = train.init_state(setup).ema_params
-  inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.eval_chunk, False)
-  key, k = jax.random.split(jax.random.PRNGKey(2), config.eval_chunk), jnp.int32(inner_steps)
+  inp, key = _problems(setup, config.eval_chunk)
+  k = jnp.int32(inner_steps)
   samplers = {}
   for mode in modes:
-    samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule,
-                                          setup.task.out_dim).lower(params, inp, key, k).compile()
+    samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule).lower(
+        params, inp, key, k).compile()
     jax.block_until_ready(samplers[mode](params, inp, key, k))
   times = {mode: [] for mode in modes}
   for i in range(max(5, steps // 4)):
@@ -212,7 +230,8 @@ def bench_gram(config, strategy, steps, inner_steps):
   sampler_ms = {mode: statistics.median(t) for mode, t in times.items()}
   emit(what="gram", strategy=strategy, batch_size=config.batch_size,
        matmul_dtype=config.matmul_dtype, steps=steps,
-       train_programs_differ=compiled["gram"].as_text() != compiled["plain"].as_text(),
+       train_programs_differ=(compiled["gram"].compiled.as_text()
+                              != compiled["plain"].compiled.as_text()),
        train_median_ms=train_ms,
        train_plain_over_gram=train_ms["plain"] / train_ms["gram"],
        sampler_rows=config.eval_chunk, inner_steps=inner_steps, sampler_median_ms=sampler_ms,
@@ -222,9 +241,9 @@ def bench_gram(config, strategy, steps, inner_steps):
 def bench_sampler(config, inner_steps, reps, peak):
   setup = train.build_setup(config)
   params = train.init_state(setup).ema_params
-  sample = sampler.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
-  inp, _ = setup.task.sample(jax.random.PRNGKey(1), config.batch_size, False)
-  key, k = jax.random.split(jax.random.PRNGKey(2), config.batch_size), jnp.int32(inner_steps)
+  sample = sampler.make_sampler(setup.energy_fn, setup.schedule)
+  inp, key = _problems(setup, config.batch_size)
+  k = jnp.int32(inner_steps)
   tic = time.perf_counter()
   compiled = sample.lower(params, inp, key, k).compile()
   compile_s = time.perf_counter() - tic
@@ -232,9 +251,10 @@ def bench_sampler(config, inner_steps, reps, peak):
   times = _time_calls(lambda: compiled(params, inp, key, k), reps)
   median = statistics.median(times)
   flops_analytic = flops.sampler_flops(setup, params, inp, inner_steps)
-  emit(what="sampler", batch_size=config.batch_size, matmul_dtype=config.matmul_dtype,
-       timesteps=config.diffusion_steps,
-       inner_steps=inner_steps, median_ms=median, min_ms=min(times), compile_s=compile_s,
+  emit(what="sampler", task=config.task, batch_size=config.batch_size,
+       matmul_dtype=config.matmul_dtype, timesteps=config.diffusion_steps,
+       inner_steps=inner_steps, median_ms=median, min_ms=min(times),
+       instances_per_s=config.batch_size / (median * 1e-3), compile_s=compile_s,
        flops_analytic=flops_analytic, gflops_per_s=flops_analytic / (median * 1e-3) / 1e9,
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None)
 

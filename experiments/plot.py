@@ -18,7 +18,7 @@ from absl import app, flags
 
 from experiments import cli
 from ired_cd import schema
-from ired_cd import evaluation, loop, plotting
+from ired_cd import evaluation, loop, plotting, tasks
 
 _INNER = flags.DEFINE_list("inner_steps", None,
                            "Also sweep the sampler's inner descent steps, e.g. 0,1,2,5,10,20.")
@@ -41,11 +41,14 @@ def main(argv):
     if inner:
       config = schema.load_config(workdir)
       result = loop.evaluate_checkpoint(config, workdir, inner_steps=inner, eval_size=_SIZE.value)
-      path = plotting.plot_inner_steps(workdir, result, config.mining_strategy)
+      task = tasks.from_config(config)
+      path = plotting.plot_inner_steps(workdir, result, task, config.mining_strategy)
       print(f"inner-steps sweep: {path} (numbers in {os.path.join(workdir, 'eval.json')})")
-      for k, mse, mse_ood in zip(inner, evaluation.at_inner_steps(result, "eval/mse", inner),
-                                 evaluation.at_inner_steps(result, "eval/mse_ood", inner)):
-        print(f"  k={k}: mse={mse:.5g} mse_ood={mse_ood:.5g}")
+      keys = evaluation.headline_keys(task)
+      for k, *values in zip(inner, *(evaluation.at_inner_steps(result, key, inner)
+                                     for key in keys)):
+        print(f"  k={k}: " + " ".join(f"{key.split('/')[1]}={v:.5g}"
+                                      for key, v in zip(keys, values)))
   except loop.REFUSALS as err:
     sys.exit(f"error: {err}")
 

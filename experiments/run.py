@@ -22,7 +22,7 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli
 from ired_cd import schema
-from ired_cd import loop, parallel
+from ired_cd import evaluation, loop, parallel, tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant), e.g. configs/q204.py:cpu.")
@@ -73,11 +73,10 @@ def main(argv):
     sys.exit(f"error: training diverged: {err}")
   if summary["status"] == "interrupted":
     sys.exit(EXIT_INTERRUPTED)
-  if summary.get("status") == "completed" and "eval/mse" in summary:
-    print(f"done: steps={summary['steps']} eval/mse={summary['eval/mse']:.5f} "
-          f"eval/mse_ood={summary['eval/mse_ood']:.5f} "
-          f"(mean predictor {summary['eval/mse_mean_predictor']:.5f} / "
-          f"{summary['eval/mse_ood_mean_predictor']:.5f}) "
+  task = tasks.from_config(config)
+  if summary.get("status") == "completed" and all(
+      k in summary for k in evaluation.headline_keys(task)):
+    print(f"done: steps={summary['steps']} {evaluation.describe(task, summary)} "
           f"steps/s={summary['train/steps_per_sec'] or float('nan'):.1f} -> {workdir}")
   curves = os.path.join(workdir, "curves.png")
   if os.path.exists(curves):

@@ -2,17 +2,29 @@ r"""Solve your own problems with a trained run (ired_cd.solve).
 
   python -m experiments.solve --workdir=results/ds_inverse/cd_full_cpu --input=A.npy \
       --output=X.npy --inner_steps=5,10,20
+  python -m experiments.solve --workdir=results/sat/cd_full_cpu --input=uf20-91/ \
+      --output=solutions/
 
-For the inverse task A.npy holds matrices, (n, rank, rank) or (n, rank^2);
-the answers X ~ A^{-1} have the same layout: X.npy for one inner-step count,
-X_steps5.npy, X_steps10.npy, ... for several. Uses the EMA parameters of the
-newest (or --checkpoint_step) checkpoint; the answers are the sampler's
-unscaled x0. Prints per inner-step count the mean and median residual
-(||A X - I||_F) and the MSE against the exact answer (numpy.linalg.inv), where
-the task has them. Bad input: one line on stderr, exit 1, nothing written: an
---output that would overwrite --input, or problems whose answers are not finite,
-included. The answers are written atomically (a temporary file, then a rename).
-Problems unlike the training inputs are solved with a warning line each.
+Matrix tasks: A.npy holds the problems, e.g. for the inverse task matrices
+(n, rank, rank) or (n, rank^2); the answers X ~ A^{-1} have the same layout: X.npy
+for one inner-step count, X_steps5.npy, X_steps10.npy, ... for several. Printed per
+count: the mean and median residual (||A X - I||_F) and the MSE against the exact
+answer (numpy.linalg.inv), where the task has them.
+
+Tasks with instance files (3-SAT: DIMACS .cnf; colouring: DIMACS .col): --input is
+one file or a directory of them, --output a directory (made if missing) that gets
+NAME.sol per instance (NAME_steps5.sol, ... for several counts): the SAT
+competition's output for a formula (s SATISFIABLE only when every clause is
+satisfied, else s UNKNOWN, then the v lines), one v NODE COLOUR line per node for a
+graph. Printed: each file's violations, then how many were solved of how many read.
+
+Uses the EMA parameters of the newest (or --checkpoint_step) checkpoint; the answers
+are the sampler's unscaled x0 (decoded, for instance files). Bad input: one line on
+stderr, exit 1, nothing written: a malformed file (named with its line), an instance
+beyond the model's size, an --output that would overwrite --input, or problems whose
+answers are not finite, included. Every output file is written atomically (a temporary
+file, then a rename). Problems unlike the training inputs are solved with a warning
+line each.
 """
 
 import os
@@ -23,21 +35,19 @@ from absl import app, flags
 
 from experiments import cli
 from ired_cd import schema
-from ired_cd import landscape, solve, tasks
+from ired_cd import instruments, solve, tasks
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory of experiments.run (required).")
-_INPUT = flags.DEFINE_string("input", None, ".npy file of problems (required).")
-_OUTPUT = flags.DEFINE_string("output", None, ".npy file for the answers (required); with "
-                              "several --inner_steps, one file per count: X_steps5.npy, ...")
+_INPUT = flags.DEFINE_string("input", None, "The problems (required): a .npy file, or for "
+                             "3-SAT and colouring a DIMACS file or a directory of them.")
+_OUTPUT = flags.DEFINE_string("output", None, "Where the answers go (required): a .npy file, or "
+                              "for instance files a directory; with several --inner_steps, "
+                              "one file per count: X_steps5.npy, NAME_steps5.sol, ...")
 _INNER = flags.DEFINE_list("inner_steps", ["5"], "Inner descent steps per timestep, e.g. 5,10,20.")
 _STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the newest).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampler's start noise.")
 _STATS = flags.DEFINE_bool("descent_stats", False, "Also print the energy descent's "
-                           "instruments per timestep (ired_cd.landscape.describe_descent).")
-
-# How the printout names each task's residual and exact answer.
-METRIC_NAMES = {"inverse": ("||A X - I||_F", "numpy.linalg.inv"),
-                "addition": ("||X - (A1 + A2)||_F", "A1 + A2")}
+                           "instruments per timestep (ired_cd.instruments.describe_descent).")
 NPY_MAGIC = b"\x93NUMPY"  # how numpy.save's files begin
 
 
@@ -56,33 +66,59 @@ def read_input(path):
                          "file? numpy.save(path, numpy.loadtxt(text_file)) makes one)")
 
 
-def output_paths(output, inner_steps):
-  """{inner_steps: path}: ``output`` for one count, <stem>_steps<k>.npy for several."""
-  stem = output[:-len(".npy")] if output.endswith(".npy") else output
+def output_paths(output, inner_steps, suffix=".npy"):
+  """{inner_steps: path}: ``output`` for one count, <stem>_steps<k><suffix> for several."""
+  stem = output[:-len(suffix)] if output.endswith(suffix) else output
   if len(inner_steps) == 1:
-    return {inner_steps[0]: f"{stem}.npy"}
-  return {k: f"{stem}_steps{k}.npy" for k in inner_steps}
+    return {inner_steps[0]: f"{stem}{suffix}"}
+  return {k: f"{stem}_steps{k}{suffix}" for k in inner_steps}
 
 
-def check_outputs(paths, input_path):
+def solution_paths(output_dir, inputs, inner_steps):
+  """{inner_steps: [DIR/NAME.sol per input file]} (NAME: the file's name without suffix)."""
+  names = [os.path.splitext(os.path.basename(path))[0] for path in inputs]
+  per_name = [output_paths(os.path.join(output_dir, name), inner_steps, ".sol")
+              for name in names]
+  return {k: [paths[k] for paths in per_name] for k in inner_steps}
+
+
+def check_output_dir(output_dir):
+  """SolveError naming --output unless ``output_dir`` is a writable directory, or one that can
+  be made in an existing directory."""
+  if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+    raise solve.SolveError("output", f"{output_dir} is a file; name a directory for the .sol "
+                           "files")
+  parent = output_dir if os.path.isdir(output_dir) else os.path.dirname(
+      os.path.abspath(output_dir))
+  if not os.path.isdir(parent):
+    raise solve.SolveError("output", f"directory {parent} does not exist")
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise solve.SolveError("output", f"directory {parent} is not writable")
+
+
+def check_outputs(paths, input_paths, made=()):
   """SolveError naming --output unless every path of ``paths`` can be written without
-  overwriting ``input_path`` (compared as real paths, links resolved)."""
+  overwriting one of ``input_paths`` (compared as real paths, links resolved); ``made``:
+  directories this call will create (not there yet)."""
   for path in paths:
     parent = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(parent):
-      raise solve.SolveError("output", f"directory {parent} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-      raise solve.SolveError("output", f"directory {parent} is not writable")
+    if parent not in {os.path.abspath(d) for d in made}:
+      if not os.path.isdir(parent):
+        raise solve.SolveError("output", f"directory {parent} does not exist")
+      if not os.access(parent, os.W_OK | os.X_OK):
+        raise solve.SolveError("output", f"directory {parent} is not writable")
     if os.path.isdir(path):
-      raise solve.SolveError("output", f"{path} is a directory; name a .npy file")
-    if os.path.realpath(path) == os.path.realpath(input_path) or (
-        os.path.exists(path) and os.path.samefile(path, input_path)):
-      raise solve.SolveError("output", f"{path} would overwrite the input {input_path}; "
-                             "name another file")
+      raise solve.SolveError("output", f"{path} is a directory; name a file")
+    for input_path in input_paths:
+      if os.path.realpath(path) == os.path.realpath(input_path) or (
+          os.path.exists(path) and os.path.samefile(path, input_path)):
+        raise solve.SolveError("output", f"{path} would overwrite the input {input_path}; "
+                               "name another file")
 
 
-def describe(task_name, metrics):
-  residual, exact = METRIC_NAMES.get(task_name, ("residual", "the exact answer"))
+def describe(task, metrics):
+  """A continuous task's scores (solve.score) as one line."""
+  residual, exact = task.residual_label, task.exact_label
   parts = []
   if "residual_mean" in metrics:
     parts.append(f"residual {residual} mean {metrics['residual_mean']:.5g} median "
@@ -90,6 +126,26 @@ def describe(task_name, metrics):
   if "mse" in metrics:
     parts.append(f"MSE vs {exact} {metrics['mse']:.5g}")
   return ", ".join(parts) or "no residual or exact answer for this task"
+
+
+def prepare_arrays(task, inner_steps):
+  """(problems, {inner_steps: output path}, the input's shape) of a .npy --input."""
+  inputs = read_input(_INPUT.value)
+  problems = solve.check_inputs(inputs, task)
+  paths = output_paths(_OUTPUT.value, inner_steps)
+  check_outputs(paths.values(), [_INPUT.value])
+  return problems, paths, inputs.shape
+
+
+def prepare_files(task, inner_steps):
+  """(problems, sizes, input paths, {inner_steps: [output path per input]}) of instance files."""
+  inputs = solve.instance_paths(task, _INPUT.value)
+  problems, sizes = solve.read_instances(task, inputs)
+  check_output_dir(_OUTPUT.value)
+  paths = solution_paths(_OUTPUT.value, inputs, inner_steps)
+  check_outputs([p for per_count in paths.values() for p in per_count], inputs,
+                made=[_OUTPUT.value])
+  return problems, sizes, inputs, paths
 
 
 def main(argv):
@@ -103,28 +159,35 @@ def main(argv):
     except schema.ConfigError as err:
       raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
     config = solve.read_config(_WORKDIR.value, _STEP.value)
-    task = tasks.get_task(config.task, config.rank)
-    inputs = read_input(_INPUT.value)
-    problems = solve.check_inputs(inputs, task, config.rank)
-    paths = output_paths(_OUTPUT.value, inner_steps)
-    check_outputs(paths.values(), _INPUT.value)
+    task = tasks.from_config(config)
+    if task.file_suffixes:
+      problems, sizes, inputs, paths = prepare_files(task, inner_steps)
+    else:
+      problems, paths, input_shape = prepare_arrays(task, inner_steps)
     model = solve.load(_WORKDIR.value, _STEP.value)
     answers = {k: solve.answer(model, problems, k, _SEED.value) for k in paths}
     solve.check_answers(answers)
   except solve.SolveError as err:
     sys.exit(f"error: --{err.field}: {err.message}")
-  for line in solve.distribution_warnings(task, config.rank, problems):
+  for line in task.distribution_warnings(problems):
     print(f"warning: {line}", file=sys.stderr)
-  print(f"{len(problems)} {task.name} problems ({config.rank}x{config.rank}), run "
-        f"{_WORKDIR.value} ({config.mining_strategy}), checkpoint step {model.step}, EMA "
-        "parameters; answers: the sampler's unscaled x0")
-  shape = solve.answer_shape(inputs.shape, task, config.rank)
+  print(f"{len(problems)} problems of {task.describe()}, run {_WORKDIR.value} "
+        f"({config.mining_strategy}), checkpoint step {model.step}, EMA parameters; answers: "
+        "the sampler's unscaled x0" + (", decoded" if task.file_suffixes else ""))
   for k, path in paths.items():
-    solve.save(path, answers[k].reshape(shape))
-    print(f"inner_steps={k}: {describe(task.name, solve.score(task, problems, answers[k]))} "
-          f"-> {path}")
+    scores = solve.score(task, problems, answers[k])
+    if task.file_suffixes:
+      os.makedirs(_OUTPUT.value, exist_ok=True)
+      solve.write_solutions(task, path, answers[k], sizes, scores["violations"])
+      for name, count in zip(inputs, scores["violations"]):
+        print(f"  {name}: {count} violations")
+      solved = int(np.sum(scores["violations"] == 0))
+      print(f"inner_steps={k}: solved {solved} of {len(problems)} -> {os.path.dirname(path[0])}")
+    else:
+      solve.save(path, answers[k].reshape(solve.answer_shape(input_shape, task)))
+      print(f"inner_steps={k}: {describe(task, scores)} -> {path}")
     if _STATS.value:
-      print(landscape.describe_descent(model, problems, k, _SEED.value))
+      print(instruments.describe_descent(model, problems, k, _SEED.value))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ a failed one and goes on, and writes WORKDIR/ablation.md (``markdown``),
 ablation.json (``summarize``) and ablation.png (plotting.plot_ablation); with
 ``inner_steps`` it also scores each final checkpoint per number of inner
 descent steps (``sweep_inner_steps``, ablation_inner_steps.png); with
-``landscape_size`` it also measures each final checkpoint's energy landscape
+``landscape_settings`` it also measures each final checkpoint's energy landscape
 (``score_landscape``: ired_cd.landscape, a table and ablation_landscape.png).
 ``merge`` makes one report of grids run apart on the same protocol.
 
@@ -25,8 +25,8 @@ import tqdm
 
 from configs import base
 from ired_cd import evaluation, landscape, loop, metrics_io, plotting, schema, tasks
+from ired_cd.tasks import SPLITS
 
-EVAL_KEYS = ("eval/mse", "eval/mse_ood")
 HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
 # The per-run measures reported beside the MSEs: (record key, column header, format).
 RUN_MEASURES = (("train/score_norm", "final ‖∇E‖", ".3g"),
@@ -39,14 +39,14 @@ LANDSCAPE_MEASURES = (
     ("truth_below_answer", "P[E(truth) < E(answer)] at t=0", ".3f"),
     ("moved_after_first", "inner proposals that move y after the first", ".3f"),
     ("scaling_gain", "MSE after descent past the schedule ÷ without", ".4f"),
-    ("breadth_gain", "MSE of the energy's pick of 8 ÷ one trajectory", ".4f"),
-    ("breadth_renoised_gain", "the same, 8 re-noised trajectories ÷ the sampler's answer",
+    ("breadth_gain", "MSE of the energy's pick of the trajectories ÷ one trajectory", ".4f"),
+    ("breadth_renoised_gain", "the same, re-noised trajectories ÷ the sampler's answer",
      ".4f"),
     ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
-    ("breadth_renoised_lost", "re-noised trajectories worse than the mean answer", ".4f"),
+    ("breadth_renoised_lost", "re-noised trajectories worse than the mean predictor", ".4f"),
     ("breadth_renoised_chose_lost", "problems where the energy picks a lost one", ".4f"))
 # Config fields named in the report's header.
-HEADER_FIELDS = ("task", "rank", "batch_size", "train_steps", "learning_rate", "eval_size",
+HEADER_FIELDS = ("task", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
 
 
@@ -82,20 +82,39 @@ def run_one(config, strategy, seed, subdir, report_only=False):
     except Exception as err:  # noqa: BLE001 - any failure is recorded; the others go on
       logging.exception("%s seed %d failed", strategy, seed)
       summary = dict(status="failed", message=f"{type(err).__name__}: {err}")
-  return _record(strategy, seed, subdir, summary, skipped, time.time() - tic)
+  return _record(strategy, seed, subdir, summary, task_info(tasks.from_config(config)), skipped,
+                 time.time() - tic)
 
 
-def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
-  """A run's row of ablation.json: its outcome, final evaluation and last health values."""
+def task_info(task) -> dict:
+  """What a report needs of its task: its metrics (name, label, higher_is_better, spec; the
+  first is the headline), its baselines' names, its answer width and its words."""
+  return dict(name=task.name, describe=task.describe(), out_dim=task.out_dim,
+              metrics=[dict(name=m.name, label=m.label, higher_is_better=m.higher_is_better,
+                            spec=m.spec) for m in task.metrics],
+              baselines=list(task.baselines))
+
+
+def eval_keys(info, headline_only=False):
+  """The report's evaluation keys, e.g. ('eval/mse', 'eval/mse_ood'): every metric's (or the
+  headline's) on both sets."""
+  metrics = info["metrics"][:1] if headline_only else info["metrics"]
+  return tuple(f"eval/{m['name']}{suffix}" for m in metrics for suffix in SPLITS)
+
+
+def _record(strategy, seed, subdir, summary, info, skipped=False, seconds=0.0):
+  """A run's row of ablation.json: its outcome, final evaluation (and the baselines beside
+  it) and last health values; ``info``: task_info of the grid's task."""
   status = summary.get("status")
   record = dict(strategy=strategy, seed=seed, workdir=subdir, status=status, skipped=skipped,
                 steps=summary.get("steps"), collapse_step=summary.get("collapse_step"),
                 message=summary.get("message"), seconds=seconds)
   record["failed_step"] = summary.get("failed_step")
   record["train/steps_per_sec"] = summary.get("train/steps_per_sec")
-  for key in EVAL_KEYS:
+  for key in eval_keys(info):
     record[key] = summary.get(key)
-    record[f"{key}_mean_predictor"] = summary.get(f"{key}_mean_predictor")
+    for name in info["baselines"]:
+      record[f"{key}_{name}"] = summary.get(f"{key}_{name}")
   rows = metrics_io.read_jsonl(os.path.join(subdir, "metrics.jsonl")) if status else []
   for key in HEALTH_KEYS:
     record[key] = _last_value(rows, key)
@@ -103,8 +122,9 @@ def _record(strategy, seed, subdir, summary, skipped=False, seconds=0.0):
 
 
 def sweep_inner_steps(config, record, inner_steps, report_only=False):
-  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} of a completed run's final checkpoint scored
-  with each of ``inner_steps`` descent steps; None if it is not scored (yet).
+  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} (the task's headline metric) of a completed
+  run's final checkpoint scored with each of ``inner_steps`` descent steps; None if it is
+  not scored (yet).
 
   Reuses the run's eval.json when it holds exactly this sweep (the final step,
   the counts, the run's evaluation set); otherwise evaluates and writes it,
@@ -120,27 +140,25 @@ def sweep_inner_steps(config, record, inner_steps, report_only=False):
     if report_only:
       return None
     saved = loop.evaluate_checkpoint(config, record["workdir"], inner_steps=inner_steps)
-  values = {key: evaluation.at_inner_steps(saved, key, inner_steps) for key in EVAL_KEYS}
-  return {str(k): {key: values[key][i] for key in EVAL_KEYS} for i, k in enumerate(inner_steps)}
+  keys = evaluation.headline_keys(tasks.from_config(config))
+  values = {key: evaluation.at_inner_steps(saved, key, inner_steps) for key in keys}
+  return {str(k): {key: values[key][i] for key in keys} for i, k in enumerate(inner_steps)}
 
 
-def score_landscape(record, eval_size, matmul_dtype="float32", report_only=False):
+def score_landscape(config, record, settings, report_only=False):
   """landscape.summary of a completed run's final checkpoint; None if it is not scored (yet).
 
-  Reuses the run's landscape.json when it measured the final step on ``eval_size``
-  problems per set with ``matmul_dtype`` in the current format (landscape.VERSION);
-  otherwise measures and writes it (with its figure), except under ``report_only``.
+  Reuses the run's landscape.json when it holds that checkpoint measured with ``settings``
+  (landscape.holds); otherwise measures and writes it with the run's folder held
+  (landscape.measure_run), except under ``report_only``.
   """
   if record["status"] != "completed":
     return None
   saved = metrics_io.read_json(os.path.join(record["workdir"], "landscape.json"))
-  run = (saved or {}).get("run", {})
-  if (run.get("step"), run.get("eval_size"), run.get("matmul_dtype"), run.get("version")) != (
-      record["steps"], eval_size, matmul_dtype, landscape.VERSION):
+  if not landscape.holds(saved, settings, record["steps"], config.eval_seed):
     if report_only:
       return None
-    saved = landscape.evaluate_run(record["workdir"], eval_size, matmul_dtype=matmul_dtype)
-    landscape.write(record["workdir"], saved)
+    saved, _ = landscape.measure_run(record["workdir"], settings)
   return landscape.summary(saved)
 
 
@@ -175,46 +193,55 @@ def _flags(runs):
   return notes
 
 
-def summarize(records, strategies, header, base_config, command=None):
-  """The report: the mean-predictor baseline and one row per strategy (see ablation.json).
-  ``header``: the protocol's HEADER_FIELDS; ``base_config``: its experiment name."""
-  baseline = {}
-  for key in EVAL_KEYS:
-    known = [r[f"{key}_mean_predictor"] for r in records
-             if r[f"{key}_mean_predictor"] is not None]
-    baseline[key] = known[0] if known else None
+def _relative(info):
+  """The metrics reported relative to the first baseline: those where lower is better (an
+  MSE ÷ the mean predictor's, violations ÷ a random assignment's)."""
+  return [m["name"] for m in info["metrics"] if not m["higher_is_better"]]
+
+
+def summarize(records, strategies, header, base_config, info, command=None):
+  """The report: the task's baselines and one row per strategy (see ablation.json).
+  ``header``: the protocol's HEADER_FIELDS; ``base_config``: its experiment name;
+  ``info``: task_info of its task."""
+  keys = eval_keys(info)
+  baselines = {}
+  for name in info["baselines"]:
+    baselines[name] = {}
+    for key in keys:
+      known = [r[f"{key}_{name}"] for r in records if r.get(f"{key}_{name}") is not None]
+      baselines[name][key] = known[0] if known else None
+  first = info["baselines"][0]
+  relative = [f"eval/{m}{suffix}" for m in _relative(info) for suffix in SPLITS]
   rows = {}
   for strategy in strategies:
     runs = [r for r in records if r["strategy"] == strategy]
     done = [r for r in runs if r["status"] == "completed"]
     row = dict(seeds_completed=len(done), seeds_total=len(runs))
-    for key in EVAL_KEYS:
+    for key in keys:
       row[key] = stats(r[key] for r in done)
-      row[f"{key}_rel"] = stats(r[key] / r[f"{key}_mean_predictor"] for r in done)
+      if key in relative:
+        row[f"{key}_rel"] = stats(r[key] / r[f"{key}_{first}"] for r in done)
     for key, _, _ in RUN_MEASURES:
       row[key] = stats(r[key] for r in done)
     sweeps = [r["inner_steps"] for r in done if r.get("inner_steps")]
     if sweeps:
-      row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in EVAL_KEYS}
+      row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in sweeps[0][k]}
                             for k in sweeps[0]}
     scored = [r["landscape"] for r in done if r.get("landscape")]
     if scored:
       row["landscape"] = {key: stats(s[key] for s in scored) for key in scored[0]}
     row["flags"] = _flags(runs)
     rows[strategy] = row
-  return dict(command=command, config=dict(header), base_config=base_config,
+  return dict(command=command, config=dict(header), base_config=base_config, task=info,
               strategies=list(strategies),
-              seeds=sorted({r["seed"] for r in records}), baseline=baseline, rows=rows,
+              seeds=sorted({r["seed"] for r in records}), baselines=baselines, rows=rows,
               runs=records)
 
 
-# MSEs keep 4 significant digits with their trailing zeros (0.2100, not 0.21): strategies
-# differ in the fourth digit on the harder set. Their spread over seeds gets two.
-MSE_SPEC, MSE_STD_SPEC = "#.4g", ".2g"
-
-
-def _num(value):
-  return "n/a" if value is None else f"{value:{MSE_SPEC}}"
+# Metrics keep the significant digits of their spec (MSEs 4 with their trailing zeros, 0.2100,
+# not 0.21: strategies differ in the fourth digit on the harder set); their spread over
+# seeds gets two.
+STD_SPEC = ".2g"
 
 
 def _fmt(s, spec, std_spec=None):
@@ -224,39 +251,72 @@ def _fmt(s, spec, std_spec=None):
   return f"{s['mean']:{spec}}{std}"
 
 
-def _mse(s):
-  return _fmt(s, MSE_SPEC, MSE_STD_SPEC)
+def _value(value, spec):
+  return "n/a" if value is None else f"{value:{spec}}"
 
 
-COLUMNS = (("strategy", "seeds", "MSE in-dist", "÷ baseline", "MSE harder", "÷ baseline")
-           + tuple(header for _, header, _ in RUN_MEASURES) + ("flags",))
+def _metric_columns(info):
+  """(header, key, spec, relative) per table column of the task's metrics: each metric on
+  both sets, a '÷ baseline' column after each where it is reported relative."""
+  relative = _relative(info)
+  columns = []
+  for m in info["metrics"]:
+    for suffix, where in (("", "in-dist"), ("_ood", "harder")):
+      key = f"eval/{m['name']}{suffix}"
+      columns.append((f"{m['label']} {where}", key, m["spec"], False))
+      if m["name"] in relative:
+        columns.append(("÷ baseline", key, ".3f", True))
+  return columns
+
+
+def columns(info):
+  """The table's header cells."""
+  return (("strategy", "seeds") + tuple(header for header, *_ in _metric_columns(info))
+          + tuple(header for _, header, _ in RUN_MEASURES) + ("flags",))
+
+
+def _footnote(info):
+  """What the metric columns mean, for the task's kind."""
+  first = info["baselines"][0].replace("_", " ")
+  if info["metrics"][0]["name"] == "mse":
+    return ("MSE: the sampler's (EMA parameters) mean squared error on the fixed "
+            "in-distribution and harder sets; ÷ baseline: relative to always predicting the "
+            f"mean target (1 = no better than the {first}).")
+  return ("solved: the share of problems of the fixed in-distribution and harder sets whose "
+          "decoded answer (the sampler's, EMA parameters) violates no constraint; "
+          "violations: the constraints it violates, on average; ÷ baseline: relative to a "
+          f"{first} assignment's violations.")
 
 
 def markdown(report):
   """The ablation table with its command line and settings."""
-  c = report["config"]
+  c, info = report["config"], report["task"]
   lines = ["# Strategy ablation", ""]
   if report["command"]:
     lines += ["```bash", report["command"], "```", ""]
-  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
-  lines += [f"Base config `{report['base_config']}`: task {c['task']} (rank {c['rank']}), batch "
+  metric_columns = _metric_columns(info)
+  header = columns(info)
+  lines += [f"Base config `{report['base_config']}`: task {info['describe']}, batch "
             f"{c['batch_size']}, {c['train_steps']} steps, lr {c['learning_rate']}; evaluation "
             f"on {c['eval_size']} problems per set with {tuple(c['eval_inner_steps'])[0]} inner "
             f"steps; seeds {', '.join(map(str, report['seeds']))}.", "",
-            "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-  base = report["baseline"]
-  lines.append(f"| mean predictor | | {_num(base['eval/mse'])} | 1 | "
-               f"{_num(base['eval/mse_ood'])} | 1 |" + " |" * (len(RUN_MEASURES) + 1))
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for name, values in report["baselines"].items():
+    cells = [name.replace("_", " "), ""]
+    for _, key, spec, relative in metric_columns:
+      base = report["baselines"][info["baselines"][0]][key]
+      cells.append(_value(values[key] / base if values[key] is not None and base else None,
+                          ".3g") if relative else _value(values[key], spec))
+    lines.append("| " + " | ".join(cells) + " |" + " |" * (len(RUN_MEASURES) + 1))
   for strategy in report["strategies"]:
     row = report["rows"][strategy]
-    cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}",
-             _mse(row["eval/mse"]), _fmt(row["eval/mse_rel"], ".3f"),
-             _mse(row["eval/mse_ood"]), _fmt(row["eval/mse_ood_rel"], ".3f"),
-             *(_fmt(row[key], spec) for key, _, spec in RUN_MEASURES), "; ".join(row["flags"])]
+    cells = [f"`{strategy}`", f"{row['seeds_completed']}/{row['seeds_total']}"]
+    cells += [_fmt(row[f"{key}_rel"], ".3f") if relative else _fmt(row[key], spec, STD_SPEC)
+              for _, key, spec, relative in metric_columns]
+    cells += [*(_fmt(row[key], spec) for key, _, spec in RUN_MEASURES), "; ".join(row["flags"])]
     lines.append("| " + " | ".join(cells) + " |")
-  lines += ["", "MSE: the sampler's (EMA parameters) mean squared error on the fixed "
-            "in-distribution and harder sets; ÷ baseline: relative to always predicting the "
-            "mean inverse (1 = no better than the mean predictor). Mean ± sample std over the "
+  out_dim = info["out_dim"]
+  lines += ["", _footnote(info) + " Mean ± sample std over the "
             "completed seeds: diverged or failed seeds are excluded and flagged; collapsed "
             "seeds completed and are included, flagged. Final ‖∇E‖ and energy gap: the last "
             f"logged training values (healthy ‖∇E‖ ≈ √D = {out_dim ** 0.5:.3g}). n/a: nothing to "
@@ -274,13 +334,15 @@ def _inner_steps_markdown(report):
   if not swept:
     return []
   counts = list(next(iter(swept.values())))
-  lines = ["", "## MSE by inner descent steps", "",
+  headline = report["task"]["metrics"][0]
+  keys = eval_keys(report["task"], headline_only=True)
+  lines = ["", f"## {headline['label']} by inner descent steps", "",
            "The final checkpoint scored with k inner descent steps per sampler timestep "
            "(in-distribution / harder; mean ± std over the seeds swept).", "",
            "| strategy | " + " | ".join(f"k={k}" for k in counts) + " |",
            "|" + "---|" * (len(counts) + 1)]
   for strategy, sweep in swept.items():
-    cells = [f"{_mse(sweep[k]['eval/mse'])} / {_mse(sweep[k]['eval/mse_ood'])}"
+    cells = [" / ".join(_fmt(sweep[k][key], headline["spec"], STD_SPEC) for key in keys)
              for k in counts]
     lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
   return lines
@@ -292,9 +354,13 @@ def _landscape_markdown(report):
             if "landscape" in report["rows"][s]}
   if not scored:
     return []
+  settings = report["landscape_settings"]
   lines = ["", "## Energy landscape", "",
-           "Each final checkpoint measured by `experiments.landscape` (docs/landscape.md): "
-           "in-distribution / harder, mean ± std over the seeds measured.", "",
+           "Each final checkpoint measured by `experiments.landscape` (docs/landscape.md) on "
+           f"{settings['eval_size']} problems per set, {settings['matmul_dtype']} products; "
+           f"breadth: {settings['trajectories']} trajectories a problem, re-noised at "
+           f"{max(settings['breadth_renoise']):g}: in-distribution / harder, mean ± std over "
+           "the seeds measured.", "",
            "| strategy | " + " | ".join(header for _, header, _ in LANDSCAPE_MEASURES) + " |",
            "|" + "---|" * (len(LANDSCAPE_MEASURES) + 1)]
   for strategy, measures in scored.items():
@@ -304,8 +370,8 @@ def _landscape_markdown(report):
   return lines
 
 
-def _describe(record):
-  """One line per finished run for the log above the progress bar."""
+def _describe(record, info):
+  """One line per finished run for the log above the progress bar (``info``: task_info)."""
   name = f"{record['strategy']}/seed{record['seed']}"
   if record["skipped"]:
     return f"{name}: already {record['status']}, skipped"
@@ -316,21 +382,21 @@ def _describe(record):
             + (f": {record['message']}" if record["message"] else ""))
   collapse = (f", COLLAPSED at step {record['collapse_step']}"
               if record["collapse_step"] is not None else "")
-  return (f"{name}: eval/mse={record['eval/mse']:.5g} eval/mse_ood={record['eval/mse_ood']:.5g}"
-          f"{collapse} ({record['seconds'] / 60:.1f} min)")
+  scores = " ".join(f"{key}={record[key]:.5g}" for key in eval_keys(info, headline_only=True))
+  return f"{name}: {scores}{collapse} ({record['seconds'] / 60:.1f} min)"
 
 
 def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
-                 inner_steps=None, landscape_size=None, landscape_dtype="float32"):
+                 inner_steps=None, landscape_settings=None):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
   ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
   raise ConfigError before anything runs. ``report_only``: train nothing, report
   what has finished (a grid still running elsewhere). ``inner_steps``: also
   score each completed run with these numbers of descent steps
-  (sweep_inner_steps; ablation_inner_steps.png). ``landscape_size``: also measure
-  each completed run's landscape on that many problems per set with
-  ``landscape_dtype`` matmuls (score_landscape; ablation_landscape.png). Returns
+  (sweep_inner_steps; ablation_inner_steps.png). ``landscape_settings``
+  (landscape.Settings): also measure each completed run's landscape with them
+  (score_landscape; ablation_landscape.png; a continuous task's only). Returns
   the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
@@ -338,6 +404,11 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
                                  f"{list(strategies)}")
   if seeds < 1:
     raise schema.ConfigError(f"seeds: must be >= 1, got {seeds}")
+  if landscape_settings:
+    try:
+      landscape.check_task(tasks.from_config(config))
+    except landscape.NotMeasurable as err:
+      raise schema.ConfigError(f"--landscape_size: {err}") from err
   plan = []
   for strategy in strategies:
     for seed in range(seeds):
@@ -345,38 +416,53 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
       subdir = run_dir(workdir, strategy, seed)
       loop.check_workdir(c, subdir)
       plan.append((strategy, seed, c, subdir))
+  info = task_info(tasks.from_config(config))
   records = []
   bar = tqdm.tqdm(plan, desc="ablation", unit="run", dynamic_ncols=True)
   for strategy, seed, c, subdir in bar:
     bar.set_postfix_str(f"{strategy}/seed{seed}")
     record = run_one(c, strategy, seed, subdir, report_only)
     records.append(record)
-    tqdm.tqdm.write(_describe(record))
+    tqdm.tqdm.write(_describe(record, info))
     if record["status"] == "interrupted":
       break
   bar.close()
   # After an interruption the runs not reached are recorded with status None.
-  records += [_record(strategy, seed, subdir, {}) for strategy, seed, _, subdir
+  records += [_record(strategy, seed, subdir, {}, info) for strategy, seed, _, subdir
               in plan[len(records):]]
   if inner_steps:
     for (_, _, c, _), record in zip(plan, records):
       record["inner_steps"] = sweep_inner_steps(c, record, inner_steps, report_only)
-  if landscape_size:
-    for record in records:
-      record["landscape"] = score_landscape(record, landscape_size, landscape_dtype, report_only)
+  if landscape_settings:
+    for (_, _, c, _), record in zip(plan, records):
+      record["landscape"] = score_landscape(c, record, landscape_settings, report_only)
   report = summarize(records, strategies, {k: config[k] for k in HEADER_FIELDS},
-                     config.experiment_name, command)
+                     config.experiment_name, info, command)
+  if landscape_settings:
+    report["landscape_settings"] = landscape_settings.as_json()
   write_report(report, workdir)
   return report
+
+
+def upgrade(report):
+  """An ablation.json written before reports named their task (matrix tasks, MSE against the
+  mean predictor only) in the current form; a current one unchanged."""
+  if "task" in report:
+    return report
+  c = report["config"]
+  info = task_info(tasks.get_task(c["task"], rank=c.get("rank", 20)))
+  config = {k: v for k, v in c.items() if k != "rank"}  # now part of the task's description
+  return dict(report, config=config, task=info, baselines={"mean_predictor": report["baseline"]})
 
 
 def merge(reports, command=None):
   """One report from the reports (ablation.json) of grids run apart on one protocol (stage
   by stage, or on several machines): all their runs, the strategies in order of first
   appearance. ConfigError where the protocols differ or a (strategy, seed) repeats."""
+  reports = [upgrade(r) for r in reports]
   first = reports[0]
   for other in reports[1:]:
-    for key in ("base_config", "config"):
+    for key in ("base_config", "config", "task"):
       if other[key] != first[key]:
         raise schema.ConfigError(f"--merge: the reports differ in {key} ({first[key]} against "
                                  f"{other[key]}): only grids of one protocol merge")
@@ -389,8 +475,12 @@ def merge(reports, command=None):
     seen.add((run["strategy"], run["seed"]))
   strategies = list(dict.fromkeys(s for report in reports for s in report["strategies"]))
   commands = [r["command"] for r in reports if r["command"]] + ([command] if command else [])
-  return summarize(records, strategies, first["config"], first["base_config"],
-                   "\n".join(commands) or None)
+  merged = summarize(records, strategies, first["config"], first["base_config"], first["task"],
+                     "\n".join(commands) or None)
+  measured = [r["landscape_settings"] for r in reports if "landscape_settings" in r]
+  if measured:
+    merged["landscape_settings"] = measured[0]
+  return merged
 
 
 def write_report(report, workdir):

@@ -10,6 +10,9 @@ n value_and_grad calls and n forwards.
 
 ``with_stats=True`` runs the same steps as a ``lax.scan`` and also returns
 ``DescentStats``: what each proposal did and the score before and after.
+``descend_at`` is the sampler's descent at one timestep (its rule: diffusion's
+``Schedule.descent_rule``, and the final clamp): the one the sampler runs and the
+landscape repeats.
 """
 
 from __future__ import annotations
@@ -140,3 +143,19 @@ def _descent_with_stats(value_and_score, step, last_step, y, num_steps: int, obs
   stats = DescentStats(moved, rejected, score_norm_start, jnp.linalg.norm(grad, axis=-1),
                        energy, observed)
   return y, stats
+
+
+def descend_at(energy_fn, params, inp, x0, tt, num_steps, schedule, cond=None,
+               with_stats: bool = False, observe: Optional[Callable] = None):
+  """The sampler's descent at timestep ``tt`` (an int scalar, every row at it) from answers
+  x0 (B, D) in the answer box: from its state y = sqrt(abar_t) x0, ``num_steps`` steps with
+  ``schedule.descent_rule(tt)``, then y clamped to the rule's box. Returns y (and
+  DescentStats with ``with_stats``; ``observe`` sees y)."""
+  rule = schedule.descent_rule(tt)
+  y = rule.scale * x0
+  t = jnp.full((y.shape[0],), tt, jnp.int32)
+  out = energy_descent(energy_fn, params, inp, y, t, num_steps, rule.step_size, rule.bound,
+                       cond, with_stats, observe)
+  y, stats = out if with_stats else (out, None)
+  y = jnp.clip(y, rule.low, rule.bound)
+  return (y, stats) if with_stats else y

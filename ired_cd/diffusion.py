@@ -8,6 +8,8 @@ feature axis.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import flax.struct
 import jax.numpy as jnp
 import numpy as np
@@ -53,9 +55,29 @@ class Schedule:
     """Zero-noise x0 estimate clamped to the answer box (the guide's residual input)."""
     return clip_answer(take(self.sqrt_recip_alphas_cumprod, t) * x_t)
 
-  def clamp_bound(self, t):
-    """Energy-descent box +-ANSWER_BOX sqrt(abar_t) as a (B, 1) column."""
-    return ANSWER_BOX * take(self.sqrt_alphas_cumprod, t)
+  def descent_rule(self, t) -> "DescentRule":
+    """IRED's energy descent at timestep t (DescentRule). t: an int scalar (the sampler:
+    every row at one t) -> scalars, or (B,) -> (B, 1) columns."""
+    if jnp.ndim(t) == 0:
+      return DescentRule(self.opt_step_size[t], self.sqrt_alphas_cumprod[t])
+    return DescentRule(take(self.opt_step_size, t), take(self.sqrt_alphas_cumprod, t))
+
+
+class DescentRule(NamedTuple):
+  """Energy descent at timestep t: steps of ``step_size`` (opt_step_size[t]) on the state
+  y = ``scale`` x0 (scale = sqrt(abar_t)), which stays in the box +-``bound`` (ANSWER_BOX
+  scale, the answer box at that scale)."""
+
+  step_size: jnp.ndarray
+  scale: jnp.ndarray
+
+  @property
+  def bound(self):
+    return ANSWER_BOX * self.scale
+
+  @property
+  def low(self):
+    return -ANSWER_BOX * self.scale
 
 
 def take(buffer, t):

@@ -1,12 +1,18 @@
-"""Evaluation of the IRED sampler on fixed, seeded evaluation sets.
+"""Evaluation of the IRED sampler on the task's fixed, seeded evaluation sets.
 
-Two sets, drawn once on the host like the PyTorch reference (same seeds, same
-matrices): in-distribution (``eval_seed``) and harder / out-of-distribution
-(``eval_seed + 1``). Problem i of a set starts the sampler from the noise of
-fold_in(PRNGKey(eval_seed), i), so an evaluation is a deterministic function of
-the parameters, and an answer does not depend on the chunk size or the device
-count. On a mesh the problems are split over its ``data`` axis, the parameters
-stay on the devices (replicated), and every host takes part.
+Two sets, drawn once on the host by the task (``task.eval_set``; the matrix tasks draw
+them as the PyTorch reference does, same seeds, same matrices): in-distribution
+(``eval_seed``) and harder / out-of-distribution. Problem i of a set starts the sampler
+from the noise of fold_in(PRNGKey(eval_seed), i) (``index_keys``; the same derivation
+gives the landscape's and solve's streams: sampler.stream), so an evaluation is a
+deterministic function of the parameters, and an answer does not depend on the chunk
+size or the device count. On a mesh the problems are split over its ``data`` axis, the
+parameters stay on the devices (replicated), and every host takes part.
+
+A set's answers are the sampler's outputs (sqrt(abar_0) x0, or x0 with
+``eval_return_x0``); the task scores them (``task.score``: MSE and residual for the
+continuous tasks, solved and violations for the discrete ones), beside its trivial
+baselines (``task.baseline_scores``).
 """
 
 from __future__ import annotations
@@ -19,14 +25,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from ired_cd import parallel, tasks
+from ired_cd import parallel
 from ired_cd import sampler as sampler_lib
-
-SPLITS = {"": False, "_ood": True}  # metric suffix -> ood flag
+from ired_cd.tasks import SPLITS
+from ired_cd.tasks.base import means
 
 
 class Evaluator:
-  """Runs the sampler over both evaluation sets in chunks; returns host floats."""
+  """Runs the sampler over both evaluation sets in chunks; returns host floats.
+
+  Cheap to build: the sets are drawn (and the baselines scored) when first used, so
+  the compile tool builds the evaluation program (``sample``, ``chunk``) without them.
+  """
 
   def __init__(self, setup, size: int = None, chunk: int = None, seed: int = None,
                return_x0: bool = None, mesh=None):
@@ -36,33 +46,40 @@ class Evaluator:
     self.mesh = mesh or parallel.make_mesh()
     self.chunk = chunk_size(min(chunk or c.eval_chunk, self.size), self.mesh)
     self.seed = c.eval_seed if seed is None else seed
-    self.sets = {suffix: tasks.eval_set(setup.task, self.size, self.seed, ood)
-                 for suffix, ood in SPLITS.items()}
-    self.keys = index_keys(jax.random.PRNGKey(self.seed), self.size)
-    self._sample = sampler_lib.make_sampler(
-        setup.energy_fn, setup.schedule, setup.task.out_dim,
-        c.eval_return_x0 if return_x0 is None else return_x0)
-    residual = setup.task.residual
-    self._residual = jax.jit(residual) if residual is not None else None
+    self.return_x0 = c.eval_return_x0 if return_x0 is None else return_x0
+    self.sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, self.return_x0)
+
+  @functools.cached_property
+  def sets(self):
+    """{suffix: (inputs (N, inp_dim), targets (N, out_dim))}, float32 numpy."""
+    return {suffix: self.task.eval_set(self.size, self.seed, ood)
+            for suffix, ood in SPLITS.items()}
+
+  @functools.cached_property
+  def keys(self) -> np.ndarray:
+    """Problem i's key, fold_in(PRNGKey(seed), i): (N, 2) uint32."""
+    return index_keys(jax.random.PRNGKey(self.seed), self.size)
 
   def predict(self, params, inputs, inner_steps: int):
     """Sampler outputs for an evaluation set's ``inputs`` (N, inp_dim), in chunks of
     ``self.chunk``; problem i starts from ``self.keys[i]``."""
-    return predict(self._sample, params, inputs, self.keys[:len(inputs)], inner_steps,
+    return predict(self.sample, params, inputs, self.keys[:len(inputs)], inner_steps,
                    self.chunk, self.mesh)
 
   @functools.cached_property
-  def mean_predictor(self) -> Dict[str, float]:
-    """{'eval/mse_mean_predictor', 'eval/mse_ood_mean_predictor'}: the trivial baseline."""
-    return {f"eval/{k}": v for k, v in mean_predictor_mse(self.task, self.sets, self.seed).items()}
+  def baselines(self) -> Dict[str, float]:
+    """The task's trivial baselines on the sets, as 'eval/...' keys (e.g.
+    'eval/mse_mean_predictor', 'eval/solved_ood_random')."""
+    return {f"eval/{k}": v for k, v in self.task.baseline_scores(self.sets, self.seed).items()}
 
   def report(self, params, inner_steps: Sequence[int] = (5,)) -> Dict[str, float]:
-    """``self(params, inner_steps)`` as 'eval/...' metrics, with ``mean_predictor`` beside."""
+    """``self(params, inner_steps)`` as 'eval/...' metrics, with ``baselines`` beside."""
     return {**{f"eval/{k}": v for k, v in self(params, inner_steps).items()},
-            **self.mean_predictor}
+            **self.baselines}
 
   def __call__(self, params, inner_steps: Sequence[int] = (5,)) -> Dict[str, float]:
-    """{'mse', 'mse_ood', 'residual', 'residual_ood', 'pred_norm', ...}.
+    """The task's metrics per set ({'mse', 'mse_ood', 'residual', ...} or {'solved',
+    'violations', ...}) and 'pred_norm'.
 
     Keys without a suffix use the first entry of ``inner_steps``; every entry
     also gets ``..._k{n}`` keys when more than one is asked for.
@@ -72,15 +89,29 @@ class Evaluator:
       tag = f"_k{n}" if len(inner_steps) > 1 else ""
       for suffix, (inputs, targets) in self.sets.items():
         pred = self.predict(params, inputs, n)
-        values = {"mse": float(np.mean(np.square(pred - targets))),
-                  "pred_norm": float(np.mean(np.linalg.norm(pred, axis=-1)))}
-        if self._residual is not None:
-          values["residual"] = float(np.mean(self._residual(inputs, pred)))
+        values = dict(means(self.task.score(inputs, targets, pred)),
+                      pred_norm=float(np.mean(np.linalg.norm(pred, axis=-1))))
         for name, value in values.items():
           results[f"{name}{suffix}{tag}"] = value
           if n_index == 0 and tag:
             results[f"{name}{suffix}"] = value
     return results
+
+
+def headline_keys(task) -> tuple:
+  """The summary keys of the task's first metric on both sets, e.g. ('eval/mse',
+  'eval/mse_ood')."""
+  return tuple(f"eval/{task.metrics[0].name}{suffix}" for suffix in SPLITS)
+
+
+def describe(task, result) -> str:
+  """A result's headline metric on both sets beside the task's baselines, e.g.
+  'eval/mse=0.01039 eval/mse_ood=0.21096 (mean predictor 0.01423 / 0.22599)'."""
+  keys = headline_keys(task)
+  baselines = ", ".join(
+      f"{name.replace('_', ' ')} " + " / ".join(f"{result[f'{k}_{name}']:.5f}" for k in keys)
+      for name in task.baselines if all(f"{k}_{name}" in result for k in keys))
+  return " ".join(f"{k}={result[k]:.5f}" for k in keys) + (f" ({baselines})" if baselines else "")
 
 
 def at_inner_steps(result, name: str, inner_steps: Sequence[int]):
@@ -132,15 +163,3 @@ def predict(sample, params, inputs, keys, inner_steps: int, chunk: int, mesh):
   if jax.process_count() > 1:  # every host holds some of the rows: gather them on each
     outs = [multihost_utils.process_allgather(out, tiled=True) for out in outs]
   return np.concatenate(jax.device_get(outs))[:n]
-
-
-def mean_predictor_mse(task: tasks.Task, sets, seed: int, n: int = 100_000) -> Dict[str, float]:
-  """MSE of always predicting the mean in-distribution target (the trivial baseline).
-
-  The mean is taken over ``n`` fresh in-distribution targets (seed + 7, as the
-  reference), the MSE over the given evaluation sets.
-  """
-  _, targets = task.sample_numpy(np.random.RandomState(seed + 7), n, False)
-  mean = targets.mean(axis=0)
-  return {f"mse{suffix}_mean_predictor": float(np.mean(np.square(y.astype(np.float64) - mean)))
-          for suffix, (_, y) in sets.items()}

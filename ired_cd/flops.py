@@ -91,9 +91,10 @@ def count_matmul_flops(fn, *args, while_trip_count: int = 1) -> int:
   return jaxpr_flops(jax.make_jaxpr(fn)(*args).jaxpr, while_trip_count)
 
 
-def train_step_flops(setup, state, mesh=None) -> int:
-  """Matmul FLOPs of one train step of ``setup`` from ``state`` (train.make_train_step)."""
-  return count_matmul_flops(train.make_train_step(setup, mesh), state)
+def train_step_flops(setup, state, mesh=None, data=None) -> int:
+  """Matmul FLOPs of one train step of ``setup`` from ``state`` (train.make_train_step) on the
+  task's ``data`` (or its shapes)."""
+  return count_matmul_flops(train.make_train_step(setup, mesh), state, data)
 
 
 def sampler_flops(setup, params, inp, inner_steps: int) -> int:

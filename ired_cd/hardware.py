@@ -30,7 +30,6 @@ import jax.numpy as jnp
 from jax.experimental import topologies
 
 from ired_cd import evaluation, flops, parallel, quiet, train
-from ired_cd import sampler as sampler_lib
 
 GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
 GIB = 1024 ** 3
@@ -189,29 +188,36 @@ def _compile(lowered, platform):
     raise
 
 
+def abstract_data(setup, mesh):
+  """The task's training data (``task.data_shapes``) as replicated ShapeDtypeStructs, or None."""
+  shapes = setup.task.data_shapes()
+  return None if shapes is None else jax.tree_util.tree_map(
+      lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=parallel.replicated(mesh)),
+      shapes)
+
+
 def compile_train(setup, mesh):
   """(compiled ``make_multi_step`` over ``log_every`` steps, abstract state, steps)."""
   c = setup.config
   steps = min(c.log_every, c.train_steps)
   state = train.abstract_state(setup, mesh)
-  lowered = train.make_multi_step(setup, steps, mesh, state).lower(state)
+  lowered = train.make_multi_step(setup, steps, mesh, state).lower(state,
+                                                                   abstract_data(setup, mesh))
   return _compile(lowered, mesh.devices.flat[0].platform), state, steps
 
 
 def compile_sampler(setup, mesh, params):
-  """The evaluation sampler as ``evaluation.Evaluator`` runs it on ``mesh``: one chunk of
-  problems and their keys on the ``data`` axis, ``params`` replicated."""
-  c = setup.config
-  chunk = evaluation.chunk_size(min(c.eval_chunk, c.eval_size), mesh)
+  """The evaluation program as ``evaluation.Evaluator`` runs it on ``mesh`` (its own sampler
+  and chunk): one chunk of problems and their keys on the ``data`` axis, ``params``
+  replicated."""
+  evaluator = evaluation.Evaluator(setup, mesh=mesh)
   rows = parallel.batch_sharding(mesh)
-  sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim,
-                                    c.eval_return_x0)
-  return _compile(sample.lower(
+  return _compile(evaluator.sample.lower(
       jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype,
                                                             sharding=parallel.replicated(mesh)),
                              params),
-      jax.ShapeDtypeStruct((chunk, setup.task.inp_dim), jnp.float32, sharding=rows),
-      jax.ShapeDtypeStruct((chunk, 2), jnp.uint32, sharding=rows),
+      jax.ShapeDtypeStruct((evaluator.chunk, setup.task.inp_dim), jnp.float32, sharding=rows),
+      jax.ShapeDtypeStruct((evaluator.chunk, 2), jnp.uint32, sharding=rows),
       jax.ShapeDtypeStruct((), jnp.int32)), mesh.devices.flat[0].platform)
 
 
@@ -244,7 +250,7 @@ def compile_run(config, target: Target, devices=None, sampler_memory=None) -> Di
   # During evaluation the train state stays on the device beside the sampler.
   needed = max(train_memory["needed"], train_memory["arguments"] + sampler_memory["needed"])
   usable = int(chip.memory_bytes * chip.usable_fraction)
-  step_flops = flops.count_matmul_flops(train.make_train_step(setup, mesh), state)
+  step_flops = flops.train_step_flops(setup, state, mesh, abstract_data(setup, mesh))
   n = len(devices)
   compute_s = step_flops / n / chip.peak_flops[config.matmul_dtype]
   # Every byte of the program's arguments and outputs moves at least once per call.

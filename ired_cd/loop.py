@@ -10,8 +10,11 @@ run. Outputs in the workdir:
   checkpoints/     orbax checkpoints of the full train state (checkpoints_corrupt/: unreadable
                    ones moved aside)
   .lock            held while a run writes here (workdir_lock); names the holder
-  summary.json     RunRecord.summary(): status, steps, final eval/mse and eval/mse_ood (with
-                   the mean predictor's), steps/s, wall clock, collapse_step, failed_step
+  summary.json     RunRecord.summary(): status, steps, the final evaluation (the task's metrics,
+                   eval/mse or eval/solved ..., beside its baselines), steps/s, wall clock,
+                   collapse_step, failed_step
+  dataset/         the task's training data where it is built on the host (3-SAT: formulas
+                   and their solutions), made once per seed
   curves.png       the run's curves (plotting.plot_curves), drawn when the run ends
   eval.json        written by evaluate_checkpoint
 """
@@ -31,7 +34,7 @@ import jax
 import ml_collections
 import tqdm
 
-from ired_cd import checkpoint, evaluation, metrics_io, parallel, train
+from ired_cd import checkpoint, evaluation, metrics_io, parallel, tasks, train
 from ired_cd import workdir_lock
 from ired_cd import schema
 
@@ -165,7 +168,7 @@ def describe_run(config, mesh, workdir: str, step: int) -> str:
   hosts = f" on {jax.process_count()} hosts" if jax.process_count() > 1 else ""
   mesh_shape = ", ".join(f"{name}={size}" for name, size in mesh.shape.items())
   start = f"Resuming from the checkpoint at step {step}." if step else "Starting fresh."
-  return (f"{config.mining_strategy}, {config.task} {config.rank}x{config.rank}: {devices} "
+  return (f"{config.mining_strategy}, {tasks.from_config(config).describe()}: {devices} "
           f"{kind} device{'s' if devices > 1 else ''}{hosts} (mesh {mesh_shape}), batch "
           f"{config.batch_size} ({config.batch_size // devices} per device), "
           f"{config.matmul_dtype} matmuls, {config.train_steps} steps, workdir {workdir}. {start}")
@@ -200,7 +203,7 @@ class RunRecord:
 
   config: ml_collections.ConfigDict
   step: int
-  mean_predictor: Dict[str, float]
+  baselines: Dict[str, float]  # the task's trivial baselines (Evaluator.baselines)
   peak_score: float = 0.0  # running max of ||dE/dy|| (collapse_check)
   started: float = dataclasses.field(default_factory=time.time)
   status: str = "completed"  # completed | interrupted | diverged
@@ -224,25 +227,26 @@ class RunRecord:
         "train/steps_per_sec": self.timed_steps / self.train_seconds if self.train_seconds
                                else None,
         "wall_clock_sec": time.time() - self.started, "collapse_step": self.collapse_step,
-        "failed_step": self.failed_step, **self.mean_predictor, **(self.last_eval or {})}
+        "failed_step": self.failed_step, **self.baselines, **(self.last_eval or {})}
     if self.message:
       summary["message"] = self.message
     return summary
 
 
 class _CompiledSteps:
-  """``make_multi_step`` compiled ahead of time once per chunk length, and timed."""
+  """``make_multi_step`` compiled ahead of time once per chunk length, and timed; ``data``:
+  the task's training data on the devices (train.device_data)."""
 
-  def __init__(self, setup, mesh):
-    self._setup, self._mesh, self._compiled = setup, mesh, {}
+  def __init__(self, setup, mesh, data):
+    self._setup, self._mesh, self._data, self._compiled = setup, mesh, data, {}
 
   def __call__(self, state, chunk: int):
     """(state, metrics, health, execution seconds) after ``chunk`` steps, on the host."""
     if chunk not in self._compiled:
       self._compiled[chunk] = train.make_multi_step(
-          self._setup, chunk, self._mesh, state).lower(state).compile()
+          self._setup, chunk, self._mesh, state).lower(state, self._data).compile()
     tic = time.perf_counter()
-    state, metrics, health = self._compiled[chunk](state)
+    state, metrics, health = self._compiled[chunk](state, self._data)
     metrics, health = jax.device_get((metrics, health))
     return state, metrics, health, time.perf_counter() - tic
 
@@ -271,13 +275,14 @@ def _note_collapse(record: RunRecord, metrics, out_dim: int) -> None:
         record.step, metrics["score_norm"], math.sqrt(out_dim), peak_before, metrics["loss_mse"])
 
 
-def _progress(metrics, steps_per_sec: float, record: RunRecord) -> Dict[str, str]:
-  """The progress bar's postfix: loss, speed, energy gap, last eval MSE, collapse."""
+def _progress(metrics, steps_per_sec: float, record: RunRecord, headline: str) -> Dict[str, str]:
+  """The progress bar's postfix: loss, speed, energy gap, the last evaluation's ``headline``
+  metric (e.g. 'eval/mse'), collapse."""
   postfix = dict(loss=f"{metrics['loss']:.4f}", sps=f"{steps_per_sec:.1f}")
   if "energy_gap" in metrics:
     postfix["gap"] = f"{metrics['energy_gap']:.3g}"
   if record.last_eval:
-    postfix["mse"] = f"{record.last_eval['eval/mse']:.4f}"
+    postfix[headline.split("/")[-1]] = f"{record.last_eval[headline]:.4f}"
   if record.collapse_step is not None:
     postfix["COLLAPSED"] = str(record.collapse_step)
   return postfix
@@ -340,9 +345,10 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
     tqdm.tqdm.write(description)
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
+  data = setup.task.build_data(config.seed, config.ood, os.path.join(workdir, "dataset"))
   evaluator = evaluation.Evaluator(setup, mesh=mesh)
-  record = RunRecord(config, step, evaluator.mean_predictor, _peak_score(workdir, step))
-  run_chunk = _CompiledSteps(setup, mesh)
+  record = RunRecord(config, step, evaluator.baselines, _peak_score(workdir, step))
+  run_chunk = _CompiledSteps(setup, mesh, train.device_data(data, mesh))
 
   def evaluate():  # on every host: the sampler runs on the mesh, on the EMA params in place
     return evaluator.report(state.ema_params, tuple(config.eval_inner_steps))
@@ -377,7 +383,8 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
         if record.step % config.checkpoint_every == 0:
           store.save(state)
         bar.update(chunk)
-        bar.set_postfix(_progress(metrics, chunk / seconds, record))
+        bar.set_postfix(_progress(metrics, chunk / seconds, record,
+                                  evaluation.headline_keys(setup.task)[0]))
       store.save(state, wait=True)
       if record.step < config.train_steps:
         record.status = "interrupted"

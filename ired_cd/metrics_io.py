@@ -51,14 +51,27 @@ def read_json(path: str):
     return json.load(f)
 
 
+def write_atomic(path: str, write, binary: bool = True) -> None:
+  """Calls ``write(file)`` on a temporary file beside ``path`` (named for this process), then
+  renames it over ``path``: a crash or a kill leaves the old file or none, never half of one,
+  and two processes never write into one temporary file."""
+  directory, name = os.path.split(os.path.abspath(path))
+  tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+  try:
+    with open(tmp, "wb" if binary else "w") as f:
+      write(f)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+    raise
+
+
 def write_json_atomic(path: str, obj) -> None:
-  """Writes JSON to ``path`` through a temporary file and a rename."""
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  """Writes JSON to ``path`` through a temporary file and a rename (``write_atomic``)."""
+  write_atomic(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), binary=False)
 
 
 class MetricsWriter:

@@ -1,9 +1,11 @@
 """Every figure of the project, drawn from the files runs write.
 
   plot_curves               one run's curves (WORKDIR/curves.png), from its metrics.jsonl
-  plot_inner_steps          one run's MSE against inner descent steps (WORKDIR/inner_steps.png)
-  plot_ablation             an ablation's eval MSE and health curves per strategy
-  plot_ablation_inner_steps an ablation's MSE against inner descent steps per strategy
+  plot_inner_steps          one run's headline metric (MSE, solved) against inner descent steps
+                            (WORKDIR/inner_steps.png)
+  plot_ablation             an ablation's headline metric and health curves per strategy
+  plot_ablation_inner_steps an ablation's headline metric against inner descent steps
+  plot_landscape            a run's landscape.json (ired_cd.landscape)
 
 Matplotlib's object API (no pyplot): drawing does not select or need a
 display backend, so a training run can write its own figure.
@@ -18,9 +20,9 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from ired_cd import evaluation, metrics_io, tasks
+from ired_cd import evaluation, metrics_io, schema, tasks
 
-SET_TITLES = {"eval/mse": "in-distribution", "eval/mse_ood": "harder"}  # metric -> its set
+SET_NAMES = {"": "in-distribution", "_ood": "harder"}  # metric suffix -> its set
 
 
 def series(rows, key):
@@ -44,16 +46,17 @@ def set_yscale(ax, values):
     ax.yaxis.get_major_locator().set_params(numticks=6)
 
 
-def inner_steps_axes(ax, counts, baseline, title):
-  """Labels an MSE-against-inner-descent-steps panel: the counts as ticks (0 included on a
-  symlog axis), the mean predictor's MSE ``baseline`` as a dashed line, title, grid, legend."""
-  if baseline is not None:
-    ax.axhline(baseline, ls="--", color="black", lw=1, label="mean predictor")
+def inner_steps_axes(ax, counts, baselines, ylabel, title):
+  """Labels a metric-against-inner-descent-steps panel: the counts as ticks (0 included on a
+  symlog axis), each of ``baselines`` ({name: value}) as a black line, title, grid, legend."""
+  for (name, value), dashes in zip(baselines.items(), ("--", "-.", ":")):
+    if value is not None:
+      ax.axhline(value, ls=dashes, color="black", lw=1, label=name.replace("_", " "))
   ax.set_xscale("symlog", linthresh=1)
   ax.set_xlim(-0.25, max(counts) * 1.25 + 0.25)  # symlog's own margin reaches far below 0
   ax.set_xticks(counts, [str(k) for k in counts])
   ax.set_xlabel("inner descent steps per timestep")
-  ax.set_ylabel("MSE")
+  ax.set_ylabel(ylabel)
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -79,10 +82,12 @@ def plot_curves(workdir):
   if config is None:
     raise FileNotFoundError(f"no config.json in {workdir}: not a run directory")
   summary = metrics_io.read_json(os.path.join(workdir, "summary.json")) or {}
-  out_dim = tasks.get_task(config["task"], config["rank"]).out_dim
-  panels = [("training loss", [("train/loss", "-"), ("train/loss_mse", "--")], []),
-            ("eval MSE (sampler, EMA)", [("eval/mse", "-o"), ("eval/mse_ood", "-s")], [])]
-  panels += _health_panels(out_dim)
+  task = tasks.from_config(schema.from_saved(config))
+  panels = [("training loss", [("train/loss", "-"), ("train/loss_mse", "--")], [])]
+  panels += [(f"eval {m.label} (sampler, EMA)",
+              [(f"eval/{m.name}", "-o"), (f"eval/{m.name}_ood", "-s")], []) for m in task.metrics]
+  panels += _health_panels(task.out_dim)
+  linear = {f"eval {m.label} (sampler, EMA)" for m in task.metrics if m.higher_is_better}
   panels = [p for p in panels if any(series(rows, key)[0].size for key, _ in p[1])]
   ncols = 3
   nrows = math.ceil(len(panels) / ncols)
@@ -94,15 +99,17 @@ def plot_curves(workdir):
       steps, ys = series(rows, key)
       line, = ax.plot(steps, ys, style, ms=3, label=key.split("/", 1)[1])
       values.append(ys)
-      baseline = series(rows, f"{key}_mean_predictor")[1]
-      if key.startswith("eval/") and baseline.size:
-        ax.axhline(baseline[-1], ls="--", color=line.get_color(), lw=1,
-                   label=f"{key.split('/', 1)[1]} mean predictor")
+      for name, dashes in zip(task.baselines, ("--", "-.", ":")) if key.startswith("eval/") else ():
+        baseline = series(rows, f"{key}_{name}")[1]
+        if baseline.size:
+          ax.axhline(baseline[-1], ls=dashes, color=line.get_color(), lw=1,
+                     label=f"{key.split('/', 1)[1]} {name.replace('_', ' ')}")
     for value, label in references:
       ax.axhline(value, ls=":", color="gray", label=label)
     if summary.get("collapse_step") is not None:
       ax.axvline(summary["collapse_step"], color="red", ls=":", lw=1, label="collapse")
-    set_yscale(ax, np.concatenate(values))
+    if title not in linear:  # a share solved stays linear, 0 included
+      set_yscale(ax, np.concatenate(values))
     ax.set_title(title)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
@@ -166,7 +173,8 @@ def plot_landscape(landscape, path):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
   fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
-               f"{run['matmul_dtype']} matmuls, {run['eval_size']} problems per set")
+               f"{run['matmul_dtype']} matmuls, {landscape['settings']['eval_size']} problems "
+               "per set")
   fig.tight_layout()
   tmp = f"{path}.tmp"
   fig.savefig(tmp, dpi=100, format="png")
@@ -174,18 +182,21 @@ def plot_landscape(landscape, path):
   return path
 
 
-def plot_inner_steps(workdir, result, strategy):
+def plot_inner_steps(workdir, result, task, strategy):
   """Writes WORKDIR/inner_steps.png from ``result`` (loop.evaluate_checkpoint's, scored with
-  each of its ``inner_steps``): MSE against inner descent steps, both sets; returns its path."""
+  each of its ``inner_steps``): the task's headline metric against inner descent steps, both
+  sets; returns its path."""
   inner_steps = result["inner_steps"]
-  fig = Figure(figsize=(5 * len(SET_TITLES), 3.6))
-  axes = fig.subplots(1, len(SET_TITLES))
-  for ax, (key, title) in zip(axes, SET_TITLES.items()):
-    mse = evaluation.at_inner_steps(result, key, inner_steps)
-    ax.plot(inner_steps, mse, "-o", label="sampler (EMA)")
-    ax.set_yscale("log")
-    inner_steps_axes(ax, inner_steps, result[f"{key}_mean_predictor"],
-                     f"{title} (n={result['eval_size']})")
+  fig = Figure(figsize=(5 * len(SET_NAMES), 3.6))
+  axes = fig.subplots(1, len(SET_NAMES))
+  metric = task.metrics[0]
+  for ax, key, title in zip(axes, evaluation.headline_keys(task), SET_NAMES.values()):
+    ax.plot(inner_steps, evaluation.at_inner_steps(result, key, inner_steps), "-o",
+            label="sampler (EMA)")
+    if not metric.higher_is_better:
+      ax.set_yscale("log")
+    inner_steps_axes(ax, inner_steps, {name: result[f"{key}_{name}"] for name in task.baselines},
+                     metric.label, f"{title} (n={result['eval_size']})")
   fig.suptitle(f"{workdir}: {strategy}, checkpoint step {result['step']}")
   fig.tight_layout()
   path = os.path.join(workdir, "inner_steps.png")
@@ -206,14 +217,16 @@ def _strategy_color(index):
 
 
 def plot_ablation(report, path):
-  """Eval MSE (both sets) and training health vs step, one colour per strategy.
+  """The task's headline metric (both sets) and training health vs step, one colour per
+  strategy.
 
   ``report``: ablation.summarize's; each run's curves come from its metrics.jsonl.
   """
-  c = report["config"]
-  out_dim = tasks.get_task(c["task"], c["rank"]).out_dim
-  panels = [("eval MSE, in-distribution", "eval/mse"), ("eval MSE, harder", "eval/mse_ood"),
-            ("energy gap E_neg - E_pos", "train/energy_gap"),
+  info = report["task"]
+  out_dim, headline = info["out_dim"], info["metrics"][0]
+  panels = [(f"eval {headline['label']}, {name}", f"eval/{headline['name']}{suffix}")
+            for suffix, name in SET_NAMES.items()]
+  panels += [("energy gap E_neg - E_pos", "train/energy_gap"),
             ("‖∇E‖ (score norm)", "train/score_norm")]
   fig = Figure(figsize=(13, 9))
   axes = fig.subplots(2, 2)
@@ -237,12 +250,13 @@ def plot_ablation(report, path):
                     label=f"{strategy} seed{r['seed']} ({r['status']})")
             ax.plot(steps[-1:], values[0][-1:], "x", color=color)
             plotted.append(values[0])
-    if key in report["baseline"] and report["baseline"][key] is not None:
-      ax.axhline(report["baseline"][key], ls="--", color="black", lw=1, label="mean predictor")
+    for (name, values), dashes in zip(report["baselines"].items(), ("--", "-.", ":")):
+      if values.get(key) is not None:
+        ax.axhline(values[key], ls=dashes, color="black", lw=1, label=name.replace("_", " "))
     if key == "train/score_norm":
       ax.axhline(out_dim ** 0.5, ls=":", color="gray", label=f"√D = {out_dim ** 0.5:.3g}")
     if key.startswith("eval/"):
-      ax.set_yscale("log")
+      ax.set_yscale("linear" if headline["higher_is_better"] else "log")
     elif plotted:
       set_yscale(ax, np.concatenate(plotted))
     ax.set_title(title + (" (mean over seeds, min–max shaded)" if key.startswith("eval/")
@@ -260,11 +274,13 @@ def plot_ablation(report, path):
 
 
 def plot_ablation_inner_steps(report, inner_steps, path):
-  """MSE against inner descent steps (mean over seeds, std as error bars), both sets, one
-  colour per strategy (the same as plot_ablation's)."""
+  """The headline metric against inner descent steps (mean over seeds, std as error bars),
+  both sets, one colour per strategy (the same as plot_ablation's)."""
+  headline = report["task"]["metrics"][0]
   fig = Figure(figsize=(11, 4))
-  axes = fig.subplots(1, len(SET_TITLES))
-  for ax, (key, title) in zip(axes, SET_TITLES.items()):
+  axes = fig.subplots(1, len(SET_NAMES))
+  for ax, (suffix, title) in zip(axes, SET_NAMES.items()):
+    key = f"eval/{headline['name']}{suffix}"
     for i, strategy in enumerate(report["strategies"]):
       sweep = report["rows"][strategy].get("inner_steps")
       if not sweep:
@@ -273,7 +289,9 @@ def plot_ablation_inner_steps(report, inner_steps, path):
       stds = [sweep[k][key]["std"] or 0.0 for k in sweep]
       ax.errorbar([int(k) for k in sweep], means, yerr=stds, fmt="-o", capsize=3, ms=4,
                   color=_strategy_color(i), label=strategy)
-    inner_steps_axes(ax, inner_steps, report["baseline"][key], f"eval MSE, {title}")
+    inner_steps_axes(ax, inner_steps, {name: values[key] for name, values
+                                       in report["baselines"].items()},
+                     headline["label"], f"eval {headline['label']}, {title}")
   fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
   fig.tight_layout()
   fig.savefig(path, dpi=110)

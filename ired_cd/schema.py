@@ -81,11 +81,14 @@ ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": 
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
                 "learning_rate_decay_steps": 100_000, "last_layer": "auto",
-                "ired_descent_clamp": "per_sample", "sampler_state_weight": 0.0}
+                "ired_descent_clamp": "per_sample", "sampler_state_weight": 0.0,
+                "sat_variables": 20, "sat_clauses": (60, 80), "sat_clauses_ood": 91,
+                "sat_train_instances": 20_000, "sat_solutions": 32, "graph_nodes": 20,
+                "graph_colours": 3, "graph_degree": 3.0, "graph_degree_ood": 4.5}
 
 
 # Config fields that are tuples in the config and lists in config.json.
-TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range")
+TUPLE_FIELDS = ("eval_inner_steps", "energy_loss_timestep_range", "sat_clauses")
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -166,11 +169,12 @@ def validate(config, defaults=None):
   _check(c.mining_strategy in STRATEGIES, "mining_strategy",
          f"must be one of {STRATEGIES}, got {c.mining_strategy!r}")
   _check(c.task in tasks.TASK_NAMES, "task", f"must be one of {tasks.TASK_NAMES}, got {c.task!r}")
+  _validate_task(c, defaults)
   _check(c.matmul_dtype in model.MATMUL_DTYPES, "matmul_dtype",
          f"must be one of {model.MATMUL_DTYPES}, got {c.matmul_dtype!r}")
   _check(c.last_layer in model.LAST_LAYERS, "last_layer",
          f"must be one of {model.LAST_LAYERS}, got {c.last_layer!r}")
-  for field in ("rank", "batch_size", "train_steps", "diffusion_steps", "hidden_dim",
+  for field in ("batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",
                 "replay_buffer_buckets", "ema_update_every", "learning_rate_decay_steps"):
@@ -237,10 +241,11 @@ def validate(config, defaults=None):
     _check(c.replay_mixing in REPLAY_MIXING, "replay_mixing",
            f"must be one of {REPLAY_MIXING}, got {c.replay_mixing!r}")
   if c.use_residual_filter:
-    has_oracle = tasks.get_task(c.task, c.rank).residual is not None
-    _check(has_oracle, "use_residual_filter",
-           f"task {c.task!r} has no oracle residual; the filter needs one of "
-           f"{[n for n in tasks.TASK_NAMES if tasks.get_task(n, 2).residual is not None]}")
+    threshold = tasks.from_config(c).filter_threshold
+    _check(c.residual_tau is None or threshold is None, "residual_tau",
+           f"task {c.task!r} filters by its verifier (negatives with no violation are right "
+           f"answers, dropped: a fixed cut at {threshold}); residual_tau is for the continuous "
+           f"tasks, got {c.residual_tau}")
     if c.residual_tau is None:
       _check(0.0 <= c.residual_filter_quantile <= 1.0, "residual_filter_quantile",
              f"must lie in [0, 1], got {c.residual_filter_quantile}")
@@ -255,6 +260,41 @@ def validate(config, defaults=None):
            "energy_loss_timestep_range",
            f"must be (lo, hi) with 0 <= lo <= hi <= 1 (an empty range otherwise), got {bounds}")
   return config
+
+
+def _positive_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _validate_task(c, defaults) -> None:
+  """The task's own fields; another task's fields at their defaults (``defaults`` given)."""
+  own = set(tasks.fields_of(c.task))
+  if defaults is not None:
+    for name in tasks.TASK_NAMES:
+      for field in set(tasks.fields_of(name)) - own:
+        _check(tuple(c[field]) == tuple(defaults[field]) if field in TUPLE_FIELDS
+               else c[field] == defaults[field], field,
+               f"task {c.task!r} does not read it (only {name} does): must be "
+               f"{defaults[field]!r} for {c.task}, got {c[field]!r}")
+  for field in ("rank", "sat_variables", "sat_clauses_ood", "sat_train_instances",
+                "sat_solutions", "graph_nodes"):
+    if field in own:
+      _check(_positive_int(c[field]), field, f"must be a positive integer, got {c[field]!r}")
+  if c.task == "sat":
+    _check(c.sat_variables <= 127, "sat_variables",
+           f"at most 127 (literals are stored as int8), got {c.sat_variables}")
+    lo_hi = tuple(c.sat_clauses)
+    _check(len(lo_hi) == 2 and all(_positive_int(m) for m in lo_hi) and lo_hi[0] <= lo_hi[1],
+           "sat_clauses", f"must be (lo, hi), positive integers with lo <= hi, got {lo_hi}")
+  if c.task == "colouring":
+    _check(_positive_int(c.graph_colours) and c.graph_colours >= 2, "graph_colours",
+           f"must be an integer >= 2, got {c.graph_colours!r}")
+    _check(c.graph_nodes >= 2, "graph_nodes", f"must be >= 2, got {c.graph_nodes}")
+    most = (c.graph_nodes - 1) * (c.graph_colours - 1) / c.graph_colours
+    for field in ("graph_degree", "graph_degree_ood"):
+      _check(0 < c[field] <= most, field,
+             f"must lie in (0, {most:g}] (a planted {c.graph_colours}-colourable graph on "
+             f"{c.graph_nodes} nodes has at most that mean degree), got {c[field]!r}")
 
 
 def timestep_range(bounds, num_timesteps: int):

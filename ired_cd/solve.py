@@ -8,13 +8,17 @@ For the inverse task ``a`` holds matrices A, (n, rank, rank) or flattened
 the sampler's unscaled x0 at t = 0 (``config.eval_return_x0=True``): its
 estimate of the answer itself. The evaluator scores sqrt(abar_0) x0 by default
 (abar_0 ~ 0.97, the PyTorch reference's output) so that its numbers compare.
+A discrete task's problems come from instance files (``instance_paths``,
+``read_instances``: DIMACS CNF formulas, DIMACS graphs) and its answers go back
+as solution files (``write_solutions``).
 
 Bad input raises ``SolveError`` naming the field (workdir, input,
 checkpoint_step) before anything is loaded, and so do an unreadable
 checkpoint_step and non-finite answers; inputs far outside the training
-distribution (for inverse: not symmetric positive definite; for any task: a
-norm far outside the training inputs') are solved, with one
-``OutOfDistributionWarning`` per kind. ``save`` writes answers atomically.
+distribution (``task.distribution_warnings``: for inverse not symmetric positive
+definite; for a continuous task a norm far outside the training inputs') are
+solved, with one ``OutOfDistributionWarning`` per kind. Answers are written
+atomically.
 """
 
 from __future__ import annotations
@@ -29,12 +33,9 @@ import jax
 import ml_collections
 import numpy as np
 
-from ired_cd import checkpoint, evaluation, parallel, schema, tasks, train
+from ired_cd import checkpoint, dimacs, evaluation, metrics_io, parallel, schema, tasks, train
 from ired_cd import sampler as sampler_lib
 
-SCALE_MARGIN = 2.0  # warn below (training min norm) / margin and above margin * (training max)
-REFERENCE_SIZE = 1000  # training inputs drawn to find that range
-SYMMETRY_TOLERANCE = 1e-5  # max |A - A^T| relative to max |A|
 
 
 class SolveError(ValueError):
@@ -89,16 +90,21 @@ def read_config(workdir: str, checkpoint_step: Optional[int] = None) -> ml_colle
   return config
 
 
-def layouts(task: tasks.Task, rank: int) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
-  """The two shapes of one problem: flat (inp_dim,) and as matrices ((k,) rank, rank)."""
-  matrices = task.inp_dim // (rank * rank)
+def layouts(task: tasks.Task) -> Tuple[Tuple[int, ...], ...]:
+  """The shapes one problem may take in an array: flat (inp_dim,), and for a matrix task
+  as matrices ((k,) rank, rank)."""
+  if not isinstance(task, tasks.base.MatrixTask):
+    return ((task.inp_dim,),)
+  rank, matrices = task.rank, task.input_matrices
   return (task.inp_dim,), ((rank, rank) if matrices == 1 else (matrices, rank, rank))
 
 
-def answer_shape(input_shape, task: tasks.Task, rank: int) -> Tuple[int, ...]:
+def answer_shape(input_shape, task: tasks.Task) -> Tuple[int, ...]:
   """The answers' shape for inputs of ``input_shape`` (a layout of check_inputs): flat in,
   (n, out_dim) out; matrices in, (n, rank, rank) out."""
-  return tuple(input_shape[:1]) + ((task.out_dim,) if len(input_shape) == 2 else (rank, rank))
+  if len(input_shape) == 2:
+    return tuple(input_shape[:1]) + (task.out_dim,)
+  return tuple(input_shape[:1]) + (task.rank, task.rank)
 
 
 def check_inner_steps(inner_steps: Sequence[int]) -> Tuple[int, ...]:
@@ -109,18 +115,19 @@ def check_inner_steps(inner_steps: Sequence[int]) -> Tuple[int, ...]:
   return tuple(int(k) for k in steps)
 
 
-def check_inputs(inputs, task: tasks.Task, rank: int) -> np.ndarray:
-  """``inputs`` in either layout -> float32 (n, inp_dim); SolveError naming what is wrong."""
+def check_inputs(inputs, task: tasks.Task) -> np.ndarray:
+  """``inputs`` in one of ``layouts(task)`` -> float32 (n, inp_dim); SolveError naming what
+  is wrong."""
   inputs = np.asarray(inputs)
   if not (np.issubdtype(inputs.dtype, np.integer) or np.issubdtype(inputs.dtype, np.floating)):
     raise SolveError("input", f"dtype {inputs.dtype}: real numbers expected")
-  flat, matrix = layouts(task, rank)
-  if inputs.shape[1:] not in (flat, matrix) or inputs.shape[0] < 1:
+  shapes = layouts(task)
+  if inputs.shape[1:] not in shapes or inputs.shape[0] < 1:
     hint = (f"; one problem: add a leading axis, shape {(1,) + inputs.shape}"
-            if inputs.shape in (flat, matrix) else "")
-    raise SolveError("input", f"shape {inputs.shape} does not fit the run's task {task.name} "
-                     f"at rank {rank}: expected (n, {', '.join(map(str, matrix))}) or "
-                     f"(n, {flat[0]}) with n >= 1{hint}")
+            if inputs.shape in shapes else "")
+    expected = " or ".join(f"(n, {', '.join(map(str, shape))})" for shape in shapes[::-1])
+    raise SolveError("input", f"shape {inputs.shape} does not fit the run's task "
+                     f"{task.describe()}: expected {expected} with n >= 1{hint}")
   problems = inputs.reshape(inputs.shape[0], -1).astype(np.float32)
   bad = np.flatnonzero(~np.all(np.isfinite(problems), axis=1))
   if bad.size:
@@ -129,37 +136,36 @@ def check_inputs(inputs, task: tasks.Task, rank: int) -> np.ndarray:
   return problems
 
 
-def distribution_warnings(task: tasks.Task, rank: int, problems: np.ndarray) -> List[str]:
-  """One line per kind of problem unlike the training inputs (an empty list: none).
+def instance_paths(task: tasks.Task, path: str) -> List[str]:
+  """The instance files at ``path`` (one file, or the files of a directory whose suffix is
+  one of the task's), sorted; SolveError where there are none."""
+  if os.path.isdir(path):
+    found = sorted(os.path.join(path, name) for name in os.listdir(path)
+                   if name.endswith(task.file_suffixes)
+                   and os.path.isfile(os.path.join(path, name)))
+    if not found:
+      raise SolveError("input", f"no {' or '.join(task.file_suffixes)} files in {path}")
+    return found
+  if not os.path.isfile(path):
+    raise SolveError("input", f"no file or directory {path}")
+  return [path]
 
-  problems: (n, inp_dim). Inverse: not symmetric positive definite. Every task:
-  a Frobenius norm outside [min / SCALE_MARGIN, max * SCALE_MARGIN] of
-  REFERENCE_SIZE training inputs' norms.
-  """
-  lines = []
-  n = len(problems)
-  if task.name == "inverse":
-    a = problems.astype(np.float64).reshape(n, rank, rank)
-    asymmetry = np.max(np.abs(a - np.swapaxes(a, 1, 2)), axis=(1, 2))
-    symmetric = asymmetry <= SYMMETRY_TOLERANCE * np.max(np.abs(a), axis=(1, 2))
-    sym = 0.5 * (a + np.swapaxes(a, 1, 2))
-    spd = symmetric & (np.linalg.eigvalsh(sym)[:, 0] > 0)
-    if not spd.all():
-      first = np.flatnonzero(~spd)[0]
-      lines.append(f"{np.sum(~spd)} of {n} problems are not symmetric positive definite "
-                   f"(first: problem {first}); the run was trained on SPD matrices, their "
-                   "answers may be poor")
-  reference, _ = task.sample_numpy(np.random.RandomState(0), REFERENCE_SIZE, False)
-  norms = np.linalg.norm(reference, axis=1)
-  low, high = norms.min() / SCALE_MARGIN, norms.max() * SCALE_MARGIN
-  scale = np.linalg.norm(problems.astype(np.float64), axis=1)
-  outside = (scale < low) | (scale > high)
-  if outside.any():
-    first = np.flatnonzero(outside)[0]
-    lines.append(f"{np.sum(outside)} of {n} problems have a norm outside [{low:.3g}, {high:.3g}] "
-                 f"(first: problem {first}, norm {scale[first]:.3g}; training inputs "
-                 f"{norms.min():.3g} to {norms.max():.3g}); their answers may be poor")
-  return lines
+
+def read_instances(task: tasks.Task, paths: Sequence[str]) -> Tuple[np.ndarray, List[int]]:
+  """(problems (n, inp_dim) float32, each instance's size: variables or nodes) of the files;
+  SolveError naming the file (and the line) of the first that cannot be read or that the
+  model cannot take."""
+  problems, sizes = [], []
+  for path in paths:
+    try:
+      row, size = task.read_instance(path)
+    except (dimacs.DimacsError, tasks.InstanceError) as err:
+      raise SolveError("input", str(err)) from err
+    except OSError as err:
+      raise SolveError("input", f"cannot read {path} ({err.strerror})") from err
+    problems.append(row)
+    sizes.append(size)
+  return np.stack(problems).astype(np.float32), sizes
 
 
 def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
@@ -178,8 +184,7 @@ def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
     store.close()
   if params is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
-  sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim,
-                                    return_x0=True)
+  sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, return_x0=True)
   return Model(config, setup.task, params, step, sample, mesh)
 
 
@@ -219,32 +224,34 @@ def check_answers(answers: Dict[int, np.ndarray]) -> None:
 
 
 def save(path: str, answers: np.ndarray) -> None:
-  """Writes ``answers`` to the .npy file ``path`` atomically: a temporary file in the same
-  directory, renamed over ``path`` when complete (a crash leaves the old file or none)."""
-  directory, name = os.path.split(os.path.abspath(path))
-  tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "wb") as f:
-      np.save(f, answers)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
+  """Writes ``answers`` to the .npy file ``path`` atomically (metrics_io.write_atomic: a crash
+  leaves the old file or none)."""
+  metrics_io.write_atomic(path, lambda f: np.save(f, answers))
 
 
-def score(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> Dict[str, float]:
-  """{'residual_mean', 'residual_median'} where the task has an oracle residual (inverse:
-  ||A X - I||_F), {'mse'} against ``task.exact`` where it has one (inverse: numpy.linalg.inv)."""
-  result = {}
-  if task.residual is not None:
-    residual = np.asarray(task.residual(problems, answers), np.float64)
-    result.update(residual_mean=float(np.mean(residual)),
-                  residual_median=float(np.median(residual)))
-  if task.exact is not None:
-    result["mse"] = float(np.mean(np.square(answers.astype(np.float64) - task.exact(problems))))
+def write_solutions(task: tasks.Task, paths: Sequence[str], answers: np.ndarray,
+                    sizes: Sequence[int], violations: np.ndarray) -> None:
+  """Each answer (out_dim,) as its instance's solution file (``task.format_answer``) at the
+  matching path, each written atomically."""
+  for path, answer_row, size, count in zip(paths, answers, sizes, violations):
+    text = task.format_answer(answer_row, size, int(count))
+    metrics_io.write_atomic(path, lambda f, text=text: f.write(text), binary=False)
+
+
+def score(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> Dict[str, Any]:
+  """What the printout says of the answers: for a continuous task {'residual_mean',
+  'residual_median'} (its oracle, e.g. ||A X - I||_F) and {'mse'} against ``task.exact``
+  where it has one (inverse: numpy.linalg.inv); for a discrete one {'violations'} per
+  problem and {'solved'}, the share with none."""
+  if task.discrete:
+    violations = task.verify(problems, task.decode(answers))
+    return dict(violations=violations, solved=float(np.mean(violations == 0)))
+  residual = np.asarray(task.residual(problems, answers), np.float64)
+  result = dict(residual_mean=float(np.mean(residual)),
+                residual_median=float(np.median(residual)))
+  exact = task.exact(problems)
+  if exact is not None:
+    result["mse"] = float(np.mean(np.square(answers.astype(np.float64) - exact)))
   return result
 
 
@@ -252,17 +259,17 @@ def solve(workdir: str, inputs, inner_steps: Sequence[int] = (5,),
           checkpoint_step: Optional[int] = None, seed: int = 0) -> Dict[int, np.ndarray]:
   """{inner_steps: answers in the layout of ``inputs``} from the run in ``workdir``.
 
-  inputs: (n, inp_dim) or (n, rank, rank) (addition: (n, 2, rank, rank)).
-  Answers: (n, rank^2) or (n, rank, rank), float32, the sampler's unscaled x0.
+  inputs: (n, inp_dim), or for a matrix task (n, rank, rank) (addition: (n, 2, rank, rank)).
+  Answers: (n, out_dim) or (n, rank, rank), float32, the sampler's unscaled x0 (a discrete
+  task's decode it: ``task.decode``).
   """
   inner_steps = check_inner_steps(inner_steps)
-  config = read_config(workdir, checkpoint_step)
-  task = tasks.get_task(config.task, config.rank)
-  problems = check_inputs(inputs, task, config.rank)
-  for line in distribution_warnings(task, config.rank, problems):
+  task = tasks.from_config(read_config(workdir, checkpoint_step))
+  problems = check_inputs(inputs, task)
+  for line in task.distribution_warnings(problems):
     warnings.warn(line, OutOfDistributionWarning, stacklevel=2)
   model = load(workdir, checkpoint_step)
-  shape = answer_shape(np.shape(inputs), task, config.rank)
+  shape = answer_shape(np.shape(inputs), task)
   answers = {k: answer(model, problems, k, seed).reshape(shape) for k in inner_steps}
   check_answers(answers)
   return answers

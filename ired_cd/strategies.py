@@ -105,10 +105,14 @@ class LossSettings:
   sampler_state_weight: float  # > 0: sampler_state_loss beside the denoising MSE
 
   @classmethod
-  def from_config(cls, c) -> "LossSettings":
-    """From a config that ``schema.validate`` accepts (the switches its strategy ignores off)."""
+  def from_config(cls, c, task=None) -> "LossSettings":
+    """From a config that ``schema.validate`` accepts (the switches its strategy ignores off).
+    ``task``: the config's (tasks.from_config); a task with a ``filter_threshold`` (its
+    verifier) sets ``residual_tau``."""
     settings = {field.name: c[field.name] for field in dataclasses.fields(cls)
                 if field.name != "energy_loss_timesteps"}
+    if task is not None and task.filter_threshold is not None:
+      settings["residual_tau"] = task.filter_threshold
     settings.update(
         langevin_grad_clip=c.langevin_grad_clip or None,
         energy_loss_timesteps=(
@@ -181,6 +185,14 @@ def residual_keep(residuals, quantile: float, tau: Optional[float]):
   return (residuals >= threshold).astype(jnp.float32)
 
 
+def negative_keep(settings: LossSettings, residual_fn, inputs, answers):
+  """The residual filter (guide section E): 1.0 for the negatives it keeps, 0.0 for those
+  whose answer (B, D) is too good to push up: residual below the fixed ``residual_tau`` (a
+  discrete task's verifier: 0 violations, a right answer), or below the batch quantile."""
+  return residual_keep(residual_fn(inputs, answers), settings.residual_filter_quantile,
+                       settings.residual_tau)
+
+
 def cd_loss_terms(e_pos, e_neg, reg_weight: float = 0.0, form: str = "linear",
                   margin: float = 0.0):
   """Per-sample CD loss (+ alpha (E_pos^2 + E_neg^2)).  (B,) each.
@@ -219,11 +231,10 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
   x_pos = schedule.q_sample(x0, t, eps)
   x_neg = schedule.q_sample(x0, t, settings.ired_noise_scale * eps)
   if settings.strategy.descent:
-    bound = schedule.clamp_bound(t)
-    if settings.ired_descent_clamp == "first_sample":
-      bound = bound[0]
+    rule = schedule.descent_rule(t)
+    bound = rule.bound[0] if settings.ired_descent_clamp == "first_sample" else rule.bound
     x_neg = energy_descent(energy_fn, params, inp, x_neg, t, settings.ired_descent_steps,
-                           take(schedule.opt_step_size, t), bound, cond)
+                           rule.step_size, bound, cond)
   x_neg = schedule.q_sample(schedule.x0_estimate(x_neg, t), t, eps)
   e_pos, e_neg = _paired_energies(energy_fn, energy_params, inp, x_pos, x_neg, t)
   loss = jax.nn.softplus(e_pos - e_neg)
@@ -283,8 +294,7 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
   loss = cd_loss_terms(e_pos, e_neg, settings.energy_reg_weight, settings.cd_loss,
                        settings.cd_margin)
   if settings.use_residual_filter:
-    residuals = residual_fn(inp_neg, answer)
-    keep = residual_keep(residuals, settings.residual_filter_quantile, settings.residual_tau)
+    keep = negative_keep(settings, residual_fn, inp_neg, answer)
     loss = loss * keep
     metrics["filter_keep"] = jnp.mean(keep)
   loss = loss * timestep_mask(settings, t)

@@ -1,10 +1,11 @@
 """Train state and the jitted train step.
 
-``train_step(state) -> (state, metrics)`` is one XLA computation with the state
-donated: it draws the batch on device, draws negatives, computes the loss,
-updates params (clip_by_global_norm then Adam), the EMA and the replay buffer.
-``make_multi_step(setup, n)`` runs n of them in a lax.scan so the host is
-touched once per n steps (metrics are averaged over the n steps).
+``train_step(state, data) -> (state, metrics)`` is one XLA computation with the state
+donated: it draws the batch on device (generated, or drawn from the task's ``data``,
+device arrays the task built once: ``Setup.task.build_data``; None for generated
+tasks), draws negatives, computes the loss, updates params (clip_by_global_norm then
+Adam), the EMA and the replay buffer. ``make_multi_step(setup, n)`` runs n of them in a
+lax.scan so the host is touched once per n steps (metrics are averaged over the n steps).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def learning_rate_schedule(config):
 
 def build_setup(config) -> Setup:
   """Validates nothing (call schema.validate first); builds the static pieces."""
-  task = tasks.get_task(config.task, config.rank)
+  task = tasks.from_config(config)
   model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
                     emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
                     inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype,
@@ -85,7 +86,7 @@ def build_setup(config) -> Setup:
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2))
   return Setup(config, task, model, cosine_schedule(config.diffusion_steps), optimizer,
-                    strategies.LossSettings.from_config(config))
+               strategies.LossSettings.from_config(config, task))
 
 
 def init_state(setup: Setup, seed: Optional[int] = None, mesh=None) -> TrainState:
@@ -162,7 +163,7 @@ def combine_gradients(grad_denoise, grad_energy, surgery: str = "none", max_rati
 
 
 def make_train_step(setup: Setup, mesh=None) -> Callable:
-  """The un-jitted ``train_step(state) -> (state, metrics)``; with a mesh the batch is
+  """The un-jitted ``train_step(state, data) -> (state, metrics)``; with a mesh the batch is
   generated sharded along its data axis."""
   c = setup.config
   loss_fn = strategies.make_loss_fn(setup.energy_fn, setup.schedule, setup.loss_settings,
@@ -177,9 +178,9 @@ def make_train_step(setup: Setup, mesh=None) -> Callable:
   else:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-  def train_step(state: TrainState):
+  def train_step(state: TrainState, data=None):
     key, k_data, k_loss = jax.random.split(state.key, 3)
-    inp, x0 = setup.task.sample(k_data, c.batch_size, c.ood)
+    inp, x0 = setup.task.sample(k_data, c.batch_size, c.ood, data)
     if mesh is not None:
       inp, x0 = jax.lax.with_sharding_constraint((inp, x0), parallel.batch_sharding(mesh))
     if split:
@@ -206,17 +207,27 @@ def make_train_step(setup: Setup, mesh=None) -> Callable:
 
 
 def _jit(fn, state_like, mesh, num_host_outputs: int = 1):
-  """jit with the state donated and, on a mesh, its shardings pinned in and out (the
-  ``num_host_outputs`` outputs after the state replicated)."""
+  """jit of ``fn(state, data)`` with the state donated and, on a mesh, its shardings pinned in
+  and out (the task's data and the ``num_host_outputs`` outputs after the state replicated)."""
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   shardings = parallel.state_shardings(state_like, mesh)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(shardings,),
-                 out_shardings=(shardings,) + (parallel.replicated(mesh),) * num_host_outputs)
+  replicated = parallel.replicated(mesh)
+  return jax.jit(fn, donate_argnums=0, in_shardings=(shardings, replicated),
+                 out_shardings=(shardings,) + (replicated,) * num_host_outputs)
+
+
+def device_data(data, mesh=None):
+  """The task's training data (``task.build_data``) on the devices, replicated on a mesh."""
+  if data is None:
+    return None
+  return jax.device_put(data, parallel.replicated(mesh) if mesh is not None else None)
 
 
 def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) -> Callable:
-  """Jitted ``run(state) -> (state, metrics, health)`` doing ``num_steps`` steps on device.
+  """Jitted ``run(state, data) -> (state, metrics, health)`` doing ``num_steps`` steps on
+  device (``data``: the task's training data on the devices, ``device_data``; None for a
+  task that generates its batches).
 
   The state is donated. ``metrics`` are the means over the steps. ``health``:
   ``nonfinite_steps`` (steps with a non-finite loss or gradient norm: an
@@ -225,8 +236,9 @@ def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) ->
   """
   train_step = make_train_step(setup, mesh)
 
-  def run(state):
-    state, stacked = jax.lax.scan(lambda s, _: train_step(s), state, None, length=num_steps)
+  def run(state, data=None):
+    state, stacked = jax.lax.scan(lambda s, _: train_step(s, data), state, None,
+                                  length=num_steps)
     metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
     bad = ~jnp.isfinite(stacked["loss"]) | ~jnp.isfinite(stacked["grad_norm"])
     health = dict(

@@ -15,7 +15,7 @@ import functools
 import jax
 
 from configs import base, none
-from ired_cd import loop, train
+from ired_cd import loop, tasks, train
 from ired_cd.diffusion import cosine_schedule
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
@@ -60,18 +60,31 @@ def tiny_setup(strategy):
 TRACES = collections.Counter()
 
 
+class CountedTask:
+  """A task whose ``sample`` counts its calls in ``TRACES[name]`` (everything else is the
+  task's own)."""
+
+  def __init__(self, task, name):
+    self._task, self._name = task, name
+
+  def sample(self, *args):
+    TRACES[self._name] += 1
+    return self._task.sample(*args)
+
+  def __getattr__(self, attribute):
+    return getattr(self._task, attribute)
+
+
 @functools.lru_cache(maxsize=None)
 def tiny_step(strategy):
   """``train.jit_train_step`` of the tiny setup (state donated), its traces in ``TRACES``."""
   setup = tiny_setup(strategy)
-  draw = setup.task.sample
+  return train.jit_train_step(dataclasses.replace(setup, task=CountedTask(setup.task, strategy)))
 
-  def counted_draw(*args):
-    TRACES[strategy] += 1
-    return draw(*args)
 
-  task = dataclasses.replace(setup.task, sample=counted_draw)
-  return train.jit_train_step(dataclasses.replace(setup, task=task))
+def tiny_task(name):
+  """Task ``name`` at the tiny variant's size (base.TINY_TASKS)."""
+  return tasks.from_config(dict(base.get_config().to_dict(), task=name, **base.TINY_TASKS[name]))
 
 
 # The event jax.monitoring records each time jit traces a function (its name in ``fun_name``).

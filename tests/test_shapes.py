@@ -55,12 +55,14 @@ class ScheduleShapesTest(chex.TestCase):
     self.assertLessEqual(float(jnp.max(jnp.abs(out))), 2.0)
 
   @chex.variants(with_jit=True, without_jit=True)
-  def test_clamp_bound_and_take(self):
-    bound = self.variant(self.sch.clamp_bound)(self.t)
-    chex.assert_shape(bound, (B, 1))
-    chex.assert_type(bound, F32)
-    step = self.variant(take)(self.sch.opt_step_size, self.t)
-    chex.assert_shape(step, (B, 1))
+  def test_descent_rule_and_take(self):
+    """Per-row timesteps give (B, 1) columns, one timestep for all rows two scalars."""
+    rule = self.variant(self.sch.descent_rule)(self.t)
+    chex.assert_shape([rule.step_size, rule.bound, rule.low], [(B, 1)] * 3)
+    chex.assert_type([rule.step_size, rule.bound], F32)
+    rule = self.variant(self.sch.descent_rule)(jnp.int32(3))
+    chex.assert_shape([rule.step_size, rule.bound], [()] * 2)
+    chex.assert_shape(self.variant(take)(self.sch.opt_step_size, self.t), (B, 1))
 
 
 class ModelShapesTest(chex.TestCase):
@@ -123,24 +125,30 @@ class ModelShapesTest(chex.TestCase):
 
 
 class TaskShapesTest(chex.TestCase):
-  """Task samplers (B, inp_dim), (B, out_dim) float32; residuals (B,)."""
+  """Every task's training batches (B, inp_dim), (B, out_dim) float32 (a dataset task's drawn
+  from its data), evaluation sets the same on the host, residuals (B,) float32."""
 
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*[(n, n) for n in tasks.TASK_NAMES])
   def test_sample(self, name):
-    task = tasks.get_task(name, _tiny.RANK)
-    inp, x = self.variant(lambda k: task.sample(k, B, name == "inverse"))(jax.random.PRNGKey(0))
+    task = _tiny.tiny_task(name)
+    data = task.build_data(0)
+    chex.assert_trees_all_equal_shapes_and_dtypes(data, task.data_shapes())
+    inp, x = self.variant(lambda k, d: task.sample(k, B, False, d))(jax.random.PRNGKey(0), data)
     chex.assert_shape([inp, x], [(B, task.inp_dim), (B, task.out_dim)])
     chex.assert_type([inp, x], F32)
     chex.assert_tree_all_finite((inp, x))
-    self.assertEqual(task.out_dim, D)
-    self.assertEqual(task.inp_dim, 2 * D if name == "addition" else D)
+    if name in ("inverse", "lowrank", "addition"):
+      self.assertEqual(task.out_dim, D)
+      self.assertEqual(task.inp_dim, 2 * D if name == "addition" else D)
 
   @chex.variants(with_jit=True, without_jit=True)
-  @parameterized.named_parameters(("inverse", "inverse"), ("addition", "addition"))
-  def test_residual(self, name):
-    task = tasks.get_task(name, _tiny.RANK)
-    inp, x = (jnp.asarray(a, F32) for a in task.sample_numpy(np.random.RandomState(0), B))
+  @parameterized.named_parameters(*[(n, n) for n in tasks.TASK_NAMES])
+  def test_eval_set_and_residual(self, name):
+    task = _tiny.tiny_task(name)
+    inp, x = task.eval_set(B, 0, True)
+    chex.assert_shape([inp, x], [(B, task.inp_dim), (B, task.out_dim)])
+    chex.assert_type([inp, x], np.float32)
     res = self.variant(task.residual)(inp, x)
     chex.assert_shape(res, (B,))
     chex.assert_type(res, F32)
@@ -179,7 +187,7 @@ class ChainShapesTest(chex.TestCase):
   def test_energy_descent(self):
     sch = self.sch
     run = lambda p, inp, y, t, n: energy_descent(  # noqa: E731
-        self.fn, p, inp, y, t, n, take(sch.opt_step_size, t), sch.clamp_bound(t))
+        self.fn, p, inp, y, t, n, sch.descent_rule(t).step_size, sch.descent_rule(t).bound)
     y = self.variant(run)(self.params, self.inp, self.y, self.t, jnp.int32(2))
     chex.assert_shape(y, (B, D))
     chex.assert_type(y, F32)
@@ -223,7 +231,7 @@ class LossShapesTest(chex.TestCase):
   def test_loss_fn(self, strategy):
     settings = _settings(strategy)
     fn, params = _tiny.small_energy()
-    task = tasks.get_task("inverse", _tiny.RANK)
+    task = _tiny.tiny_task("inverse")
     loss_fn = strategies.make_loss_fn(fn, _tiny.schedule(), settings, task.residual)
     buf = replay.create_sharded(1, _tiny.T, 16, 4, D) if settings.use_replay_buffer else None
     inp, x0 = task.sample(jax.random.PRNGKey(0), B)
@@ -263,7 +271,7 @@ class SamplerShapesTest(chex.TestCase):
     """make_sampler is jitted already: (B, D) float32, and one trace for any inner_steps
     (the count is traced, not static)."""
     fn, params = _tiny.small_energy()
-    sample = sampler.make_sampler(fn, _tiny.schedule(), D)
+    sample = sampler.make_sampler(fn, _tiny.schedule())
     inp = jnp.ones((3, D))
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     with _tiny.jit_traces() as traced:
