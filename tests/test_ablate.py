@@ -1,6 +1,7 @@
 """The strategy ablation (ired_cd.ablation, experiments.ablate) and the per-run plots
 (experiments.plot) end to end."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -88,8 +89,10 @@ def test_json_holds_the_means_of_the_run_summaries(grid):
   with open(os.path.join(workdir, "ablation.json")) as f:
     assert json.load(f) == json.loads(json.dumps(report))
   first = summary(workdir, "none", 0)
-  assert report["baseline"] == {"eval/mse": first["eval/mse_mean_predictor"],
-                                "eval/mse_ood": first["eval/mse_ood_mean_predictor"]}
+  assert report["baselines"] == {"mean_predictor": {
+      "eval/mse": first["eval/mse_mean_predictor"],
+      "eval/mse_ood": first["eval/mse_ood_mean_predictor"]}}
+  assert [m["name"] for m in report["task"]["metrics"]] == ["mse"]
   for strategy in STRATEGIES:
     row = report["rows"][strategy]
     runs = [summary(workdir, strategy, k) for k in (0, 1)]
@@ -116,7 +119,7 @@ def test_markdown_table_has_a_row_per_strategy_and_the_baseline(grid):
   header, rows = table(workdir)
   assert header == COLUMNS
   assert list(rows) == ["mean predictor"] + STRATEGIES
-  assert rows["mean predictor"][2] == f"{report['baseline']['eval/mse']:#.4g}"
+  assert rows["mean predictor"][2] == f"{report['baselines']['mean_predictor']['eval/mse']:#.4g}"
   for strategy in STRATEGIES:
     cells, row = rows[strategy], report["rows"][strategy]
     assert cells[1] == "2/2"
@@ -237,19 +240,27 @@ def test_inner_steps_sweep_scores_every_completed_run_once(grid):
   assert "inner_steps" not in fresh["rows"]["none"]
 
 
+# Every landscape measure on few problems, steps and trajectories.
+LANDSCAPE = landscape.Settings(eval_size=4, radii=(0.25,), repair_timesteps=(0,),
+                               repair_steps=(0, 2), acceptance_inner_steps=(1,),
+                               chain_negatives=1, scaling_extra_steps=(0, 2), trajectories=2,
+                               breadth_renoise=(0.0, 1.0), chunk=4)
+
+
 def test_landscape_columns_measure_every_completed_run_once(grid):
-  """--landscape_size: each run's final checkpoint measured by experiments.landscape (its
+  """landscape settings: each run's final checkpoint measured by experiments.landscape (its
   landscape.json), the means of landscape.summary over seeds in the report, a table and a
-  figure; a rerun reuses the measurements, and another size is not taken for this one."""
+  figure; a rerun reuses the measurements, and other settings (a file of another layout,
+  another seed, another size) are measured again, not taken for these."""
   workdir, _ = grid
-  report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
+  report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_settings=LANDSCAPE)
   for strategy in STRATEGIES:
     columns = []
     for seed in (0, 1):
       saved = metrics_io.read_json(os.path.join(workdir, strategy, f"seed{seed}",
                                                 "landscape.json"))
-      assert (saved["run"]["step"], saved["run"]["eval_size"], saved["run"]["seed"]) == (
-          20, 8, seed)
+      assert (saved["run"]["step"], saved["run"]["seed"]) == (20, seed)
+      assert saved["settings"] == LANDSCAPE.as_json()
       columns.append(landscape.summary(saved))
     row = report["rows"][strategy]["landscape"]
     for key, _, _ in ablation.LANDSCAPE_MEASURES:
@@ -259,21 +270,24 @@ def test_landscape_columns_measure_every_completed_run_once(grid):
   with open(os.path.join(workdir, "ablation.md")) as f:
     text = f.read()
   assert "## Energy landscape" in text and "Spearman(E, residual)" in text
+  assert "4 problems per set" in text and "2 trajectories a problem" in text
   assert_png(os.path.join(workdir, "ablation_landscape.png"))
   measured = os.path.join(workdir, "none", "seed0", "landscape.json")
   before = os.stat(measured).st_mtime_ns
-  again = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
+  again = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_settings=LANDSCAPE)
   assert os.stat(measured).st_mtime_ns == before
   assert again["rows"]["cd_full"]["landscape"] == report["rows"]["cd_full"]["landscape"]
-  older = metrics_io.read_json(measured)  # a landscape.json of an older format: measured again
-  del older["run"]["version"]
+  older = metrics_io.read_json(measured)  # a landscape.json of another layout: measured again
+  older["settings"]["format"] -= 1
   metrics_io.write_json_atomic(measured, older)
-  ablation.run_ablation(tiny(), ["none"], 1, workdir, landscape_size=8)
-  assert metrics_io.read_json(measured)["run"]["version"] == landscape.VERSION
-  other = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=16,
-                                report_only=True)
-  assert all(r["landscape"] is None for r in other["runs"])
-  assert "landscape" not in other["rows"]["none"]
+  ablation.run_ablation(tiny(), ["none"], 1, workdir, landscape_settings=LANDSCAPE)
+  assert metrics_io.read_json(measured)["settings"] == LANDSCAPE.as_json()
+  for other in (dataclasses.replace(LANDSCAPE, eval_size=5),
+                dataclasses.replace(LANDSCAPE, seed=1)):
+    unmeasured = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_settings=other,
+                                       report_only=True)
+    assert all(r["landscape"] is None for r in unmeasured["runs"])
+    assert "landscape" not in unmeasured["rows"]["none"]
 
 
 def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
@@ -281,7 +295,8 @@ def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
   command named; protocols that differ, or a seed in two reports, are refused."""
   workdir, report = grid
   apart = [ablation.summarize([r for r in report["runs"] if r["strategy"] == s], [s],
-                              report["config"], report["base_config"], f"grid {s}")
+                              report["config"], report["base_config"], report["task"],
+                              f"grid {s}")
            for s in STRATEGIES]
   merged = ablation.merge(apart, "merge command")
   assert merged["rows"] == report["rows"] and merged["strategies"] == STRATEGIES

@@ -10,7 +10,8 @@ import sys
 import numpy as np
 import pytest
 
-from ired_cd import evaluation, solve, tasks, train
+from configs import sat as sat_config
+from ired_cd import evaluation, loop, solve, tasks, train
 from tests import _tiny
 from ired_cd import sampler as sampler_lib
 
@@ -28,7 +29,7 @@ def workdir(tmp_path_factory):
 
 def problems(n=6, seed=3, ood=False):
   """(A (n, 4, 4), A^{-1} (n, 4, 4)) from the training distribution (or the harder one)."""
-  a, x = tasks.get_task("inverse", RANK).sample_numpy(np.random.RandomState(seed), n, ood)
+  a, x = tasks.get_task("inverse", rank=RANK).sample_numpy(np.random.RandomState(seed), n, ood)
   return a.reshape(n, RANK, RANK).astype(np.float32), x.reshape(n, RANK, RANK)
 
 
@@ -55,7 +56,7 @@ def test_answers_in_both_layouts_are_the_unscaled_x0(workdir):
   # The evaluator's default output is sqrt(abar_0) x0 from the same start noise.
   model = solve.load(workdir)
   setup = train.build_setup(model.config)
-  default = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
+  default = sampler_lib.make_sampler(setup.energy_fn, setup.schedule)
   rows = a.reshape(6, -1).astype(np.float32)
   scaled = evaluation.predict(default, model.params, rows, solve.content_keys(rows), 3, 6,
                               model.mesh)
@@ -67,7 +68,7 @@ def test_answers_in_both_layouts_are_the_unscaled_x0(workdir):
 def test_score_agrees_with_numpy(workdir):
   a, inverse = problems()
   x = solve.solve(workdir, a)[5]
-  task = tasks.get_task("inverse", RANK)
+  task = tasks.get_task("inverse", rank=RANK)
   metrics = solve.score(task, a.reshape(6, -1), x.reshape(6, -1))
   residual = np.linalg.norm(a.astype(np.float64) @ x - np.eye(RANK), axis=(1, 2))
   assert metrics["residual_mean"] == pytest.approx(residual.mean(), rel=1e-5)
@@ -85,7 +86,7 @@ def test_cli_writes_one_file_per_count_and_prints_numpy_s_numbers(workdir, tmp_p
   assert result.returncode == 0, result.stderr
   assert "warning:" not in result.stderr
   lines = result.stdout.strip().splitlines()
-  assert lines[0].startswith("6 inverse problems (4x4)") and "checkpoint step 20" in lines[0]
+  assert lines[0].startswith("6 problems of inverse 4x4") and "checkpoint step 20" in lines[0]
   assert sorted(os.listdir(tmp_path)) == ["A.npy", "X_steps0.npy", "X_steps2.npy"]
   for line, k in zip(lines[1:], (0, 2)):
     count, mean, median, mse, path = LINE.match(line).groups()
@@ -112,19 +113,19 @@ def test_cli_one_count_one_file_in_the_input_layout(workdir, tmp_path):
 
 def test_out_of_distribution_inputs_are_solved_with_a_warning(workdir, tmp_path):
   a, _ = problems()
-  task = tasks.get_task("inverse", RANK)
+  task = tasks.get_task("inverse", rank=RANK)
   for ood in (False, True):  # both evaluation distributions are in distribution
-    assert solve.distribution_warnings(task, RANK, problems(ood=ood)[0].reshape(6, -1)) == []
+    assert task.distribution_warnings(problems(ood=ood)[0].reshape(6, -1)) == []
   not_spd = a.copy()
   not_spd[2] = -a[2]  # symmetric, negative definite, same norm
-  warned = solve.distribution_warnings(task, RANK, not_spd.reshape(6, -1))
+  warned = task.distribution_warnings(not_spd.reshape(6, -1))
   assert len(warned) == 1 and warned[0].startswith(
       "1 of 6 problems are not symmetric positive definite (first: problem 2)")
   asymmetric = a.copy()
   asymmetric[:, 0, 1] += 0.5
-  assert solve.distribution_warnings(task, RANK, asymmetric.reshape(6, -1))[0].startswith(
+  assert task.distribution_warnings(asymmetric.reshape(6, -1))[0].startswith(
       "6 of 6 problems are not symmetric positive definite")
-  large = solve.distribution_warnings(task, RANK, 10 * a.reshape(6, -1))
+  large = task.distribution_warnings(10 * a.reshape(6, -1))
   assert len(large) == 1 and large[0].startswith("6 of 6 problems have a norm outside")
   with pytest.warns(solve.OutOfDistributionWarning, match="not symmetric positive definite"):
     answers = solve.solve(workdir, not_spd)
@@ -139,7 +140,8 @@ def test_out_of_distribution_inputs_are_solved_with_a_warning(workdir, tmp_path)
 
 
 def _bad_inputs(tmp_path, workdir):
-  """name -> (flags, field named in the error) of each bad-input case."""
+  """name -> (flags, field named in the error) of each bad-input case, its files in
+  ``tmp_path``."""
   a, _ = problems()
   cases = {"missing file": ("A_missing.npy", "input"), "not an array": ("A.txt.npy", "input"),
            "wrong size": ("A5.npy", "input"), "one matrix": ("A1.npy", "input"),
@@ -188,6 +190,50 @@ def _bad_inputs(tmp_path, workdir):
   return result
 
 
+# Runs experiments.solve's main on each case of a JSON list {name: argv} in one interpreter
+# (one JAX start for all), printing {name: [exit message or None, stdout, files changed]}.
+DRIVER = """
+import contextlib, io, json, os, sys
+from absl import flags
+from experiments import cli
+from experiments import solve as tool
+cases, watched = json.loads(sys.argv[1]), sys.argv[2:]
+def files():
+  return {os.path.join(d, f): os.stat(os.path.join(d, f))[6:9:2]
+          for root in watched for d, _, names in os.walk(root) for f in names}
+out = {}
+for name, argv in cases.items():
+  flags.FLAGS.unparse_flags()
+  before, printed, message = files(), io.StringIO(), None
+  try:
+    with contextlib.redirect_stdout(printed):
+      argv = cli.parse_flags(["solve"] + argv)
+      tool.main(argv)
+  except SystemExit as exit:
+    message = exit.code
+  out[name] = [message, printed.getvalue(), files() != before]
+print(json.dumps(out))
+"""
+
+
+def run_cases(cases, *watched):
+  """experiments.solve on each case (name -> flags), in one process: {name: (exit message or
+  None, stdout, whether a file under ``watched`` changed)}."""
+  result = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases), *map(str, watched)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr
+  return json.loads(result.stdout.splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bad_input_outcomes(workdir, tmp_path_factory):
+  """Every bad-input case run once: {name: (outcome, field)}."""
+  root = tmp_path_factory.mktemp("bad_inputs")
+  cases = _bad_inputs(root, workdir)
+  outcomes = run_cases({name: args for name, (args, _) in cases.items()}, root, workdir)
+  return {name: (outcomes[name], field) for name, (_, field) in cases.items()}
+
+
 CASES = ["missing file", "not an array", "wrong size", "one matrix", "non-finite",
          "no config.json", "no checkpoint", "missing checkpoint step", "negative inner steps",
          "no output directory", "output is the input", "an output is the input",
@@ -201,16 +247,23 @@ MESSAGES = {"not an array": "is not a .npy file written by numpy.save",
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_cli_bad_input_is_one_line_naming_the_field_and_writes_nothing(workdir, tmp_path, case):
-  args, field = _bad_inputs(tmp_path, workdir)[case]
-  before = files(tmp_path), files(workdir)
-  result = run_cli(*args)
-  assert result.returncode != 0
-  assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-  assert result.stderr.startswith(f"error: --{field}: "), result.stderr
-  assert MESSAGES.get(case, "") in result.stderr
-  assert result.stdout == ""
-  assert (files(tmp_path), files(workdir)) == before
+def test_cli_bad_input_is_one_line_naming_the_field_and_writes_nothing(bad_input_outcomes, case):
+  (message, stdout, changed), field = bad_input_outcomes[case]
+  assert isinstance(message, str), message  # sys.exit(message): exit status 1, on stderr
+  assert len(message.strip().splitlines()) == 1, message
+  assert message.startswith(f"error: --{field}: "), message
+  assert MESSAGES.get(case, "") in message
+  assert stdout == "" and not changed
+
+
+def test_the_bad_input_exit_is_status_1_without_a_traceback(workdir, tmp_path):
+  """Through the real command line once: exit status 1, one line, no traceback."""
+  result = run_cli(f"--workdir={workdir}", f"--input={tmp_path / 'missing.npy'}",
+                   f"--output={tmp_path / 'X.npy'}")
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+      f"error: --input: cannot read {tmp_path / 'missing.npy'} as a .npy array "
+      f"([Errno 2] No such file or directory: '{tmp_path / 'missing.npy'}')"]
 
 
 def test_library_errors_name_the_field(workdir):
@@ -274,3 +327,111 @@ def test_an_answer_does_not_depend_on_its_row_or_batch_and_one_sampler_serves_ev
   # 2 and 8 rows are two more shapes).
   assert traced["sample"] == 3
   assert model.config.eval_chunk > 8
+
+
+# ----------------------------------------------------------------- instance files (3-SAT)
+@pytest.fixture(scope="module")
+def sat_workdir(tmp_path_factory):
+  """A tiny trained 3-SAT run (20 steps): 8 variables, up to 34 clauses."""
+  config = sat_config.get_config("tiny")
+  config.train_steps = 20
+  path = str(tmp_path_factory.mktemp("sat_run"))
+  loop.train_and_evaluate(config, path, progress=False)
+  return path
+
+
+def write_cnf(path, clauses, variables=8, header_clauses=None):
+  """A formula as SATLIB writes it: comments, the header, one clause a line, '%' and '0'."""
+  lines = ["c generated for a test", "c", f"p cnf {variables} "
+           f"{len(clauses) if header_clauses is None else header_clauses}"]
+  lines += [" ".join(map(str, c)) + " 0" for c in clauses] + ["%", "0", ""]
+  path.write_text("\n".join(lines))
+
+
+def formulas(n):
+  """n satisfiable formulas of the tiny task's in-distribution set, as clause lists."""
+  task = tasks.from_config(sat_config.get_config("tiny"))
+  inputs, _ = task.eval_set(n, 0, False)
+  matrices = inputs.reshape(n, task.max_clauses, task.variables)
+  return [[[int(v * (j + 1)) for j, v in enumerate(row) if v] for row in m if row.any()]
+          for m in matrices]
+
+
+def test_cli_solves_a_directory_of_dimacs_files(sat_workdir, tmp_path):
+  """Each formula gets NAME.sol: 's SATISFIABLE' exactly when its decoded assignment leaves no
+  clause unsatisfied (checked here clause by clause), then 'v' lines; printed: each file's
+  violations, then how many were solved."""
+  inputs = tmp_path / "formulas"
+  inputs.mkdir()
+  clauses = formulas(3)
+  for i, formula in enumerate(clauses):
+    write_cnf(inputs / f"uf8-{i}.cnf", formula)
+  (inputs / "notes.txt").write_text("not a formula")
+  result = run_cli(f"--workdir={sat_workdir}", f"--input={inputs}",
+                   f"--output={tmp_path / 'solutions'}")
+  assert result.returncode == 0, result.stderr
+  assert sorted(os.listdir(tmp_path / "solutions")) == [f"uf8-{i}.sol" for i in range(3)]
+  lines = result.stdout.strip().splitlines()
+  assert lines[0].startswith("3 problems of 3-SAT n=8")
+  solved = 0
+  for i, formula in enumerate(clauses):
+    text = (tmp_path / "solutions" / f"uf8-{i}.sol").read_text().splitlines()
+    literals = [int(v) for line in text if line.startswith("v ") for v in line.split()[1:]]
+    assert literals[-1] == 0 and sorted(abs(v) for v in literals[:-1]) == list(range(1, 9))
+    unsatisfied = sum(not any(lit in literals for lit in c) for c in formula)
+    assert (text[1] == "s SATISFIABLE") == (unsatisfied == 0)
+    assert lines[1 + i] == f"  {inputs / f'uf8-{i}.cnf'}: {unsatisfied} violations"
+    solved += unsatisfied == 0
+  assert lines[-1] == f"inner_steps=5: solved {solved} of 3 -> {tmp_path / 'solutions'}"
+
+
+def test_cli_bad_instance_files_are_one_line_and_write_nothing(sat_workdir, tmp_path):
+  good = tmp_path / "good.cnf"
+  write_cnf(good, formulas(1)[0])
+  broken = tmp_path / "broken"
+  broken.mkdir()
+  write_cnf(broken / "a.cnf", formulas(1)[0])
+  (broken / "b.cnf").write_text("c fine so far\np cnf 8 2\n1 2 3 0\n4 five 6 0\n")
+  write_cnf(tmp_path / "wide.cnf", [[1, 9, 2]], variables=9)
+  write_cnf(tmp_path / "long.cnf", [[1, 2, 3]] * 35)
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  out = tmp_path / "out"
+  cases = {
+      "malformed": [f"--input={broken}", f"--output={out}"],
+      "too many variables": [f"--input={tmp_path / 'wide.cnf'}", f"--output={out}"],
+      "too many clauses": [f"--input={tmp_path / 'long.cnf'}", f"--output={out}"],
+      "no formulas": [f"--input={empty}", f"--output={out}"],
+      "output is a file": [f"--input={good}", f"--output={good}"],
+  }
+  outcomes = run_cases({k: [f"--workdir={sat_workdir}"] + v for k, v in cases.items()},
+                       tmp_path, sat_workdir)
+  expected = {
+      "malformed": f"error: --input: {broken / 'b.cnf'}, line 4: 'five' is not an integer literal",
+      "too many variables": f"error: --input: {tmp_path / 'wide.cnf'}: 9 variables; the run's "
+                            "model takes at most 8 (config sat_variables)",
+      "too many clauses": f"error: --input: {tmp_path / 'long.cnf'}: 35 clauses; the run's "
+                          "model takes at most 34 (config sat_clauses, sat_clauses_ood)",
+      "no formulas": f"error: --input: no .cnf files in {empty}",
+      "output is a file": f"error: --output: {good} is a file; name a directory for the .sol "
+                          "files"}
+  for name, (message, stdout, changed) in outcomes.items():
+    assert (message, stdout, changed) == (expected[name], "", False), name
+  assert not out.exists()
+
+
+def test_solution_files_replace_old_ones_whole_or_not_at_all(tmp_path, monkeypatch):
+  task = tasks.get_task("sat", variables=4, clauses=(2, 3), clauses_ood=3)
+  path = str(tmp_path / "f.sol")
+  answers = np.array([[1.0, -1.0, 1.0, -1.0]])
+  solve.write_solutions(task, [path], answers, [4], np.array([0]))
+  before = open(path).read()
+  assert "s SATISFIABLE" in before
+
+  class Unwritable:  # the new file is open when writing it fails
+    pass
+
+  monkeypatch.setattr(type(task), "format_answer", lambda self, *args: Unwritable())
+  with pytest.raises(TypeError):
+    solve.write_solutions(task, [path], -answers, [4], np.array([3]))
+  assert open(path).read() == before and os.listdir(tmp_path) == ["f.sol"]
