@@ -185,14 +185,16 @@ def test_nonfinite_training_stops_with_a_clear_message(diverged):
   assert 1 <= summary["failed_step"] <= config.log_every and summary["failed_quantity"] == "loss"
 
 
-def contents(root):
-  """{relative path: bytes} of every file under ``root``."""
-  found = {}
-  for directory, _, names in os.walk(root):
+def snapshot(directory):
+  """{relative path: bytes} of every file under ``directory``; None if it does not exist."""
+  if not os.path.exists(directory):
+    return None
+  files = {}
+  for root, _, names in os.walk(directory):
     for name in names:
-      with open(os.path.join(directory, name), "rb") as f:
-        found[os.path.relpath(os.path.join(directory, name), root)] = f.read()
-  return found
+      with open(os.path.join(root, name), "rb") as f:
+        files[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return files
 
 
 def _cut_short(path):
@@ -205,9 +207,9 @@ def reruns(diverged, tmp_path_factory):
   """{file cut short (None: none): (workdir, the rerun's result, files before, after)} of the
   diverged run rerun unchanged in a copy of its workdir, the reruns side by side."""
   def rerun(workdir):
-    before = contents(workdir)
+    before = snapshot(workdir)
     result = run_cli(*DIVERGING, f"--workdir={workdir}")
-    return workdir, result, before, contents(workdir)
+    return workdir, result, before, snapshot(workdir)
 
   runs = {}
   with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
