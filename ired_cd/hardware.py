@@ -2,9 +2,10 @@
 
 ``compile_run(config, target, target_mesh(target))`` builds exactly what
 ``experiments.run`` runs on ``target``: on the mesh over the target's devices
-(``target_mesh``, built once for every program compiled for it), the train state in its shardings (``train.abstract_state``: replay buffer one shard
-per device), ``train.make_multi_step`` over ``log_every`` steps with the state
-donated, and the evaluation sampler on the mesh (``evaluation``'s chunk, problems
+(``target_mesh``, built once for every program compiled for it), the train state
+in its shardings (``train.abstract_state``: replay buffer one shard per device),
+``train.make_multi_step`` over ``log_every`` steps with the state donated, and
+the evaluation sampler on the mesh (``evaluation``'s chunk, problems
 on the ``data`` axis). Inputs are jax.ShapeDtypeStructs: nothing is allocated.
 It returns, per device: XLA's memory (arguments, outputs, temporaries, code),
 whether it fits the chip, the matmul FLOPs of a train step (``flops``) and a
