@@ -8,7 +8,7 @@ Compiles what ``experiments.run`` would run on the target (ired_cd.hardware) and
 prints, per strategy, the per-device memory, whether it fits, the matmul FLOPs
 per step and a roofline lower bound of the step time, then the same as one JSON
 line. Predictions from the compiled programs, not measurements. Needs the
-compile packages, installed apart from the run's:
+compile packages, installed apart from the run's (ired_cd/compile_packages.py):
   pip install --target .venv/compile-packages -r requirements-compile.txt
 """
 
@@ -16,10 +16,9 @@ import json
 import os
 import sys
 
-COMPILE_PACKAGES = os.path.join(sys.prefix, "compile-packages")
 if __name__ == "__main__":  # before JAX is imported: its compile-only backends, and the CPU
-  from ired_cd import quiet  # (a GPU or TPU VM's own devices are not used)
-  sys.path.insert(0, COMPILE_PACKAGES)
+  from ired_cd import compile_packages, quiet  # (a GPU or TPU VM's own devices are not used)
+  sys.path.insert(0, compile_packages.FOLDER)
   os.environ["JAX_PLATFORMS"] = "cpu"  # the CUDA plugin then registers without a GPU
   os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")  # no TPU VM metadata server to ask
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # several compiles at once
@@ -31,7 +30,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from configs import base  # noqa: E402
 from experiments import cli  # noqa: E402
-from ired_cd import hardware, loop, parallel, schema  # noqa: E402
+from ired_cd import hardware, loop, schema  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _TARGET = flags.DEFINE_string("target", None, "Where the run would go: a TPU slice (v5e-8, "
@@ -73,37 +72,31 @@ def main(argv):
     sys.exit(f"error: --target: give one of {', '.join(hardware.known_targets())}")
   try:
     target = hardware.get_target(_TARGET.value, _HOSTS.value)
-    devices = hardware.target_devices(target)
-    strategies = _STRATEGIES.value or [_CONFIG.value.mining_strategy]
-    bad = [s for s in strategies if s not in schema.STRATEGIES]
-    if bad:
-      raise schema.ConfigError(f"--strategies: {bad[0]!r} is not one of {schema.STRATEGIES}")
-    configs = [base.run_config(_CONFIG.value, s) for s in strategies]
+    if _STRATEGIES.value is not None:
+      cli.check_choices(_STRATEGIES, schema.STRATEGIES)
+    mesh = hardware.target_mesh(target)
+    configs = [base.run_config(_CONFIG.value, s)
+               for s in _STRATEGIES.value or [_CONFIG.value.mining_strategy]]
     for config in configs:
-      loop.check_devices(config, parallel.make_mesh(devices=devices))
+      loop.check_devices(config, mesh)
   except (hardware.TargetError, schema.ConfigError) as err:
     sys.exit(f"error: {err}")
-  failed, sampler_memory = False, None  # the sampler is the same for every strategy
-  for config in configs:
+  results = hardware.compile_strategies(
+      configs, target, mesh, _MAX_BATCH.value,
+      on_probe=lambda batch, fits: print(f"  batch {batch}: {'fits' if fits else 'too big'}",
+                                         file=sys.stderr, flush=True))
+  failed = False
+  for config in configs:  # the results come in this order
     try:
-      result = hardware.compile_run(config, target, devices, sampler_memory)
-      sampler_memory = result["sampler_memory"]
-      if _MAX_BATCH.value:
-        result["max_batch"] = hardware.max_batch(
-            config, target, devices, result,
-            on_probe=lambda batch, fits: print(f"  batch {batch}: {'fits' if fits else 'too big'}",
-                                               file=sys.stderr, flush=True))
-    except hardware.DoesNotFit as err:
-      print(f"error: {config.mining_strategy} at batch {config.batch_size} does not fit "
-            f"{target.name}: {err}", file=sys.stderr)
-      print(json.dumps(dict(target=target.name, strategy=config.mining_strategy,
-                            batch_size=config.batch_size, fits=False, error=str(err))), flush=True)
-      failed = True
-      continue
+      result = next(results)
     except Exception as err:  # noqa: BLE001 - a compile failure is one line, not a traceback
       sys.exit(f"error: compiling {config.mining_strategy} for {target.name} failed: "
                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    print(describe(result))
+    if "error" in result:
+      print(f"error: {config.mining_strategy} at batch {config.batch_size} does not fit "
+            f"{target.name}: {result['error']}", file=sys.stderr)
+    else:
+      print(describe(result))
     print(json.dumps(result), flush=True)
     failed |= not result["fits"]
   if failed:

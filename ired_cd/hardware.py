@@ -1,21 +1,23 @@
 """Ahead-of-time compilation of a run for TPU slices and NVIDIA GPUs, on a machine without them.
 
-``compile_run(config, target)`` builds exactly what ``experiments.run`` runs on
-``target``: the mesh over the target's devices (``parallel.make_mesh``), the
-train state in its shardings (``train.abstract_state``: replay buffer one shard
-per device), ``train.make_multi_step`` over ``log_every`` steps with the state
-donated, and the evaluation sampler on the mesh (``evaluation``'s chunk, problems
+``compile_run(config, target, target_mesh(target))`` builds exactly what
+``experiments.run`` runs on ``target``: on the mesh over the target's devices
+(``target_mesh``, built once for every program compiled for it), the train state
+in its shardings (``train.abstract_state``: replay buffer one shard per device),
+``train.make_multi_step`` over ``log_every`` steps with the state donated, and
+the evaluation sampler on the mesh (``evaluation``'s chunk, problems
 on the ``data`` axis). Inputs are jax.ShapeDtypeStructs: nothing is allocated.
 It returns, per device: XLA's memory (arguments, outputs, temporaries, code),
 whether it fits the chip, the matmul FLOPs of a train step (``flops``) and a
-roofline lower bound of the step time.
+roofline lower bound of the step time. ``compile_strategies`` does so for several
+strategies, ``max_batch`` finds the largest batch that fits.
 
 Targets: TPU slices by their cloud names (``v5e-16``), NVIDIA GPUs by name and
 count (``h100x8``), with XLA's GPU target configs in ``gpu_targets/``. Chips'
 memory, peak FLOP/s and bandwidth, with their sources: docs/hardware.md. The
 compile-only backends (libtpu, the CUDA plugin) come from requirements-compile.txt,
-installed apart (``experiments/compile.py`` puts them on the path): a normal run
-never loads them.
+installed apart (``compile_packages``; ``experiments/compile.py`` puts them on the
+path): a normal run never loads them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import topologies
 
-from ired_cd import evaluation, flops, parallel, quiet, train
+from ired_cd import compile_packages, evaluation, flops, parallel, quiet, train
 
 GPU_TARGETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gpu_targets")
 GIB = 1024 ** 3
@@ -66,32 +68,51 @@ GPU_CONFIGS = {"a100-80gb": "a100_sxm_80.txtpb", "h100": "h100_sxm.txtpb", "h200
 @dataclasses.dataclass(frozen=True)
 class Target:
   """Where a run would go: ``chip`` x devices as JAX's topology names them (TPU: ``v5e:4x4``
-  with ``chips_per_host`` bounds; GPU: ``hosts x 1 x GPUs per host``)."""
+  with ``chips_per_host`` bounds and the torus ``wrap`` of each axis; GPU: ``hosts x 1 x GPUs
+  per host``)."""
 
   name: str
   chip: str
   topology: str
   chips_per_host: Optional[tuple] = None
+  wrap: Optional[tuple] = None
 
   @property
   def platform(self) -> str:
-    return "cuda" if self.chip in GPU_CONFIGS else "tpu"
+    """The platform its devices name (``Device.platform``)."""
+    return "gpu" if self.chip in GPU_CONFIGS else "tpu"
 
 
-# Cloud TPU names -> (chip, topology, chips per host bounds). The number counts TensorCores
-# for v4 and v5p (two per chip: v4-8 is 4 chips, 4 per host) and chips for v5e and v6e (up
-# to 8 per host: v5e-8 is one host, v5e-32 four).
+# Cloud TPU names -> (chip, topology, chips per host bounds[, wrap]), as MaxText's
+# accelerator_to_spec_map.py gives them (docs/hardware.md). The number counts TensorCores for
+# v4 and v5p (two per chip: v4-8 is 4 chips, 4 per host) and chips for v5e and v6e. Every
+# multi-host v5e and v6e slice is made of 4-chip hosts (v5e-16 is 4 hosts); v5e-8 and v6e-8
+# are one 8-chip host, as a Cloud TPU VM of that name is.
 _TPU_SLICES = {
-    "v4-8": ("v4", "v4:2x2x1", (2, 2, 1)), "v4-16": ("v4", "v4:2x2x2", (2, 2, 1)),
+    "v4-8": ("v4", "v4:2x2x1", (2, 2, 1)),
+    "v4-16": ("v4", "v4:2x2x2", (2, 2, 1)),
     "v4-32": ("v4", "v4:2x2x4", (2, 2, 1)),
-    "v5p-8": ("v5p", "v5p:2x2x1", (2, 2, 1)), "v5p-16": ("v5p", "v5p:2x2x2", (2, 2, 1)),
+    "v5p-8": ("v5p", "v5p:2x2x1", (2, 2, 1)),
+    "v5p-16": ("v5p", "v5p:2x2x2", (2, 2, 1)),
     "v5p-32": ("v5p", "v5p:2x2x4", (2, 2, 1)),
-    "v5e-1": ("v5e", "v5e:1x1", (1, 1, 1)), "v5e-4": ("v5e", "v5e:2x2", (2, 2, 1)),
-    "v5e-8": ("v5e", "v5e:2x4", (2, 4, 1)), "v5e-16": ("v5e", "v5e:4x4", (2, 4, 1)),
-    "v5e-32": ("v5e", "v5e:4x8", (2, 4, 1)), "v5e-64": ("v5e", "v5e:8x8", (2, 4, 1)),
-    "v6e-1": ("v6e", "v6e:1x1", (1, 1, 1)), "v6e-4": ("v6e", "v6e:2x2", (2, 2, 1)),
-    "v6e-8": ("v6e", "v6e:2x4", (2, 4, 1)), "v6e-16": ("v6e", "v6e:4x4", (2, 4, 1)),
-    "v6e-32": ("v6e", "v6e:4x8", (2, 4, 1)), "v6e-64": ("v6e", "v6e:8x8", (2, 4, 1)),
+    "v5p-64": ("v5p", "v5p:2x4x4", (2, 2, 1)),
+    "v5p-128": ("v5p", "v5p:4x4x4", (2, 2, 1), (True, True, True)),
+    "v5e-1": ("v5e", "v5e:1x1", (1, 1, 1)),
+    "v5e-4": ("v5e", "v5e:2x2", (2, 2, 1)),
+    "v5e-8": ("v5e", "v5e:2x4", (2, 4, 1)),
+    "v5e-16": ("v5e", "v5e:4x4", (2, 2, 1)),
+    "v5e-32": ("v5e", "v5e:4x8", (2, 2, 1)),
+    "v5e-64": ("v5e", "v5e:8x8", (2, 2, 1)),
+    "v5e-128": ("v5e", "v5e:8x16", (2, 2, 1), (False, True, False)),
+    "v5e-256": ("v5e", "v5e:16x16", (2, 2, 1), (True, True, False)),
+    "v6e-1": ("v6e", "v6e:1x1", (1, 1, 1)),
+    "v6e-4": ("v6e", "v6e:2x2", (2, 2, 1)),
+    "v6e-8": ("v6e", "v6e:2x4", (2, 4, 1)),
+    "v6e-16": ("v6e", "v6e:4x4", (2, 2, 1)),
+    "v6e-32": ("v6e", "v6e:4x8", (2, 2, 1)),
+    "v6e-64": ("v6e", "v6e:8x8", (2, 2, 1)),
+    "v6e-128": ("v6e", "v6e:8x16", (2, 2, 1), (False, True, False)),
+    "v6e-256": ("v6e", "v6e:16x16", (2, 2, 1), (True, True, False)),
 }
 _GPU_COUNTS = (1, 8)
 
@@ -129,19 +150,26 @@ def target_devices(target: Target):
       jax.devices()  # discovers the plugins (the CUDA stub prints here)
       if target.platform == "tpu":
         # A v4 chip's two TensorCores are one JAX device (megacore), as on a v4 TPU VM.
-        megacore = {"chip_config_name": "megacore"} if target.chip == "v4" else {}
+        options = {"chip_config_name": "megacore"} if target.chip == "v4" else {}
+        if target.wrap:
+          options["wrap"] = list(target.wrap)
         topology = topologies.get_topology_desc(
             platform="tpu", topology_name=target.topology,
-            chips_per_host_bounds=list(target.chips_per_host), **megacore)
-      else:
+            chips_per_host_bounds=list(target.chips_per_host), **options)
+      else:  # the CUDA plugin's topology
         with open(os.path.join(GPU_TARGETS, GPU_CONFIGS[target.chip])) as f:
           topology = topologies.get_topology_desc(platform="cuda", target_config=f.read(),
                                                   topology=target.topology)
   except (RuntimeError, NotImplementedError) as err:
-    raise TargetError(f"--target: cannot compile for {target.name} here ({err}): are the "
-                      "compile packages (requirements-compile.txt) installed as "
-                      "experiments/compile.py says?") from err
+    raise TargetError(f"--target: cannot compile for {target.name} here "
+                      f"({str(err).splitlines()[0]}); install the compile packages: "
+                      f"{compile_packages.INSTALL}") from err
   return topology.devices
+
+
+def target_mesh(target: Target):
+  """The mesh ``experiments.run`` would build on ``target``, over its compile-only devices."""
+  return parallel.make_mesh(devices=target_devices(target))
 
 
 def memory_breakdown(compiled) -> Dict[str, int]:
@@ -234,13 +262,12 @@ def replay_shards(compiled_train) -> Optional[Dict[str, int]]:
               devices_holding_one=len(set(starts)))
 
 
-def compile_run(config, target: Target, devices=None, sampler_memory=None) -> Dict:
-  """Compiles ``config``'s train step and evaluation sampler for ``target``; a dict of the
-  per-device figures (see the module docstring). ``sampler_memory``: the sampler's
-  ``memory_breakdown`` where known (it does not depend on the batch size). Raises
-  DoesNotFit when the target's compiler refuses a program for lack of memory."""
-  devices = target_devices(target) if devices is None else devices
-  mesh = parallel.make_mesh(devices=devices)
+def compile_run(config, target: Target, mesh, sampler_memory=None) -> Dict:
+  """Compiles ``config``'s train step and evaluation sampler for ``target`` on its ``mesh``
+  (``target_mesh``); a dict of the per-device figures (see the module docstring).
+  ``sampler_memory``: the sampler's ``memory_breakdown`` where known (it does not depend on
+  the batch size). Raises DoesNotFit when the target's compiler refuses a program for lack
+  of memory."""
   setup = train.build_setup(config)
   chip = CHIPS[target.chip]
   compiled, state, steps = compile_train(setup, mesh)
@@ -251,6 +278,7 @@ def compile_run(config, target: Target, devices=None, sampler_memory=None) -> Di
   needed = max(train_memory["needed"], train_memory["arguments"] + sampler_memory["needed"])
   usable = int(chip.memory_bytes * chip.usable_fraction)
   step_flops = flops.train_step_flops(setup, state, mesh, abstract_data(setup, mesh))
+  devices = list(mesh.devices.flat)
   n = len(devices)
   compute_s = step_flops / n / chip.peak_flops[config.matmul_dtype]
   # Every byte of the program's arguments and outputs moves at least once per call.
@@ -275,7 +303,7 @@ def with_batch(config, batch_size: int):
   return c
 
 
-def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
+def max_batch(config, target: Target, mesh, result: Dict, on_probe=None,
               tolerance: float = 0.01) -> int:
   """The largest global batch (a multiple of the device count) with which ``config`` fits
   ``target``, to within ``tolerance`` (a batch that fits, less than that fraction below
@@ -288,7 +316,7 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
   largest that fits, or the middle of the bracket), kept a tolerance inside the
   bracket, so that a good guess is confirmed by one compile just beside it.
   """
-  n = len(devices)
+  n = parallel.data_size(mesh)
   # per-device batch -> (fits, bytes needed (None: refused without saying), usable bytes)
   results = {config.batch_size // n: (result["fits"], result["needed_bytes"],
                                        result["usable_bytes"])}
@@ -296,7 +324,7 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
   def probe(k):
     if k not in results:
       try:
-        r = compile_run(with_batch(config, k * n), target, devices, result["sampler_memory"])
+        r = compile_run(with_batch(config, k * n), target, mesh, result["sampler_memory"])
         results[k] = (r["fits"], r["needed_bytes"], r["usable_bytes"])
       except DoesNotFit as refused:  # what the compiler said it needed, a point of the line
         results[k] = (False, refused.needed_bytes, None)
@@ -344,3 +372,23 @@ def max_batch(config, target: Target, devices, result: Dict, on_probe=None,
         k = (lo + hi) // 2
     nudged = nudge
   return lo * n
+
+
+def compile_strategies(configs, target: Target, mesh, find_max_batch: bool = False,
+                       on_probe=None):
+  """Yields, for each of ``configs`` in turn, ``compile_run``'s result on ``mesh`` (with
+  ``max_batch`` where ``find_max_batch``; ``on_probe`` as there), or, where the target's
+  compiler refuses it for lack of memory, {target, strategy, batch_size, fits: False,
+  error}. The evaluation sampler, the same for every strategy, is compiled once."""
+  sampler_memory = None
+  for config in configs:
+    try:
+      result = compile_run(config, target, mesh, sampler_memory)
+    except DoesNotFit as err:
+      yield dict(target=target.name, strategy=config.mining_strategy,
+                 batch_size=config.batch_size, fits=False, error=str(err))
+      continue
+    sampler_memory = result["sampler_memory"]
+    if find_max_batch:
+      result["max_batch"] = max_batch(config, target, mesh, result, on_probe)
+    yield result

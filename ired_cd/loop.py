@@ -61,11 +61,13 @@ COLLAPSE_MSE = 0.9
 # What a run or an evaluation refuses with one line: the workdir's state, not a bug.
 REFUSALS = (schema.ConfigError, FileNotFoundError, workdir_lock.WorkdirBusy,
             checkpoint.IncompatibleCheckpoint, checkpoint.UnreadableCheckpoint,
-            metrics_io.MalformedMetrics)
+            metrics_io.MalformedFile)
+# What to change in a config whose run diverged.
+DIVERGENCE_FIXES = "energy_reg_weight > 0, langevin_grad_clip, or a smaller energy_loss_weight"
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss or the parameters became non-finite."""
+  """The loss or the parameters became non-finite (or did, in the run a workdir holds)."""
 
 
 def _config_dict(config) -> Dict:
@@ -75,11 +77,10 @@ def _config_dict(config) -> Dict:
 def _saved_differences(config, workdir: str, ignore) -> Optional[Dict]:
   """{field: (saved, current)} where WORKDIR/config.json differs from ``config`` outside
   ``ignore``; None when the workdir holds no config.json."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  saved = metrics_io.read_json(os.path.join(workdir, "config.json"))
+  if saved is None:
     return None
-  with open(path) as f:
-    saved = schema.from_saved(json.load(f))
+  saved = schema.from_saved(saved)
   current = _config_dict(config)
   return {k: (saved.get(k), current.get(k)) for k in sorted(set(saved) | set(current))
           if saved.get(k) != current.get(k) and k not in ignore}
@@ -113,6 +114,48 @@ def holds_outcome(config, workdir: str) -> bool:
     return False
   return (summary.get("status") == "completed" and summary.get("steps") == config.train_steps
           or summary.get("status") == "diverged")
+
+
+def _nonfinite(quantity: str, step: int, bad_steps: int, start: int, end: int) -> str:
+  """Where and how a run diverged, in words."""
+  return (f"non-finite {quantity} at step {step} ({bad_steps} of steps {start}-{end} with a "
+          "non-finite loss or gradient)")
+
+
+def check_diverged(config, workdir: str) -> None:
+  """Raises TrainingDiverged when ``workdir`` holds this run diverged, saying where and how
+  (from summary.json and the last row of metrics.jsonl) and what to change: training is
+  deterministic, so a rerun would diverge again. This run: the same trajectory
+  (``check_workdir``'s fields), diverged within ``train_steps``. Raises MalformedFile,
+  naming the file, where those records are damaged."""
+  path = os.path.join(workdir, "summary.json")
+  summary = metrics_io.read_json(path)
+  if summary is None or summary.get("status") != "diverged":
+    return
+  differ = _saved_differences(config, workdir, BOOKKEEPING_FIELDS | RESUMABLE_FIELDS)
+  if differ is None or differ:
+    return
+  failed = summary.get("failed_step")
+  if not isinstance(failed, int):
+    raise metrics_io.MalformedFile(f"{path}: a diverged run without its failed_step; restore "
+                                   "it, or start afresh in another workdir")
+  if failed > config.train_steps:
+    return
+  metrics = os.path.join(workdir, "metrics.jsonl")
+  rows = metrics_io.read_jsonl(metrics)
+  if (metrics_io.has_partial_line(metrics) or not rows or rows[-1]["step"] < failed
+      or "train/nonfinite_steps" not in rows[-1]):
+    raise metrics_io.MalformedFile(
+        f"{metrics}: its last row is not the divergence at step {failed} that summary.json "
+        "records (cut short or edited); restore it, or start afresh in another workdir")
+  quantity = summary.get("failed_quantity", "loss, gradient or parameters")  # older runs: any
+  start = rows[-2]["step"] + 1 if len(rows) > 1 else 1
+  how = _nonfinite(quantity, failed, int(rows[-1]["train/nonfinite_steps"]), start,
+                   rows[-1]["step"])
+  raise TrainingDiverged(
+      f"{workdir} holds this run: {how}. Rerun unchanged it diverges again, so nothing was "
+      f"trained: change the config ({DIVERGENCE_FIXES}) and pass --allow_config_change to "
+      "resume from its last good checkpoint, or use another --workdir.")
 
 
 class _StopSignal:
@@ -211,6 +254,7 @@ class RunRecord:
   timed_steps: int = 0
   collapse_step: Optional[int] = None
   failed_step: Optional[int] = None  # the first non-finite step of a diverged run
+  failed_quantity: Optional[str] = None  # what went non-finite first: loss, gradient, parameters
   message: Optional[str] = None
   last_eval: Optional[Dict[str, float]] = None
 
@@ -227,7 +271,8 @@ class RunRecord:
         "train/steps_per_sec": self.timed_steps / self.train_seconds if self.train_seconds
                                else None,
         "wall_clock_sec": time.time() - self.started, "collapse_step": self.collapse_step,
-        "failed_step": self.failed_step, **self.baselines, **(self.last_eval or {})}
+        "failed_step": self.failed_step, "failed_quantity": self.failed_quantity,
+        **self.baselines, **(self.last_eval or {})}
     if self.message:
       summary["message"] = self.message
     return summary
@@ -251,14 +296,20 @@ class _CompiledSteps:
     return state, metrics, health, time.perf_counter() - tic
 
 
-def _divergence(health, step: int, chunk: int, store) -> Tuple[int, str]:
-  """(first non-finite step, the error message) of a chunk whose health flags failed."""
-  first = step + int(health["first_nonfinite"]) + 1
+def _divergence(health, step: int, chunk: int, store) -> Tuple[int, str, str]:
+  """(first non-finite step, the quantity non-finite first, the error message) of a chunk
+  whose health flags failed."""
+  bad_steps = int(health["nonfinite_steps"])
+  if bad_steps:
+    first = step + int(health["first_nonfinite"]) + 1
+    quantity = "loss" if health["loss_nonfinite_first"] else "gradient"
+  else:  # every loss and gradient finite, the parameters not after the chunk
+    first, quantity = step + chunk, "parameters"
   good = store.steps()
-  return first, (f"non-finite loss, gradient or parameters at step {first} (steps {step + 1}-"
-                 f"{step + chunk}); last good checkpoint: "
-                 f"{f'step {good[-1]} in {store.directory}' if good else 'none'}. Consider "
-                 "energy_reg_weight > 0, langevin_grad_clip, or a smaller energy_loss_weight.")
+  return first, quantity, (
+      f"{_nonfinite(quantity, first, bad_steps, step + 1, step + chunk)}; last good "
+      f"checkpoint: {f'step {good[-1]} in {store.directory}' if good else 'none'}. Consider "
+      f"{DIVERGENCE_FIXES}.")
 
 
 def _note_collapse(record: RunRecord, metrics, out_dim: int) -> None:
@@ -306,6 +357,7 @@ def train_and_evaluate(config, workdir: str, allow_config_change: bool = False,
     check_workdir(config, workdir, allow_config_change)
     # A malformed metrics.jsonl stops the run here, before anything is written.
     metrics_io.read_jsonl(os.path.join(workdir, "metrics.jsonl"))
+    check_diverged(config, workdir)
     return _train(config, workdir, mesh, progress)
 
 
@@ -344,6 +396,9 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
   if main_process:
     tqdm.tqdm.write(description)
     metrics_io.write_json_atomic(os.path.join(workdir, "config.json"), _config_dict(config))
+    summary = os.path.join(workdir, "summary.json")
+    if (metrics_io.read_json(summary) or {}).get("status") == "diverged":
+      os.remove(summary)  # the record of an attempt this one replaces (check_diverged)
   writer = metrics_io.MetricsWriter(workdir, resume_step=step) if main_process else None
   data = setup.task.build_data(config.seed, config.ood, os.path.join(workdir, "dataset"))
   evaluator = evaluation.Evaluator(setup, mesh=mesh)
@@ -364,7 +419,8 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
         state, metrics, health, seconds = run_chunk(state, chunk)
         if health["nonfinite_steps"] or not health["params_finite"]:
           record.status = "diverged"
-          record.failed_step, record.message = _divergence(health, record.step, chunk, store)
+          record.failed_step, record.failed_quantity, record.message = _divergence(
+              health, record.step, chunk, store)
           if main_process:
             writer.write(record.step + chunk,
                          {"train/nonfinite_steps": health["nonfinite_steps"]})

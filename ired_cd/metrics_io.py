@@ -16,7 +16,12 @@ from typing import Dict, List
 import tensorboardX
 
 
-class MalformedMetrics(ValueError):
+class MalformedFile(ValueError):
+  """A run's file that is not what the run writes (cut short or edited): named, never dropped
+  or written over."""
+
+
+class MalformedMetrics(MalformedFile):
   """A line of a metrics file is JSON, but not a row (an object with an integer "step")."""
 
 
@@ -44,11 +49,20 @@ def read_jsonl(path: str) -> List[Dict]:
 
 
 def read_json(path: str):
-  """The JSON object in ``path``, or None when there is none."""
+  """The JSON object in ``path``, or None when there is none; MalformedFile, naming the file,
+  when it holds no JSON object (cut short or edited)."""
   if not os.path.exists(path):
     return None
   with open(path) as f:
-    return json.load(f)
+    try:
+      value = json.load(f)
+    except ValueError as err:  # not JSON, or not UTF-8
+      raise MalformedFile(f"{path}: not JSON ({err}): cut short or edited; restore it, or "
+                          "start afresh in another workdir") from err
+  if not isinstance(value, dict):
+    raise MalformedFile(f"{path}: holds a {type(value).__name__}, not a JSON object; restore "
+                        "it, or start afresh in another workdir")
+  return value
 
 
 def write_atomic(path: str, write, binary: bool = True) -> None:
@@ -81,7 +95,7 @@ class MetricsWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
     rows = read_jsonl(self.path)
     kept = [r for r in rows if r.get("step", 0) <= resume_step]
-    if len(kept) != len(rows) or _has_partial_line(self.path):
+    if len(kept) != len(rows) or has_partial_line(self.path):
       # Rows past the restored checkpoint are recomputed by this run: drop them.
       with open(f"{self.path}.tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
@@ -109,7 +123,8 @@ def _jsonable(value):
   return value if math.isfinite(value) else str(value)
 
 
-def _has_partial_line(path: str) -> bool:
+def has_partial_line(path: str) -> bool:
+  """Whether the last line of ``path`` is cut short (no newline at its end)."""
   if not os.path.exists(path) or os.path.getsize(path) == 0:
     return False
   with open(path, "rb") as f:

@@ -232,7 +232,8 @@ def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) ->
   The state is donated. ``metrics`` are the means over the steps. ``health``:
   ``nonfinite_steps`` (steps with a non-finite loss or gradient norm: an
   infinite norm makes clipping zero every update), ``first_nonfinite`` (index
-  of the first, or num_steps) and ``params_finite``.
+  of the first, or num_steps), ``loss_nonfinite_first`` (whether the loss of that
+  step is non-finite: else its gradient norm is) and ``params_finite``.
   """
   train_step = make_train_step(setup, mesh)
 
@@ -240,10 +241,12 @@ def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) ->
     state, stacked = jax.lax.scan(lambda s, _: train_step(s, data), state, None,
                                   length=num_steps)
     metrics = jax.tree_util.tree_map(lambda m: jnp.mean(m, axis=0), stacked)
-    bad = ~jnp.isfinite(stacked["loss"]) | ~jnp.isfinite(stacked["grad_norm"])
+    loss_bad = ~jnp.isfinite(stacked["loss"])
+    bad = loss_bad | ~jnp.isfinite(stacked["grad_norm"])
     health = dict(
         nonfinite_steps=jnp.sum(bad),
         first_nonfinite=jnp.where(jnp.any(bad), jnp.argmax(bad), num_steps),
+        loss_nonfinite_first=loss_bad[jnp.argmax(bad)],
         params_finite=jnp.all(jnp.stack(
             [jnp.all(jnp.isfinite(p)) for p in jax.tree_util.tree_leaves(state.params)])))
     return state, metrics, health

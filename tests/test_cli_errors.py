@@ -80,6 +80,8 @@ CASES = {
     "bench: empty matmul": ("bench", [CONFIG, "--matmul_size=0"], "--matmul_size", None),
     "bench: negative batch": ("bench", [CONFIG, "--config.batch_size=-4"], "config.batch_size",
                               None),
+    "compile: unknown strategy": ("compile", [CONFIG, "--target=v5e-8", "--strategies=none,foo"],
+                                  "--strategies: 'foo' is not one of", None),
 }
 NEEDS_A_USER = {name for name, case in CASES.items() if case[3] is _read_only}
 

@@ -1,30 +1,38 @@
 """experiments.compile: the run compiled for TPU slices and GPUs on this CPU (compile-only).
 
 Needs the compile packages (requirements-compile.txt, installed with pip --target into
-COMPILE_PACKAGES): skipped without them on a workstation, failed on CI.
+compile_packages.FOLDER): skipped without them on a workstation, failed on CI.
 """
 
 import json
 import os
 import subprocess
 import sys
+import types
 
+import jax
 import pytest
 
+from configs import base, q204
+from ired_cd import compile_packages, hardware, loop, schema
 from tests.conftest import on_ci
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMPILE_PACKAGES = os.path.join(sys.prefix, "compile-packages")  # experiments.compile's
+
+
+def needs_compile_packages():
+  """Skips the test without the compile packages on a workstation; fails it on CI."""
+  if not os.path.isdir(compile_packages.FOLDER):
+    message = (f"compile packages not installed in {compile_packages.FOLDER} "
+               f"({compile_packages.INSTALL})")
+    if on_ci():
+      pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
+    pytest.skip(message)
 
 
 def compile_tool(*args, timeout=600):
   """(exit code, the JSON records printed, stderr) of experiments.compile on the tiny config."""
-  if not os.path.isdir(COMPILE_PACKAGES):
-    message = (f"compile packages not installed in {COMPILE_PACKAGES} (pip install --target "
-               f"{COMPILE_PACKAGES} -r requirements-compile.txt)")
-    if on_ci():
-      pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
-    pytest.skip(message)
+  needs_compile_packages()
   result = subprocess.run(
       [sys.executable, "-m", "experiments.compile", "--config=configs/q204.py:tiny", *args],
       cwd=REPO, capture_output=True, text=True, timeout=timeout)
@@ -51,7 +59,7 @@ def test_single_host_tpu_slice():
 def test_multi_host_tpu_slice_gives_each_device_one_replay_shard():
   code, [record], stderr = compile_tool("--target=v5e-16", "--strategies=cd_full")
   assert code == 0, stderr[-2000:]
-  assert (record["devices"], record["hosts"]) == (16, 2)
+  assert (record["devices"], record["hosts"]) == (16, 4)
   assert record["replay_shards"] == dict(total=16, per_device=1, devices_holding_one=16)
   check_memory(record)
 
@@ -80,17 +88,43 @@ def test_a_gpu_program_with_a_large_sort_compiles_without_a_gpu():
   check_memory(record)
 
 
-@pytest.mark.parametrize("args, message", [
-    (("--target=v9-8",), "error: --target: unknown target 'v9-8'; known: "),
-    (("--target=v5e-8", "--config.batch_size=30"),
-     "error: config.batch_size: 30 does not split over 8 devices"),
-    (("--target=v5e-8", "--hosts=2"), "error: --hosts: a TPU slice's hosts are fixed"),
-])
-def test_bad_target_or_batch_is_one_line(args, message):
-  code, records, stderr = compile_tool(*args)
-  assert code == 1 and not records
-  assert stderr.strip().splitlines()[-1].startswith(message), stderr[-2000:]
-  assert "Traceback" not in stderr
+@pytest.mark.parametrize("name, devices, hosts", [
+    ("v5e-8", 8, 1), ("v5e-16", 16, 4), ("v6e-256", 256, 64), ("v5p-128", 64, 16)])
+def test_a_slice_has_the_hosts_of_its_cloud_machines(monkeypatch, name, devices, hosts):
+  """Multi-host v5e and v6e slices are made of 4-chip hosts, v5e-8 is one 8-chip host; v5p
+  counts TensorCores (two per chip), 4 chips a host."""
+  needs_compile_packages()
+  jax.devices()  # this process's own backends first, without the compile packages' plugins
+  monkeypatch.syspath_prepend(compile_packages.FOLDER)
+  mesh = hardware.target_mesh(hardware.get_target(name))
+  assert mesh.devices.size == devices
+  assert len({d.process_index for d in mesh.devices.flat}) == hosts
+  with pytest.raises(schema.ConfigError, match=f"batch_size: 30 does not split over {devices} "):
+    loop.check_devices(base.run_config(q204.get_config("tiny"), "none", batch_size=30), mesh)
+
+
+@pytest.mark.parametrize("name, hosts, message", [
+    ("v9-8", 1, "--target: unknown target 'v9-8'; known: v4-16, v4-32, v4-8, v5e-1, v5e-128, "),
+    ("v5e-8", 2, "--hosts: a TPU slice's hosts are fixed by its name (v5e-8)"),
+    ("h100x8", 0, "--hosts: a positive integer, got 0"),
+    ("h100x0", 1, "--target: unknown target 'h100x0'")])
+def test_bad_target_names_the_flag(name, hosts, message):
+  with pytest.raises(hardware.TargetError) as err:
+    hardware.get_target(name, hosts)
+  assert str(err.value).startswith(message)
+
+
+def test_without_the_compile_packages_the_refusal_is_the_command_that_installs_them(
+    monkeypatch):
+  def not_installed(**kwargs):
+    raise RuntimeError("JAX TPU support not installed; cannot generate TPU topology.\nSee ...")
+  monkeypatch.setattr(hardware.topologies, "get_topology_desc", not_installed)
+  with pytest.raises(hardware.TargetError) as err:
+    hardware.target_devices(hardware.get_target("v5e-8"))
+  assert str(err.value) == (
+      "--target: cannot compile for v5e-8 here (JAX TPU support not installed; cannot generate "
+      f"TPU topology.); install the compile packages: {sys.executable} -m pip install --target "
+      f"{sys.prefix}/compile-packages -r requirements-compile.txt")
 
 
 @pytest.mark.parametrize("bytes_per_example, fixed, granule, curved, refusal, compiles", [
@@ -105,8 +139,6 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
   batches falls short), and that compiles what does not fit (GPU) or refuses it, saying
   how much it needed or not (TPU): a batch that fits, within 1 % of the largest, in at
   most ``compiles`` compiles."""
-  from configs import base
-  from ired_cd import hardware
   usable, n = 10_000_000, 4
 
   def needed(per_device):
@@ -115,7 +147,7 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
 
   compiled = []
 
-  def fake_compile_run(config, target, devices, sampler_memory=None):
+  def fake_compile_run(config, target, mesh, sampler_memory=None):
     compiled.append(config.batch_size)
     need = needed(config.batch_size // n)
     if refusal and need > usable:
@@ -127,7 +159,7 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
   config = base.get_config()
   config.batch_size = 64
   first = fake_compile_run(config, None, None)
-  found = hardware.max_batch(config, None, [None] * n, first)
+  found = hardware.max_batch(config, None, types.SimpleNamespace(shape={"data": n}), first)
   largest = n * max(k for k in range(1, usable) if needed(k) <= usable)
   assert found % n == 0 and needed(found // n) <= usable
   assert largest * 0.99 <= found <= largest
@@ -135,7 +167,6 @@ def test_max_batch_finds_the_largest_fitting_batch_in_a_few_compiles(
 
 
 def test_a_refusal_names_what_the_compiler_needed():
-  from ired_cd import hardware
   said = hardware.DoesNotFit("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory "
                              "required for HLO temporaries (78.58G) exceeds available HBM "
                              "(15.75G).")

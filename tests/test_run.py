@@ -1,5 +1,6 @@
 """The training loop and experiments.run end to end: outputs, resume, signals, damaged checkpoints, eval, errors."""
 
+import concurrent.futures
 import json
 import os
 import re
@@ -14,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import base, q204
+from configs import base, q202, q204
 from ired_cd import checkpoint, schema, loop, metrics_io, parallel, train, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,15 +161,117 @@ def test_damaged_checkpoints_are_moved_aside_and_written_again(tmp_path, caplog)
   assert [r["step"] for r in rows] == [10, 20, 30, 40]  # the first run's rows recomputed once
 
 
-def test_nonfinite_training_stops_with_a_clear_message(tmp_path):
-  workdir = str(tmp_path / "run")
-  config = tiny("cd_langevin", energy_loss_weight=float("inf"), eval_every=0)
-  with pytest.raises(loop.TrainingDiverged, match=r"non-finite .* at step \d+") as err:
+# A run whose loss is infinite from its first step, on the command line.
+DIVERGING = ("--config=configs/q202.py:tiny", "--config.energy_loss_weight=inf",
+             "--config.eval_every=0")
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory):
+  """(workdir, config, the TrainingDiverged raised) of the run DIVERGING spells."""
+  config = q202.get_config("tiny")
+  config.energy_loss_weight, config.eval_every = float("inf"), 0
+  workdir = str(tmp_path_factory.mktemp("diverged") / "run")
+  with pytest.raises(loop.TrainingDiverged) as err:
     loop.train_and_evaluate(config, workdir, progress=False)
+  return workdir, config, err.value
+
+
+def test_nonfinite_training_stops_with_a_clear_message(diverged):
+  workdir, config, err = diverged
   summary = json.load(open(os.path.join(workdir, "summary.json")))
-  assert summary["status"] == "diverged" and summary["message"] == str(err.value)
-  assert f"at step {summary['failed_step']} " in summary["message"]
-  assert 1 <= summary["failed_step"] <= config.log_every
+  assert summary["status"] == "diverged" and summary["message"] == str(err)
+  assert f"non-finite loss at step {summary['failed_step']} " in summary["message"]
+  assert 1 <= summary["failed_step"] <= config.log_every and summary["failed_quantity"] == "loss"
+
+
+def snapshot(directory):
+  """{relative path: bytes} of every file under ``directory``; None if it does not exist."""
+  if not os.path.exists(directory):
+    return None
+  files = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        files[os.path.relpath(os.path.join(root, name), directory)] = f.read()
+  return files
+
+
+def _cut_short(path):
+  with open(path, "rb+") as f:
+    f.truncate(os.path.getsize(path) - 5)
+
+
+@pytest.fixture(scope="module")
+def reruns(diverged, tmp_path_factory):
+  """{file cut short (None: none): (workdir, the rerun's result, files before, after)} of the
+  diverged run rerun unchanged in a copy of its workdir, the reruns side by side."""
+  def rerun(workdir):
+    before = snapshot(workdir)
+    result = run_cli(*DIVERGING, f"--workdir={workdir}")
+    return workdir, result, before, snapshot(workdir)
+
+  runs = {}
+  with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+    for damaged in (None, "summary.json", "config.json", "metrics.jsonl"):
+      workdir = str(tmp_path_factory.mktemp("rerun") / "run")
+      shutil.copytree(diverged[0], workdir)
+      if damaged:
+        _cut_short(os.path.join(workdir, damaged))
+      runs[damaged] = pool.submit(rerun, workdir)
+  return {damaged: future.result() for damaged, future in runs.items()}
+
+
+def _one_line_and_nothing_changed(result, before, after):
+  assert "Traceback" not in result.stderr, result.stderr
+  assert result.returncode == 1 and result.stdout == "", (result.stdout, result.stderr)
+  [line] = result.stderr.splitlines()
+  assert after == before
+  return line
+
+
+def test_cli_rerun_of_a_diverged_run_says_where_and_how_and_trains_nothing(diverged, reruns):
+  workdir, result, before, after = reruns[None]
+  line = _one_line_and_nothing_changed(result, before, after)
+  summary = json.load(open(os.path.join(diverged[0], "summary.json")))
+  assert (summary["failed_step"], summary["failed_quantity"]) == (1, "loss")
+  assert line == (
+      f"error: training diverged: {workdir} holds this run: non-finite loss at step 1 (10 of "
+      "steps 1-10 with a non-finite loss or gradient). Rerun unchanged it diverges again, so "
+      "nothing was trained: change the config (energy_reg_weight > 0, langevin_grad_clip, or a "
+      "smaller energy_loss_weight) and pass --allow_config_change to resume from its last good "
+      "checkpoint, or use another --workdir.")
+
+
+@pytest.mark.parametrize("damaged, says", [
+    ("summary.json", "not JSON (Expecting "), ("config.json", "not JSON (Expecting "),
+    ("metrics.jsonl", "its last row is not the divergence at step 1 that summary.json records")])
+def test_cli_rerun_with_a_record_cut_short_names_the_file(reruns, damaged, says):
+  workdir, result, before, after = reruns[damaged]
+  line = _one_line_and_nothing_changed(result, before, after)
+  assert line.startswith(f"error: {os.path.join(workdir, damaged)}: {says}"), line
+
+
+def test_a_diverged_run_with_a_changed_config_follows_the_changed_config_rules(
+    diverged, tmp_path, monkeypatch):
+  """Refused without --allow_config_change; with it, the new attempt trains, and the diverged
+  attempt's summary.json gives way, so a rerun of the new config (say, after a crash) is not
+  refused for the old one's divergence."""
+  workdir = str(tmp_path / "run")
+  shutil.copytree(diverged[0], workdir)
+  changed = diverged[1].copy_and_resolve_references()
+  changed.energy_loss_weight = 1.0
+  with pytest.raises(schema.ConfigError, match="energy_loss_weight: inf -> 1.0"):
+    loop.train_and_evaluate(changed, workdir, progress=False)
+
+  def crash(*args, **kwargs):
+    raise RuntimeError("the machine went away")
+  monkeypatch.setattr(metrics_io, "MetricsWriter", crash)  # just after the attempt starts
+  with pytest.raises(RuntimeError, match="went away"):
+    loop.train_and_evaluate(changed, workdir, allow_config_change=True, progress=False)
+  assert json.load(open(os.path.join(workdir, "config.json")))["energy_loss_weight"] == 1.0
+  assert not os.path.exists(os.path.join(workdir, "summary.json"))
+  loop.check_diverged(changed, workdir)
 
 
 def test_workdir_of_another_config_is_refused(tmp_path):

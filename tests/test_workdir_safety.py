@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from ired_cd import loop, workdir_lock
-from tests.test_run import run_cli, tiny
+from tests.test_run import run_cli, snapshot, tiny
 
 CONFIG = "--config=configs/q204.py:tiny"
 OVERRIDES = ("--config.train_steps=10", "--config.eval_every=0")
@@ -20,18 +20,6 @@ def finished(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("finished") / "run")
   loop.train_and_evaluate(tiny(train_steps=10, eval_every=0), workdir, progress=False)
   return workdir
-
-
-def snapshot(directory):
-  """{relative path: bytes} of every file under ``directory``; None if it does not exist."""
-  if not os.path.exists(directory):
-    return None
-  files = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      with open(os.path.join(root, name), "rb") as f:
-        files[os.path.relpath(os.path.join(root, name), directory)] = f.read()
-  return files
 
 
 def test_rerun_of_a_finished_run_changes_nothing(finished):
