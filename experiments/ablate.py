@@ -22,6 +22,11 @@ eval.json, reused when it already holds that sweep), and the report gains a
 table of MSE against inner steps (mean ± std over seeds) and
 WORKDIR/ablation_inner_steps.png (ired_cd/ablation.py).
 
+With --eval_particles=1,8,64 every completed run's final checkpoint is also scored with
+K trajectories per problem (re-noised: --eval_renoise; resampled by energy:
+--eval_resample_tau), per pick (one particle, the energy's pick, the oracle's): a table
+and WORKDIR/ablation_particles.png.
+
 With --merge=A/ablation.json,B/ablation.json nothing trains: the reports of grids
 run apart on one protocol (stage by stage, or on several machines) become one
 report in WORKDIR, with every command that made it.
@@ -35,7 +40,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from ired_cd import ablation, landscape, metrics_io, schema
+from ired_cd import ablation, evaluation, landscape, metrics_io, schema
 from ired_cd.matmul import MATMUL_DTYPES
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
@@ -54,6 +59,14 @@ _LANDSCAPE = flags.DEFINE_integer(
 _LANDSCAPE_DTYPE = flags.DEFINE_enum(
     "landscape_matmul_dtype", landscape.Settings.matmul_dtype, list(MATMUL_DTYPES),
     "The products' operand dtype of the landscape measurements.")
+_PARTICLES = flags.DEFINE_list(
+    "eval_particles", None, "Also score every completed run's final checkpoint with K "
+    "trajectories per problem for each K, e.g. 1,8,64, per pick: one particle, the energy's, "
+    "the oracle's (a table and ablation_particles.png).")
+_RENOISE = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
+                              "Particles: re-noise between timesteps (0: none).")
+_TAU = flags.DEFINE_float("eval_resample_tau", None, "Particles: resample them between "
+                          "timesteps by softmax(-E / tau) (default: independent).")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -84,6 +97,7 @@ def main(argv):
     cli.check_workdir("--workdir", workdir)
     cli.check_choices(_STRATEGIES, schema.STRATEGIES)
     inner = cli.step_counts(_INNER.name, _INNER.value)
+    particles = cli.particles(_PARTICLES, _RENOISE, _TAU)
     if _LANDSCAPE.value is not None:
       cli.check_at_least(_LANDSCAPE, 1)
     if _MERGE.value:
@@ -98,7 +112,7 @@ def main(argv):
                                      matmul_dtype=_LANDSCAPE_DTYPE.value)
                   if _LANDSCAPE.value is not None else None)
       report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
-                                     command, _REPORT_ONLY.value, inner, settings)
+                                     command, _REPORT_ONLY.value, inner, settings, particles)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

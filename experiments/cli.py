@@ -15,7 +15,7 @@ from typing import List, Optional, Sequence
 from absl import flags, logging
 
 from configs import base
-from ired_cd import schema
+from ired_cd import evaluation, schema
 
 CONFIG_FLAG = "config"
 
@@ -136,3 +136,18 @@ def check_workdir(name: str, path: str, must_exist: bool = False) -> None:
     raise schema.ConfigError(f"{name}: {existing} is not writable"
                              + (f" (it would hold {path})" if existing != os.path.abspath(path)
                                 else ""))
+
+
+def particles(counts: flags.FlagHolder, renoise: flags.FlagHolder,
+              tau: flags.FlagHolder) -> Optional[evaluation.Particles]:
+  """The particle evaluation the three flags ask for (None without ``counts``); ConfigError
+  naming the flag otherwise."""
+  if counts.value is None:
+    return None
+  values = integers(counts.name, counts.value, 1)
+  if renoise.value < 0:
+    raise schema.ConfigError(f"--{renoise.name}: must be >= 0, got {renoise.value}")
+  if tau.value is not None and not tau.value > 0:
+    raise schema.ConfigError(f"--{tau.name}: must be > 0 (or unset: independent particles), "
+                             f"got {tau.value}")
+  return evaluation.Particles(tuple(values), renoise.value, tau.value)

@@ -5,7 +5,8 @@ skips when finished) each run in ``run_dir(workdir, strategy, seed)``, records
 a failed one and goes on, and writes WORKDIR/ablation.md (``markdown``),
 ablation.json (``summarize``) and ablation.png (plotting.plot_ablation); with
 ``inner_steps`` it also scores each final checkpoint per number of inner
-descent steps (``sweep_inner_steps``, ablation_inner_steps.png); with
+descent steps (``score_checkpoint``, ablation_inner_steps.png); with ``particles``
+with several trajectories per problem, per pick (ablation_particles.png); with
 ``landscape_settings`` it also measures each final checkpoint's energy landscape
 (``score_landscape``: ired_cd.landscape, a table and ablation_landscape.png).
 ``merge`` makes one report of grids run apart on the same protocol.
@@ -16,8 +17,11 @@ sweep is) and a line of ``RUN_MEASURES``: it is then averaged over the
 completed seeds and gets a column of the table.
 """
 
+import dataclasses
+import json
 import logging
 import os
+import re
 import time
 
 import numpy as np
@@ -121,28 +125,39 @@ def _record(strategy, seed, subdir, summary, info, skipped=False, seconds=0.0):
   return record
 
 
-def sweep_inner_steps(config, record, inner_steps, report_only=False):
-  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} (the task's headline metric) of a completed
-  run's final checkpoint scored with each of ``inner_steps`` descent steps; None if it is
-  not scored (yet).
-
-  Reuses the run's eval.json when it holds exactly this sweep (the final step,
-  the counts, the run's evaluation set); otherwise evaluates and writes it,
-  except under ``report_only``.
-  """
+def score_checkpoint(config, record, inner_steps=None, particles=None, report_only=False):
+  """A completed run's final checkpoint scored with each of ``inner_steps`` descent steps
+  and/or with ``particles`` (evaluation.Particles): its eval.json, reused when it holds
+  exactly this evaluation (the final step, the counts, the particle settings, the run's
+  evaluation set); otherwise evaluated and written, except under ``report_only`` (then
+  None). None for a run that did not complete."""
   if record["status"] != "completed":
     return None
+  counts = list(inner_steps or config.eval_inner_steps)
+  wanted = None if particles is None else json.loads(json.dumps(dataclasses.asdict(particles)))
   saved = metrics_io.read_json(os.path.join(record["workdir"], "eval.json"))
   current = (saved is not None and saved.get("step") == record["steps"]
-             and saved.get("inner_steps") == list(inner_steps)
+             and saved.get("inner_steps") == counts and saved.get("particles") == wanted
              and saved.get("eval_size") == config.eval_size and saved.get("params") == "ema")
   if not current:
     if report_only:
       return None
-    saved = loop.evaluate_checkpoint(config, record["workdir"], inner_steps=inner_steps)
+    saved = loop.evaluate_checkpoint(config, record["workdir"], inner_steps=counts,
+                                     particles=particles)
+  return saved
+
+
+def inner_steps_sweep(config, saved, inner_steps):
+  """{k: {'eval/mse': .., 'eval/mse_ood': ..}} (the task's headline metric) of an eval.json
+  scored with each of ``inner_steps``."""
   keys = evaluation.headline_keys(tasks.from_config(config))
   values = {key: evaluation.at_inner_steps(saved, key, inner_steps) for key in keys}
   return {str(k): {key: values[key][i] for key in keys} for i, k in enumerate(inner_steps)}
+
+
+def particle_columns(saved):
+  """The particle scores of an eval.json ('eval/...' keys with _p{K})."""
+  return {k: v for k, v in saved.items() if re.search(r"_p\d+(_|$)", k)}
 
 
 def score_landscape(config, record, settings, report_only=False):
@@ -227,6 +242,9 @@ def summarize(records, strategies, header, base_config, info, command=None):
     if sweeps:
       row["inner_steps"] = {k: {key: stats(s[k][key] for s in sweeps) for key in sweeps[0][k]}
                             for k in sweeps[0]}
+    sampled = [r["particles"] for r in done if r.get("particles")]
+    if sampled:
+      row["particles"] = {key: stats(s[key] for s in sampled) for key in sampled[0]}
     scored = [r["landscape"] for r in done if r.get("landscape")]
     if scored:
       row["landscape"] = {key: stats(s[key] for s in scored) for key in scored[0]}
@@ -323,6 +341,7 @@ def markdown(report):
             "average (no completed seed, or no energy loss). steps/s: training throughput, "
             "compilation excluded."]
   lines += _inner_steps_markdown(report)
+  lines += _particles_markdown(report)
   lines += _landscape_markdown(report)
   return "\n".join(lines) + "\n"
 
@@ -346,6 +365,47 @@ def _inner_steps_markdown(report):
              for k in counts]
     lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
   return lines
+
+
+def particle_counts(row_particles):
+  """The particle counts K of a row's particle columns, ascending."""
+  return sorted({int(m.group(1)) for k in row_particles
+                 for m in [re.search(r"_p(\d+)", k)] if m})
+
+
+def _particles_markdown(report):
+  """The particles' table (lines): the headline metric per count K, one particle / the
+  energy's pick / the oracle's, per set; the distinct right answers found (discrete tasks)."""
+  sampled = {s: report["rows"][s]["particles"] for s in report["strategies"]
+             if "particles" in report["rows"][s]}
+  if not sampled:
+    return []
+  headline = report["task"]["metrics"][0]
+  counts = particle_counts(next(iter(sampled.values())))
+  distinct = any(k.startswith("eval/distinct") for k in next(iter(sampled.values())))
+  settings = report.get("particles", {})
+  lines = ["", f"## Particles: {headline['label']} by picks", "",
+           f"The final checkpoint's sampler with K trajectories per problem (re-noise "
+           f"{settings.get('renoise')}, "
+           + (f"resampled by softmax(-E / {settings['resample_tau']})" if settings.get(
+               "resample_tau") else "independent") + "); each cell one particle / the "
+           "energy's pick (lowest E at t = 0) / the oracle's (the best particle, by the target), "
+           "mean over the seeds" + ("; distinct: right answers found per problem" if distinct
+                                    else "") + ".", ""]
+  for suffix, name in (("", "in-distribution"), ("_ood", "harder")):
+    header = [f"K={k}" for k in counts] + ([f"distinct, K={counts[-1]}"] if distinct else [])
+    lines += [f"{name}:", "", "| strategy | " + " | ".join(header) + " |",
+              "|" + "---|" * (len(header) + 1)]
+    for strategy, values in sampled.items():
+      cells = [" / ".join(_value((values.get(f"eval/{headline['name']}{suffix}_p{k}_{pick}")
+                                  or {}).get("mean"), headline["spec"])
+                          for pick in evaluation.PICKS) for k in counts]
+      if distinct:
+        cells.append(_value((values.get(f"eval/distinct{suffix}_p{counts[-1]}") or {}).get(
+            "mean"), ".3g"))
+      lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+    lines.append("")
+  return lines[:-1]
 
 
 def _landscape_markdown(report):
@@ -387,16 +447,18 @@ def _describe(record, info):
 
 
 def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
-                 inner_steps=None, landscape_settings=None):
+                 inner_steps=None, landscape_settings=None, particles=None):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
   ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
   raise ConfigError before anything runs. ``report_only``: train nothing, report
   what has finished (a grid still running elsewhere). ``inner_steps``: also
   score each completed run with these numbers of descent steps
-  (sweep_inner_steps; ablation_inner_steps.png). ``landscape_settings``
+  (score_checkpoint; ablation_inner_steps.png). ``landscape_settings``
   (landscape.Settings): also measure each completed run's landscape with them
-  (score_landscape; ablation_landscape.png; a continuous task's only). Returns
+  (score_landscape; ablation_landscape.png; a continuous task's only). ``particles``
+  (evaluation.Particles): also score each completed run with that many trajectories per
+  problem, per pick (score_checkpoint; a table and ablation_particles.png). Returns
   the report.
   """
   if len(set(strategies)) != len(strategies) or not strategies:
@@ -430,9 +492,13 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   # After an interruption the runs not reached are recorded with status None.
   records += [_record(strategy, seed, subdir, {}, info) for strategy, seed, _, subdir
               in plan[len(records):]]
-  if inner_steps:
+  if inner_steps or particles:
     for (_, _, c, _), record in zip(plan, records):
-      record["inner_steps"] = sweep_inner_steps(c, record, inner_steps, report_only)
+      saved = score_checkpoint(c, record, inner_steps, particles, report_only)
+      if inner_steps:
+        record["inner_steps"] = saved and inner_steps_sweep(c, saved, inner_steps)
+      if particles:
+        record["particles"] = saved and particle_columns(saved)
   if landscape_settings:
     for (_, _, c, _), record in zip(plan, records):
       record["landscape"] = score_landscape(c, record, landscape_settings, report_only)
@@ -440,6 +506,8 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
                      config.experiment_name, info, command)
   if landscape_settings:
     report["landscape_settings"] = landscape_settings.as_json()
+  if particles:
+    report["particles"] = dataclasses.asdict(particles)
   write_report(report, workdir)
   return report
 
@@ -477,9 +545,10 @@ def merge(reports, command=None):
   commands = [r["command"] for r in reports if r["command"]] + ([command] if command else [])
   merged = summarize(records, strategies, first["config"], first["base_config"], first["task"],
                      "\n".join(commands) or None)
-  measured = [r["landscape_settings"] for r in reports if "landscape_settings" in r]
-  if measured:
-    merged["landscape_settings"] = measured[0]
+  for key in ("landscape_settings", "particles"):
+    measured = [r[key] for r in reports if key in r]
+    if measured:
+      merged[key] = measured[0]
   return merged
 
 
@@ -495,6 +564,10 @@ def write_report(report, workdir):
   if swept:
     plotting.plot_ablation_inner_steps(report, [int(k) for k in swept[0]],
                                        os.path.join(workdir, "ablation_inner_steps.png"))
+  sampled = [row["particles"] for row in report["rows"].values() if "particles" in row]
+  if sampled:
+    plotting.plot_ablation_particles(report, particle_counts(sampled[0]),
+                                     os.path.join(workdir, "ablation_particles.png"))
   if any("landscape" in row for row in report["rows"].values()):
     plotting.plot_ablation_landscape(report, LANDSCAPE_MEASURES,
                                      os.path.join(workdir, "ablation_landscape.png"))

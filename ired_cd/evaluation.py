@@ -17,8 +17,9 @@ baselines (``task.baseline_scores``).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Dict, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -48,6 +49,7 @@ class Evaluator:
     self.seed = c.eval_seed if seed is None else seed
     self.return_x0 = c.eval_return_x0 if return_x0 is None else return_x0
     self.sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, self.return_x0)
+    self._setup = setup
 
   @functools.cached_property
   def sets(self):
@@ -98,6 +100,68 @@ class Evaluator:
     return results
 
 
+  def particles(self, params, particles: int, inner_steps: int, renoise: float = 1.0,
+                resample_tau: Optional[float] = None) -> Dict[str, float]:
+    """The sampler with ``particles`` trajectories per problem (sampler.sample_particles) on
+    both sets, scored per pick (``pick_scores``): '{metric}{suffix}_p{K}_{pick}' and, for
+    a discrete task, 'distinct{suffix}_p{K}'."""
+    sample = sampler_lib.make_particle_sampler(self._setup.energy_fn, self._setup.schedule,
+                                               particles, renoise, self.return_x0,
+                                               resample_tau)
+    chunk = chunk_size(max(1, self.chunk // particles), self.mesh)
+    results = {}
+    for suffix, (inputs, targets) in self.sets.items():
+      outputs, energies = predict(sample, params, inputs, self.keys[:len(inputs)], inner_steps,
+                                  chunk, self.mesh)
+      for name, value in pick_scores(self.task, inputs, targets, outputs, energies).items():
+        metric, _, pick = name.partition("_")
+        results[f"{metric}{suffix}_p{particles}" + (f"_{pick}" if pick else "")] = value
+    return results
+
+
+@dataclasses.dataclass(frozen=True)
+class Particles:
+  """Particle evaluation: ``counts`` trajectories per problem, each count scored per pick,
+  re-noised between timesteps with ``renoise`` (on by default: start noise alone ends every
+  trajectory at one answer), resampled by energy with ``resample_tau`` (None: independent)."""
+
+  counts: Tuple[int, ...] = (1, 8, 64)
+  renoise: float = 1.0
+  resample_tau: Optional[float] = None
+
+  def report(self, evaluator: "Evaluator", params, inner_steps: int) -> Dict[str, float]:
+    """Every count's ``Evaluator.particles`` as 'eval/...' keys."""
+    results = {}
+    for k in self.counts:
+      results.update(evaluator.particles(params, k, inner_steps, self.renoise,
+                                         self.resample_tau))
+    return {f"eval/{name}": value for name, value in results.items()}
+
+
+PICKS = ("one", "energy", "oracle")  # particle 0; the lowest E at t = 0; the best (by the target)
+
+
+def pick_scores(task, inputs, targets, outputs, energies) -> Dict[str, float]:
+  """Each metric of the particles' answers (N, K, D) per pick: '{metric}_{pick}' for PICKS
+  (the oracle's: the particle with the least error, violations or MSE, so never below the
+  others), and for a discrete task 'distinct': the distinct right answers per problem."""
+  n, k = energies.shape
+  per_particle = {m: np.asarray(v).reshape(n, k) for m, v in task.score(
+      np.repeat(inputs, k, axis=0), np.repeat(targets, k, axis=0),
+      outputs.reshape(n * k, -1)).items()}
+  error = per_particle["violations" if task.discrete else "mse"]
+  chosen = dict(one=np.zeros(n, int), energy=np.argmin(energies, axis=1),
+                oracle=np.argmin(error, axis=1))
+  scores = {f"{metric}_{pick}": float(np.mean(values[np.arange(n), chosen[pick]]))
+            for metric, values in per_particle.items() for pick in PICKS}
+  if task.discrete:
+    answers = task.canonical(task.decode(outputs.reshape(n * k, -1))).reshape(n, k, -1)
+    solved = per_particle["solved"] > 0
+    scores["distinct"] = float(np.mean([len({a.tobytes() for a in answers[i][solved[i]]})
+                                        for i in range(n)]))
+  return scores
+
+
 def headline_keys(task) -> tuple:
   """The summary keys of the task's first metric on both sets, e.g. ('eval/mse',
   'eval/mse_ood')."""
@@ -144,7 +208,8 @@ def _global_rows(rows: np.ndarray, mesh):
 
 
 def predict(sample, params, inputs, keys, inner_steps: int, chunk: int, mesh):
-  """``sample``'s outputs (sampler.make_sampler) for ``inputs`` (N, inp_dim) -> (N, out_dim).
+  """``sample``'s outputs (sampler.make_sampler, or a pytree of (N, ...) arrays:
+  make_particle_sampler) for ``inputs`` (N, inp_dim) -> (N, out_dim).
 
   Row i starts from the noise of ``keys[i]`` ((N, 2) uint32), whatever its row,
   chunk or N. In chunks of ``chunk`` rows (a multiple of the mesh's ``data``
@@ -162,4 +227,4 @@ def predict(sample, params, inputs, keys, inner_steps: int, chunk: int, mesh):
           for start in range(0, padded, chunk)]
   if jax.process_count() > 1:  # every host holds some of the rows: gather them on each
     outs = [multihost_utils.process_allgather(out, tiled=True) for out in outs]
-  return np.concatenate(jax.device_get(outs))[:n]
+  return jax.tree_util.tree_map(lambda *parts: np.concatenate(parts)[:n], *jax.device_get(outs))

@@ -467,9 +467,11 @@ def _train(config, workdir: str, mesh, progress: bool) -> Dict:
 
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
                         inner_steps=None, eval_size: Optional[int] = None,
-                        use_ema: bool = True) -> Dict:
+                        use_ema: bool = True,
+                        particles: Optional[evaluation.Particles] = None) -> Dict:
   """Evaluates the latest (or the given) checkpoint of ``workdir`` on every device (only its
-  EMA or online parameters are read); writes eval.json.
+  EMA or online parameters are read); writes eval.json. ``particles``: also score that many
+  trajectories per problem per pick (evaluation.Particles), at the first of ``inner_steps``.
 
   Raises FileNotFoundError, before anything is created, if there is no such
   checkpoint; holds the workdir (workdir_lock) while it reads and writes.
@@ -495,6 +497,9 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None,
       result = evaluator.report(params, inner_steps)
       result.update(step=restored_step, eval_size=evaluator.size, inner_steps=list(inner_steps),
                     params="ema" if use_ema else "online")
+      if particles is not None:
+        result.update(particles.report(evaluator, params, inner_steps[0]),
+                      particles=dataclasses.asdict(particles))
       if jax.process_index() == 0:
         metrics_io.write_json_atomic(os.path.join(workdir, "eval.json"), result)
   finally:

@@ -5,6 +5,7 @@
                             (WORKDIR/inner_steps.png)
   plot_ablation             an ablation's headline metric and health curves per strategy
   plot_ablation_inner_steps an ablation's headline metric against inner descent steps
+  plot_ablation_particles   an ablation's headline metric against particles, per pick
   plot_landscape            a run's landscape.json (ired_cd.landscape)
 
 Matplotlib's object API (no pyplot): drawing does not select or need a
@@ -293,6 +294,42 @@ def plot_ablation_inner_steps(report, inner_steps, path):
                                        in report["baselines"].items()},
                      headline["label"], f"eval {headline['label']}, {title}")
   fig.suptitle(f"Inner-steps sweep ({report['base_config']}, final checkpoints)")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+
+
+PICK_STYLES = {"one": ":", "energy": "-", "oracle": "--"}  # evaluation.PICKS
+
+
+def plot_ablation_particles(report, counts, path):
+  """The headline metric against the particles per problem K, both sets: one colour per
+  strategy (as plot_ablation's), one line style per pick (one particle dotted, the energy's
+  pick solid, the oracle dashed); means over the seeds, their std as error bars."""
+  headline = report["task"]["metrics"][0]
+  fig = Figure(figsize=(11, 4))
+  axes = fig.subplots(1, len(SET_NAMES))
+  for ax, (suffix, title) in zip(axes, SET_NAMES.items()):
+    for i, strategy in enumerate(report["strategies"]):
+      values = report["rows"][strategy].get("particles")
+      if not values:
+        continue
+      for pick, style in PICK_STYLES.items():
+        stats = [values.get(f"eval/{headline['name']}{suffix}_p{k}_{pick}") for k in counts]
+        ax.errorbar(counts, [s["mean"] for s in stats], yerr=[s["std"] or 0.0 for s in stats],
+                    fmt=style, marker="o", ms=3, capsize=2, color=_strategy_color(i),
+                    label=f"{strategy}, {pick}")
+    for (name, baseline), dashes in zip(report["baselines"].items(), ("--", "-.")):
+      key = f"eval/{headline['name']}{suffix}"
+      if baseline.get(key) is not None:
+        ax.axhline(baseline[key], ls=dashes, color="black", lw=1, label=name.replace("_", " "))
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(counts, [str(k) for k in counts])
+    ax.set(xlabel="particles per problem K", ylabel=headline["label"],
+           title=f"eval {headline['label']}, {title}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.suptitle(f"Particles ({report['base_config']}, final checkpoints): the energy's pick "
+               "against one particle and the oracle")
   fig.tight_layout()
   fig.savefig(path, dpi=110)
 

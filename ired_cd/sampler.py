@@ -19,6 +19,7 @@ descent's instruments; ``inner_steps`` then a python int).
 from __future__ import annotations
 
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +31,14 @@ from ired_cd.diffusion import Schedule, clip_answer
 
 def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
                 return_x0: bool = False, with_stats: bool = False, renoise_keys=None,
-                renoise=1.0):
+                renoise=1.0, resample: Optional[Callable] = None):
   """Runs the sampler from y_init.  inp: (B, inp_dim), y_init: (B, D) -> (B, D).
 
   renoise_keys (B,): re-noise each state passed to t - 1 with ``renoise`` times that
   timestep's noise std, row i drawing fold_in(renoise_keys[i], t); renoise = 1 makes it
   q_sample(x0, t - 1) with fresh noise. None (the default): the original's sampler.
+  resample: ``resample(y, E (B,), t) -> y`` after the descent at each t > 0, given each
+  row's energy there (particles resampled by their energy: ``resampler``).
 
   with_stats: (output, DescentStats) with each field stacked per timestep in the
   sampler's order t = T-1 .. 0 after the batch axis: moved (B, T, K), score_norm_* (B, T).
@@ -50,6 +53,9 @@ def ired_sample(energy_fn, params, inp, y_init, schedule: Schedule, inner_steps,
     x0 = clip_answer(schedule.predict_start_from_noise(y, t, eps))
     y = descend_at(energy_fn, params, inp, x0, tt, inner_steps, schedule, cond, with_stats)
     y, stats = y if with_stats else (y, None)
+    if resample is not None:
+      energy = energy_fn.energy_given(params, cond, y)[:, 0]
+      y = jnp.where(tt > 0, resample(y, energy, tt), y)
     x0 = schedule.sqrt_recip_alphas_cumprod[tt] * y
     y_prev = schedule.sqrt_alphas_cumprod[jnp.maximum(tt - 1, 0)] * x0
     if renoise_keys is not None:
@@ -78,21 +84,24 @@ def start_noise(keys, out_dim: int):
 # A problem's randomness derives from its one key (evaluation: fold_in(PRNGKey(eval_seed), i);
 # experiments.solve: a hash of the problem), one stream per use: trajectory j's start noise
 # (the key itself for j = 0: the standard sampler), its re-noise, and the landscape's
-# perturbations (``stream``).
-START_STREAM, RENOISE_STREAM = 1, 2
+# perturbations (``stream``), a particle set's resampling.
+START_STREAM, RENOISE_STREAM, RESAMPLE_STREAM = 1, 2, 3
 
 
 def stream(keys, tag, index=0):
-  """fold_in(fold_in(key, tag), index) per problem: keys (B, 2) -> (B, 2)."""
-  return jax.vmap(lambda key: jax.random.fold_in(jax.random.fold_in(key, tag), index))(keys)
+  """fold_in(fold_in(key, tag), index) per problem: keys (B, 2), index a scalar or (B,) ->
+  (B, 2)."""
+  index = jnp.broadcast_to(jnp.asarray(index, jnp.uint32), keys.shape[:1])
+  return jax.vmap(lambda key, i: jax.random.fold_in(jax.random.fold_in(key, tag), i))(keys, index)
 
 
 def start_keys(keys, trajectory=0):
-  """Trajectory ``trajectory``'s start-noise keys: the problems' own keys for 0 (a python int
-  or a traced scalar), ``stream(keys, START_STREAM, j)`` for j > 0."""
+  """Trajectory ``trajectory``'s start-noise keys: the problems' own keys for 0 (a python int,
+  a traced scalar or one per row), ``stream(keys, START_STREAM, j)`` for j > 0."""
   if isinstance(trajectory, int) and trajectory == 0:
     return keys
-  return jnp.where(trajectory == 0, keys, stream(keys, START_STREAM, trajectory))
+  trajectory = jnp.broadcast_to(trajectory, keys.shape[:1])[:, None]
+  return jnp.where(trajectory == 0, keys, stream(keys, START_STREAM, trajectory[:, 0]))
 
 
 def sample_from_keys(energy_fn, params, inp, keys, schedule: Schedule, inner_steps,
@@ -122,5 +131,61 @@ def make_sampler(energy_fn, schedule: Schedule, return_x0: bool = False,
   def sample(params, inp, keys, inner_steps):
     return sample_from_keys(energy_fn, params, inp, keys, schedule, inner_steps, return_x0,
                             with_stats)
+
+  return sample
+
+
+def resampler(keys, particles: int, tau: float):
+  """``resample`` for ired_sample over rows of ``particles`` particles per problem (row
+  b K + j: problem b's particle j): at timestep t each problem's particles are drawn anew by
+  systematic resampling with weights softmax(-E / tau) over them, the problem's uniform from
+  fold_in(stream(its key, RESAMPLE_STREAM), t). Each of K particles is kept K w_j times in
+  expectation (at most one off), and equal weights (tau -> infinity) keep every particle
+  where it is: independent particles. keys: (B, 2), one per problem."""
+  streams = stream(keys, RESAMPLE_STREAM)
+
+  def resample(y, energy, tt):
+    weights = jax.nn.softmax(-energy.reshape(-1, particles) / tau, axis=1)  # (B, K)
+    offsets = jax.vmap(lambda key: jax.random.uniform(jax.random.fold_in(key, tt)))(streams)
+    points = (offsets[:, None] + jnp.arange(particles)) / particles  # (B, K) in [0, 1)
+    below = points[:, :, None] >= jnp.cumsum(weights, axis=1)[:, None, :]
+    chosen = jnp.minimum(jnp.sum(below, axis=2), particles - 1)
+    rows = jnp.arange(weights.shape[0])[:, None] * particles + chosen
+    return y[rows.reshape(-1)]
+
+  return resample
+
+
+def sample_particles(energy_fn, params, inp, keys, schedule: Schedule, inner_steps,
+                     particles: int, renoise: float = 1.0, return_x0: bool = False,
+                     resample_tau: Optional[float] = None):
+  """``particles`` trajectories per problem: trajectory j of ``sample_from_keys`` (its start
+  noise, re-noised with ``renoise``) for j < particles, all in one batch (problems x particles
+  rows, problem-major: sharded like the problems); with ``resample_tau``, resampled between
+  timesteps by their energy (``resampler``). inp (B, inp_dim), keys (B, 2) ->
+  (outputs (B, K, D), E at t = 0 of each answer (B, K))."""
+  batch, dim = inp.shape[0], energy_fn.module.out_dim
+  rows = jnp.repeat(inp, particles, axis=0)
+  row_keys = jnp.repeat(keys, particles, axis=0)
+  trajectory = jnp.tile(jnp.arange(particles), batch)
+  out = ired_sample(
+      energy_fn, params, rows, start_noise(start_keys(row_keys, trajectory), dim), schedule,
+      inner_steps, return_x0, renoise_keys=stream(row_keys, RENOISE_STREAM, trajectory)
+      if renoise else None, renoise=renoise,
+      resample=None if resample_tau is None else resampler(keys, particles, resample_tau))
+  state = out * schedule.sqrt_alphas_cumprod[0] if return_x0 else out  # sqrt(abar_0) x0
+  energy = energy_fn(params, rows, state, jnp.zeros((rows.shape[0],), jnp.int32))[:, 0]
+  return out.reshape(batch, particles, dim), energy.reshape(batch, particles)
+
+
+def make_particle_sampler(energy_fn, schedule: Schedule, particles: int, renoise: float = 1.0,
+                          return_x0: bool = False, resample_tau: Optional[float] = None):
+  """A jitted ``sample(params, inp, keys, inner_steps) -> (outputs (B, K, D), E (B, K))``:
+  ``sample_particles`` with these settings (one compiled program per setting)."""
+
+  @jax.jit
+  def sample(params, inp, keys, inner_steps):
+    return sample_particles(energy_fn, params, inp, keys, schedule, inner_steps, particles,
+                            renoise, return_x0, resample_tau)
 
   return sample

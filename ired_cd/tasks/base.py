@@ -266,6 +266,11 @@ class DiscreteTask(Task):
     """Assignments -> answers y in the diffused space (targets), float32."""
     raise NotImplementedError
 
+  def canonical(self, assignment) -> np.ndarray:
+    """One representative of each class of equivalent assignments (B, ...) (host): two
+    assignments are the same answer exactly when their canonical forms are equal."""
+    return np.asarray(assignment)
+
   def residual(self, inputs, y):
     return self.violations(inputs, self.decode(y)).astype(jnp.float32)
 

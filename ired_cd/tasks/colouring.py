@@ -91,6 +91,16 @@ class Colouring(base.DiscreteTask):
   def decode(self, y):
     return y.reshape(y.shape[0], self.nodes, self.colours).argmax(-1)
 
+  def canonical(self, assignment):
+    """Colourings with their colours renamed in order of first use (node 0 has colour 0, the
+    next new colour is 1, ...): colourings equal up to permuting the colours coincide."""
+    assignment = np.asarray(assignment)
+    first_use = np.argmax(assignment[:, :, None] == np.arange(self.colours), axis=1)  # (B, k)
+    unused = ~np.any(assignment[:, :, None] == np.arange(self.colours), axis=1)
+    order = np.argsort(np.where(unused, self.nodes, first_use), axis=1)
+    rename = np.argsort(order, axis=1)  # colour -> its rank by first use
+    return np.take_along_axis(rename, assignment, axis=1)
+
   def violations(self, inputs, assignment):
     """Edges (each counted once) whose two ends share a colour."""
     adjacency = inputs.reshape(inputs.shape[0], self.nodes, self.nodes)
