@@ -6,13 +6,14 @@ import dataclasses
 import itertools
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from configs import base
-from ired_cd import dimacs, strategies, train
+from ired_cd import dimacs, evaluation, sampler, strategies, train
 from ired_cd import tasks
 from ired_cd.tasks import sat as sat_lib
 
@@ -290,3 +291,100 @@ def test_solution_files_say_satisfiable_only_without_violations():
   colouring = tasks.get_task("colouring", nodes=4)
   text = colouring.format_answer(colouring.encode(np.array([[2, 0, 1, 1]]))[0], 3, 0)
   assert text.splitlines()[1:] == ["v 1 3", "v 2 1", "v 3 2"]
+
+
+# ----------------------------------------------------------------- particles
+def test_particle_picks_the_oracle_is_never_worse():
+  """On any particle set: the oracle's violations are the least, so it solves whenever the
+  energy's pick or one particle does; the picks read the rows they name."""
+  task = _sat()
+  inputs, targets = task.eval_set(8, 1, True)
+  rng = np.random.default_rng(0)
+  outputs = rng.normal(size=(8, 5, task.variables)).astype(np.float32)
+  outputs[2, 3] = targets[2]  # one right answer, not particle 0
+  energies = rng.normal(size=(8, 5))
+  scores = evaluation.pick_scores(task, inputs, targets, outputs, energies)
+  assert scores["violations_oracle"] <= min(scores["violations_one"],
+                                            scores["violations_energy"])
+  assert scores["solved_oracle"] >= max(scores["solved_one"], scores["solved_energy"])
+  assert scores["solved_oracle"] >= 1 / 8 and scores["distinct"] >= 1 / 8
+  energies[2, 3] = -100.0  # the energy now picks the right answer of problem 2
+  assert evaluation.pick_scores(task, inputs, targets, outputs, energies)["solved_energy"] >= 1 / 8
+
+
+def test_colourings_equal_up_to_their_colour_names_are_one_answer():
+  task = tasks.get_task("colouring", nodes=4)
+  same = task.canonical(np.array([[0, 1, 2, 1], [2, 0, 1, 0], [1, 1, 0, 2]]))
+  np.testing.assert_array_equal(same[0], same[1])
+  assert not np.array_equal(same[0], same[2])
+
+
+@dataclasses.dataclass(frozen=True)
+class _Shape:
+  out_dim: int
+  hidden: int = 1
+  last_layer: str = "plain"
+
+
+@dataclasses.dataclass(frozen=True)
+class WellEnergy:
+  """E(y) = ||y - sqrt(abar_t) c||^2 / 2 with c = +1 on every variable: the one minimum is the
+  all-true assignment (model.EnergyFunction's interface)."""
+
+  module: _Shape
+  calls_per_params: int = 1
+
+  def sharing(self, calls):
+    return self
+
+  def condition(self, params, inp, t):
+    return jnp.broadcast_to(_tiny.schedule().sqrt_alphas_cumprod[t][:, None],
+                            (inp.shape[0], self.module.out_dim))
+
+  def energy_given(self, params, cond, y, gram=False):
+    return 0.5 * jnp.sum(jnp.square(y - cond), axis=-1, keepdims=True)
+
+  def __call__(self, params, inp, y, t):
+    return self.energy_given(params, self.condition(params, inp, t), y)
+
+
+def test_the_energys_pick_finds_the_known_minimum_and_resampling_gathers_there():
+  """A hand-made energy with one known minimum: among re-noised particles the energy's pick
+  is the one nearest it (the oracle's, for an answer scored by its distance); resampling by
+  energy at a low temperature brings the particles nearer it than independent ones, and at an
+  infinite one leaves them where independent particles are (to float rounding)."""
+  energy_fn = WellEnergy(_Shape(6))
+  inp = jnp.zeros((4, 3))
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  run = lambda tau: sampler.sample_particles(  # noqa: E731
+      energy_fn, {}, inp, keys, _tiny.schedule(), 0, 16, renoise=1.0, resample_tau=tau)
+  outputs, energies = jax.jit(lambda: run(None))()
+  chex.assert_shape([outputs, energies], [(4, 16, 6), (4, 16)])
+  distance = np.sum(np.square(np.asarray(outputs) - _tiny.schedule().sqrt_alphas_cumprod[0]), -1)
+  np.testing.assert_array_equal(np.argmin(energies, 1), np.argmin(distance, 1))
+  assert np.all(np.std(np.asarray(outputs), axis=1) > 0.05)  # the particles differ
+  independent = np.asarray(jax.jit(lambda: run(1e30)[0])())
+  np.testing.assert_allclose(independent, np.asarray(outputs), atol=1e-6)  # other fusions
+  gathered = np.asarray(jax.jit(lambda: run(1e-3)[1])())
+  assert gathered.mean() < 0.5 * np.asarray(energies).mean()
+
+
+def test_systematic_resampling_copies_by_weight():
+  """Weights softmax(-E / tau): one particle of much lower energy takes every slot; equal
+  energies keep each particle in its own slot."""
+  keys = jax.random.split(jax.random.PRNGKey(1), 2)
+  resample = sampler.resampler(keys, 4, tau=1.0)
+  y = jnp.arange(8.0)[:, None]
+  low = jnp.array([5.0, 5.0, -50.0, 5.0, 0.0, 0.0, 0.0, 0.0])
+  np.testing.assert_array_equal(resample(y, low, 3)[:, 0], [2, 2, 2, 2, 4, 5, 6, 7])
+
+
+def test_particles_of_a_problem_do_not_depend_on_its_row_or_batch():
+  energy_fn, params = _tiny.small_energy()
+  inp = jax.random.normal(jax.random.PRNGKey(2), (5, _tiny.DIM))
+  keys = jax.random.split(jax.random.PRNGKey(3), 5)
+  sample = sampler.make_particle_sampler(energy_fn, _tiny.schedule(), 3, resample_tau=0.5)
+  outputs, energies = sample(params, inp, keys, 1)
+  alone, alone_e = sample(params, inp[3:4], keys[3:4], 1)
+  np.testing.assert_allclose(alone[0], outputs[3], atol=1e-5)
+  np.testing.assert_allclose(alone_e[0], energies[3], rtol=1e-5)
