@@ -67,6 +67,9 @@ _RENOISE = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
                               "Particles: re-noise between timesteps (0: none).")
 _TAU = flags.DEFINE_float("eval_resample_tau", None, "Particles: resample them between "
                           "timesteps by softmax(-E / tau) (default: independent).")
+_PARTICLES_SIZE = flags.DEFINE_integer(
+    "eval_particles_size", None, "Particles: on the first N problems of each evaluation set "
+    "(default: all of them).")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -97,7 +100,7 @@ def main(argv):
     cli.check_workdir("--workdir", workdir)
     cli.check_choices(_STRATEGIES, schema.STRATEGIES)
     inner = cli.step_counts(_INNER.name, _INNER.value)
-    particles = cli.particles(_PARTICLES, _RENOISE, _TAU)
+    particles = cli.particles(_PARTICLES, _RENOISE, _TAU, _PARTICLES_SIZE)
     if _LANDSCAPE.value is not None:
       cli.check_at_least(_LANDSCAPE, 1)
     if _MERGE.value:

@@ -138,16 +138,18 @@ def check_workdir(name: str, path: str, must_exist: bool = False) -> None:
                                 else ""))
 
 
-def particles(counts: flags.FlagHolder, renoise: flags.FlagHolder,
-              tau: flags.FlagHolder) -> Optional[evaluation.Particles]:
-  """The particle evaluation the three flags ask for (None without ``counts``); ConfigError
+def particles(counts: flags.FlagHolder, renoise: flags.FlagHolder, tau: flags.FlagHolder,
+              size: flags.FlagHolder) -> Optional[evaluation.Particles]:
+  """The particle evaluation the four flags ask for (None without ``counts``); ConfigError
   naming the flag otherwise."""
   if counts.value is None:
     return None
   values = integers(counts.name, counts.value, 1)
+  if size.value is not None:
+    check_at_least(size, 1)
   if renoise.value < 0:
     raise schema.ConfigError(f"--{renoise.name}: must be >= 0, got {renoise.value}")
   if tau.value is not None and not tau.value > 0:
     raise schema.ConfigError(f"--{tau.name}: must be > 0 (or unset: independent particles), "
                              f"got {tau.value}")
-  return evaluation.Particles(tuple(values), renoise.value, tau.value)
+  return evaluation.Particles(tuple(values), renoise.value, tau.value, size.value)

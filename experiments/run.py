@@ -42,6 +42,9 @@ _RENOISE = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
                               "eval mode, particles: re-noise between timesteps (0: none).")
 _TAU = flags.DEFINE_float("eval_resample_tau", None, "eval mode, particles: resample them "
                           "between timesteps by softmax(-E / tau) (default: independent).")
+_PARTICLES_SIZE = flags.DEFINE_integer(
+    "eval_particles_size", None, "Particles: on the first N problems of each evaluation set "
+    "(default: all of them).")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0 (TPU VM slices and SLURM "
@@ -60,7 +63,7 @@ def main(argv):
   try:
     schema.validate(config, base.get_config())
     inner = cli.step_counts(_INNER.name, _INNER.value)
-    particles = cli.particles(_PARTICLES, _RENOISE, _TAU)
+    particles = cli.particles(_PARTICLES, _RENOISE, _TAU, _PARTICLES_SIZE)
     if _SIZE.value is not None and _SIZE.value <= 0:
       raise schema.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
     cli.check_workdir("--workdir", workdir)

@@ -49,7 +49,7 @@ class Evaluator:
     self.seed = c.eval_seed if seed is None else seed
     self.return_x0 = c.eval_return_x0 if return_x0 is None else return_x0
     self.sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, self.return_x0)
-    self._setup = setup
+    self.setup = setup
 
   @functools.cached_property
   def sets(self):
@@ -105,7 +105,7 @@ class Evaluator:
     """The sampler with ``particles`` trajectories per problem (sampler.sample_particles) on
     both sets, scored per pick (``pick_scores``): '{metric}{suffix}_p{K}_{pick}' and, for
     a discrete task, 'distinct{suffix}_p{K}'."""
-    sample = sampler_lib.make_particle_sampler(self._setup.energy_fn, self._setup.schedule,
+    sample = sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
                                                particles, renoise, self.return_x0,
                                                resample_tau)
     chunk = chunk_size(max(1, self.chunk // particles), self.mesh)
@@ -123,14 +123,21 @@ class Evaluator:
 class Particles:
   """Particle evaluation: ``counts`` trajectories per problem, each count scored per pick,
   re-noised between timesteps with ``renoise`` (on by default: start noise alone ends every
-  trajectory at one answer), resampled by energy with ``resample_tau`` (None: independent)."""
+  trajectory at one answer), resampled by energy with ``resample_tau`` (None: independent),
+  on the first ``size`` problems of each evaluation set (None: all of them)."""
 
   counts: Tuple[int, ...] = (1, 8, 64)
   renoise: float = 1.0
   resample_tau: Optional[float] = None
+  size: Optional[int] = None
 
   def report(self, evaluator: "Evaluator", params, inner_steps: int) -> Dict[str, float]:
-    """Every count's ``Evaluator.particles`` as 'eval/...' keys."""
+    """Every count's ``Evaluator.particles`` as 'eval/...' keys (on ``size`` problems: the
+    same sets' first ones, the same keys)."""
+    if self.size is not None and self.size < evaluator.size:
+      evaluator = Evaluator(evaluator.setup, size=self.size, chunk=evaluator.chunk,
+                            seed=evaluator.seed, return_x0=evaluator.return_x0,
+                            mesh=evaluator.mesh)
     results = {}
     for k in self.counts:
       results.update(evaluator.particles(params, k, inner_steps, self.renoise,
