@@ -75,6 +75,17 @@ def _time_calls(fn, n):
   return times
 
 
+def interleaved(rounds, names, run):
+  """{name: [ms, ...]}: ``run(name)`` (one timed call, its ms) for each of ``names`` in each of
+  ``rounds`` rounds, the order reversed every other round (the last name leads the first), so
+  the machine's drift hits every name alike and the ratios are cleaner than separate runs'."""
+  times = {name: [] for name in names}
+  for i in range(rounds):
+    for name in list(names)[::1 if i % 2 else -1]:
+      times[name].append(run(name))
+  return times
+
+
 def bench_matmul(n, reps, matmul_dtype):
   """GFLOP/s of an n x n product of float32 arrays, done as the model does its products."""
   a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
@@ -143,6 +154,15 @@ def _timed_step(compiled, state):
   return state, metrics, (time.perf_counter() - tic) * 1e3
 
 
+def _interleaved_steps(compiled, states, steps):
+  """``interleaved`` train steps: ``steps`` of each compiled step of {name: compiled}, from
+  and into {name: state} ``states``."""
+  def step(name):
+    states[name], _, ms = _timed_step(compiled[name], states[name])
+    return ms
+  return interleaved(steps, list(compiled), step)
+
+
 def bench_train(config, strategy, steps, peak, num_devices):
   device = jax.devices()[0]
   stats_before = device.memory_stats()
@@ -166,16 +186,11 @@ def bench_train(config, strategy, steps, peak, num_devices):
 
 
 def bench_matmul_dtypes(config, strategy, steps):
-  """float32 against bfloat16 matmuls: the two compiled steps alternate, so the machine's drift
-  hits both alike and the ratio is cleaner than two runs' figures."""
+  """float32 against bfloat16 matmuls: the two compiled steps interleaved."""
   compiled, states = {}, {}
   for dtype in matmul_lib.MATMUL_DTYPES:
     _, _, states[dtype], compiled[dtype], _ = _warm_step(config, strategy, matmul_dtype=dtype)
-  times = {dtype: [] for dtype in compiled}
-  for i in range(steps):
-    for dtype in matmul_lib.MATMUL_DTYPES[::1 if i % 2 else -1]:
-      states[dtype], _, ms = _timed_step(compiled[dtype], states[dtype])
-      times[dtype].append(ms)
+  times = _interleaved_steps(compiled, states, steps)
   median = {dtype: statistics.median(t) for dtype, t in times.items()}
   emit(what="dtypes", strategy=strategy, batch_size=config.batch_size, steps=steps,
        median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])
@@ -183,18 +198,14 @@ def bench_matmul_dtypes(config, strategy, steps):
 
 def bench_gram(config, strategy, steps, inner_steps):
   """The Gram last layer where it pays (``last_layer='auto'``) against the plain one: train
-  steps alternating, then the sampler on ``config.eval_chunk`` problems alternating, both
+  steps interleaved, then the sampler on ``config.eval_chunk`` problems interleaved, both
   compiled in one process."""
   modes = {"gram": "auto", "plain": "plain"}
   compiled, states, setups = {}, {}, {}
   for mode, last_layer in modes.items():
     _, setups[mode], states[mode], compiled[mode], _ = _warm_step(config, strategy,
                                                                   last_layer=last_layer)
-  times = {mode: [] for mode in modes}
-  for i in range(steps):
-    for mode in list(modes)[::1 if i % 2 else -1]:
-      states[mode], _, ms = _timed_step(compiled[mode], states[mode])
-      times[mode].append(ms)
+  times = _interleaved_steps(compiled, states, steps)
   train_ms = {mode: statistics.median(t) for mode, t in times.items()}
   setup = setups["gram"]
   params = train.init_state(setup).ema_params
@@ -205,10 +216,8 @@ def bench_gram(config, strategy, steps, inner_steps):
     samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule,
                                           setup.task.out_dim).lower(params, inp, key, k).compile()
     jax.block_until_ready(samplers[mode](params, inp, key, k))
-  times = {mode: [] for mode in modes}
-  for i in range(max(5, steps // 4)):
-    for mode in list(modes)[::1 if i % 2 else -1]:
-      times[mode] += _time_calls(lambda: samplers[mode](params, inp, key, k), 1)
+  times = interleaved(max(5, steps // 4), modes,
+                      lambda mode: _time_calls(lambda: samplers[mode](params, inp, key, k), 1)[0])
   sampler_ms = {mode: statistics.median(t) for mode, t in times.items()}
   emit(what="gram", strategy=strategy, batch_size=config.batch_size,
        matmul_dtype=config.matmul_dtype, steps=steps,

@@ -237,10 +237,14 @@ def test_inner_steps_sweep_scores_every_completed_run_once(grid):
   assert "inner_steps" not in fresh["rows"]["none"]
 
 
-def test_landscape_columns_measure_every_completed_run_once(grid):
+def test_landscape_columns_measure_every_completed_run_once(grid, monkeypatch):
   """--landscape_size: each run's final checkpoint measured by experiments.landscape (its
   landscape.json), the means of landscape.summary over seeds in the report, a table and a
-  figure; a rerun reuses the measurements, and another size is not taken for this one."""
+  figure; a rerun reuses the measurements, and another size is not taken for this one.
+  Small measures: acceptance at the config's inner steps only, 2 trajectories, 2 re-noises."""
+  monkeypatch.setattr(landscape, "ACCEPTANCE_INNER_STEPS", ())
+  monkeypatch.setattr(landscape, "TRAJECTORIES", 2)
+  monkeypatch.setattr(landscape, "BREADTH_RENOISE", (0.0, 1.0))
   workdir, _ = grid
   report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
   for strategy in STRATEGIES:
@@ -277,14 +281,21 @@ def test_landscape_columns_measure_every_completed_run_once(grid):
 
 
 def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
-  """The grid run as two grids (one per strategy), merged: the same rows and table, every
-  command named; protocols that differ, or a seed in two reports, are refused."""
+  """The grid run as two grids (one per strategy), merged: every run, a row per strategy of
+  both seeds' results, the grid's table, every command named; protocols that differ, or a
+  seed in two reports, are refused."""
   workdir, report = grid
   apart = [ablation.summarize([r for r in report["runs"] if r["strategy"] == s], [s],
                               report["config"], report["base_config"], f"grid {s}")
            for s in STRATEGIES]
   merged = ablation.merge(apart, "merge command")
-  assert merged["rows"] == report["rows"] and merged["strategies"] == STRATEGIES
+  assert merged["strategies"] == STRATEGIES and merged["seeds"] == [0, 1]
+  assert merged["runs"] == report["runs"]
+  for strategy in STRATEGIES:
+    row, runs = merged["rows"][strategy], [summary(workdir, strategy, k) for k in (0, 1)]
+    assert (row["seeds_completed"], row["seeds_total"]) == (2, 2)
+    for key in ("eval/mse", "eval/mse_ood"):
+      assert row[key]["values"] == pytest.approx([r[key] for r in runs])
   assert merged["command"] == "grid none\ngrid cd_full\nmerge command"
   ablation.write_report(merged, str(tmp_path))
   assert table(str(tmp_path)) == table(workdir)
