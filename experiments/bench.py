@@ -41,6 +41,7 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli, memory
+from experiments.timing import interleaved
 from ired_cd import schema
 from ired_cd import flops, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
@@ -72,17 +73,6 @@ def _time_calls(fn, n):
     tic = time.perf_counter()
     jax.block_until_ready(fn())
     times.append((time.perf_counter() - tic) * 1e3)
-  return times
-
-
-def interleaved(rounds, names, run):
-  """{name: [ms, ...]}: ``run(name)`` (one timed call, its ms) for each of ``names`` in each of
-  ``rounds`` rounds, the order reversed every other round (the last name leads the first), so
-  the machine's drift hits every name alike and the ratios are cleaner than separate runs'."""
-  times = {name: [] for name in names}
-  for i in range(rounds):
-    for name in list(names)[::1 if i % 2 else -1]:
-      times[name].append(run(name))
   return times
 
 
@@ -155,7 +145,7 @@ def _timed_step(compiled, state):
 
 
 def _interleaved_steps(compiled, states, steps):
-  """``interleaved`` train steps: ``steps`` of each compiled step of {name: compiled}, from
+  """Interleaved train steps: ``steps`` of each compiled step of {name: compiled}, from
   and into {name: state} ``states``."""
   def step(name):
     states[name], _, ms = _timed_step(compiled[name], states[name])

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import bench, memory
+from experiments import memory, timing
 from tests.conftest import assert_refused
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +68,7 @@ def test_interleaved_reverses_the_order_every_other_round():
     calls.append(name)
     return float(len(calls))
 
-  times = bench.interleaved(4, ("float32", "bfloat16"), run)
+  times = timing.interleaved(4, ("float32", "bfloat16"), run)
   assert calls == ["bfloat16", "float32", "float32", "bfloat16"] * 2
   assert times == {"float32": [2.0, 3.0, 6.0, 7.0], "bfloat16": [1.0, 4.0, 5.0, 8.0]}
 
