@@ -241,10 +241,10 @@ def test_landscape_columns_measure_every_completed_run_once(grid, monkeypatch):
   """--landscape_size: each run's final checkpoint measured by experiments.landscape (its
   landscape.json), the means of landscape.summary over seeds in the report, a table and a
   figure; a rerun reuses the measurements, and another size is not taken for this one.
-  Small measures: acceptance at the config's inner steps only, 2 trajectories, 2 re-noises."""
+  Small measures: acceptance at the config's inner steps only, 2 trajectories, no re-noise."""
   monkeypatch.setattr(landscape, "ACCEPTANCE_INNER_STEPS", ())
   monkeypatch.setattr(landscape, "TRAJECTORIES", 2)
-  monkeypatch.setattr(landscape, "BREADTH_RENOISE", (0.0, 1.0))
+  monkeypatch.setattr(landscape, "BREADTH_RENOISE", (0.0,))
   workdir, _ = grid
   report = ablation.run_ablation(tiny(), STRATEGIES, 2, workdir, landscape_size=8)
   for strategy in STRATEGIES:
