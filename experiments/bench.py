@@ -41,6 +41,7 @@ from ml_collections import config_flags
 
 from configs import base
 from experiments import cli, memory
+from experiments.timing import interleaved
 from ired_cd import schema
 from ired_cd import flops, parallel, sampler, train
 from ired_cd import matmul as matmul_lib
@@ -160,6 +161,15 @@ def _problems(setup, n):
   return inputs, jax.random.split(jax.random.PRNGKey(2), n)
 
 
+def _interleaved_steps(compiled, states, steps):
+  """Interleaved train steps: ``steps`` of each compiled step of {name: compiled}, from
+  and into {name: state} ``states``."""
+  def step(name):
+    states[name], _, ms = _timed_step(compiled[name], states[name])
+    return ms
+  return interleaved(steps, list(compiled), step)
+
+
 def bench_train(config, strategy, steps, peak, num_devices):
   device = jax.devices()[0]
   stats_before = device.memory_stats()
@@ -184,16 +194,11 @@ def bench_train(config, strategy, steps, peak, num_devices):
 
 
 def bench_matmul_dtypes(config, strategy, steps):
-  """float32 against bfloat16 matmuls: the two compiled steps alternate, so the machine's drift
-  hits both alike and the ratio is cleaner than two runs' figures."""
+  """float32 against bfloat16 matmuls: the two compiled steps interleaved."""
   compiled, states = {}, {}
   for dtype in matmul_lib.MATMUL_DTYPES:
     _, _, states[dtype], compiled[dtype], _ = _warm_step(config, strategy, matmul_dtype=dtype)
-  times = {dtype: [] for dtype in compiled}
-  for i in range(steps):
-    for dtype in matmul_lib.MATMUL_DTYPES[::1 if i % 2 else -1]:
-      states[dtype], _, ms = _timed_step(compiled[dtype], states[dtype])
-      times[dtype].append(ms)
+  times = _interleaved_steps(compiled, states, steps)
   median = {dtype: statistics.median(t) for dtype, t in times.items()}
   emit(what="dtypes", strategy=strategy, batch_size=config.batch_size, steps=steps,
        median_ms=median, speedup_bfloat16=median["float32"] / median["bfloat16"])
@@ -201,18 +206,14 @@ def bench_matmul_dtypes(config, strategy, steps):
 
 def bench_gram(config, strategy, steps, inner_steps):
   """The Gram last layer where it pays (``last_layer='auto'``) against the plain one: train
-  steps alternating, then the sampler on ``config.eval_chunk`` problems alternating, both
+  steps interleaved, then the sampler on ``config.eval_chunk`` problems interleaved, both
   compiled in one process."""
   modes = {"gram": "auto", "plain": "plain"}
   compiled, states, setups = {}, {}, {}
   for mode, last_layer in modes.items():
     _, setups[mode], states[mode], compiled[mode], _ = _warm_step(config, strategy,
                                                                   last_layer=last_layer)
-  times = {mode: [] for mode in modes}
-  for i in range(steps):
-    for mode in list(modes)[::1 if i % 2 else -1]:
-      states[mode], _, ms = _timed_step(compiled[mode], states[mode])
-      times[mode].append(ms)
+  times = _interleaved_steps(compiled, states, steps)
   train_ms = {mode: statistics.median(t) for mode, t in times.items()}
   setup = setups["gram"]
   params = train.init_state(setup).ema_params
@@ -223,10 +224,8 @@ def bench_gram(config, strategy, steps, inner_steps):
     samplers[mode] = sampler.make_sampler(setups[mode].energy_fn, setup.schedule).lower(
         params, inp, key, k).compile()
     jax.block_until_ready(samplers[mode](params, inp, key, k))
-  times = {mode: [] for mode in modes}
-  for i in range(max(5, steps // 4)):
-    for mode in list(modes)[::1 if i % 2 else -1]:
-      times[mode] += _time_calls(lambda: samplers[mode](params, inp, key, k), 1)
+  times = interleaved(max(5, steps // 4), modes,
+                      lambda mode: _time_calls(lambda: samplers[mode](params, inp, key, k), 1)[0])
   sampler_ms = {mode: statistics.median(t) for mode, t in times.items()}
   emit(what="gram", strategy=strategy, batch_size=config.batch_size,
        matmul_dtype=config.matmul_dtype, steps=steps,

@@ -54,7 +54,7 @@ default; ``configs/cd_stable.py`` turns on the ones the study selected):
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,18 @@ class LossSettings:
   def strategy(self) -> schema.Strategy:
     """The registry's entry of ``mining_strategy``."""
     return schema.STRATEGY_REGISTRY[self.mining_strategy]
+
+
+class NegativeNoise(NamedTuple):
+  """The energy term's standard normals, given instead of drawn from a key (as the PyTorch
+  reference's golden arrays give them). ``eps`` (B, D): the positives' noise (the NCE's
+  negatives start from ired_noise_scale times it); CD only: ``init`` (B, D), the chain's start
+  noise (times mining_noise_scale), and ``chain`` (K, B, D), K Langevin steps' noise. The
+  replay buffer draws from a key: a given noise takes none."""
+
+  eps: jnp.ndarray
+  init: Optional[jnp.ndarray] = None
+  chain: Optional[jnp.ndarray] = None
 
 
 def denoising_loss(energy_fn, params, schedule: Schedule, inp, x0, t, eps, cond=None):
@@ -223,11 +235,15 @@ def _paired_energies(energy_fn, params, inp, x_pos, x_neg, t, inp_neg=None):
           energy_fn.energy_given(params, cond_neg, x_neg)[:, 0])
 
 
-def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, key,
+def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, negatives,
                      energy_params=None):
-  """The original's NCE: softplus(E_pos - E_neg), negatives from 3x noise (+ descent)."""
+  """The original's NCE: softplus(E_pos - E_neg), negatives from 3x noise (+ descent).
+  ``negatives``: a key, or a NegativeNoise."""
   energy_params = params if energy_params is None else energy_params
-  eps = jax.random.normal(key, x0.shape)
+  if isinstance(negatives, NegativeNoise):
+    eps = negatives.eps
+  else:
+    eps = jax.random.normal(negatives, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps)
   x_neg = schedule.q_sample(x0, t, settings.ired_noise_scale * eps)
   if settings.strategy.descent:
@@ -244,18 +260,24 @@ def _nce_energy_loss(energy_fn, params, schedule, settings, inp, cond, x0, t, ke
   return loss, settings.nce_loss_weight, metrics
 
 
-def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, key,
-                    step, buffer, energy_params=None):
+def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t,
+                    negatives, step, buffer, energy_params=None):
   """Guide sections A-F. Returns (per-sample loss (B,), weight, metrics, buffer).
 
+  ``negatives``: a key, or a NegativeNoise (without the replay buffer).
   ``energy_params``: the parameters E_pos and E_neg are evaluated with (default
   ``params``; the chain always runs on ``params`` with gradients stopped).
   """
   energy_params = params if energy_params is None else energy_params
-  k_pos, k_init, k_mix, k_replay, k_chain = jax.random.split(key, 5)
-  eps_pos = jax.random.normal(k_pos, x0.shape)
+  given = isinstance(negatives, NegativeNoise)
+  if given and settings.use_replay_buffer:
+    raise ValueError("the replay buffer draws from a key: a NegativeNoise takes no replay buffer")
+  if not given:
+    k_pos, k_init, k_mix, k_replay, k_chain = jax.random.split(negatives, 5)
+  eps_pos = negatives.eps if given else jax.random.normal(k_pos, x0.shape)
   x_pos = schedule.q_sample(x0, t, eps_pos)
-  x_init = schedule.q_sample(x0, t, settings.mining_noise_scale * jax.random.normal(k_init, x0.shape))
+  eps_init = negatives.init if given else jax.random.normal(k_init, x0.shape)
+  x_init = schedule.q_sample(x0, t, settings.mining_noise_scale * eps_init)
   inp_neg, chain_cond = inp, cond
   metrics = {}
   if settings.use_replay_buffer:
@@ -271,10 +293,15 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
       chain_cond = energy_fn.condition(params, inp_neg, t)
     metrics["replay_use"] = jnp.mean(use.astype(jnp.float32))
 
-  x_neg, chain = langevin.sample_negatives(
-      energy_fn, params, inp_neg, x_init, t, k_chain, settings.mining_opt_steps, schedule,
-      settings.langevin_sigma_multiplier, settings.langevin_grad_clip,
-      cond=chain_cond)
+  if given:
+    x_neg, chain = langevin.langevin_chain(
+        energy_fn, params, inp_neg, x_init, t, negatives.chain, schedule,
+        settings.langevin_sigma_multiplier, settings.langevin_grad_clip)
+  else:
+    x_neg, chain = langevin.sample_negatives(
+        energy_fn, params, inp_neg, x_init, t, k_chain, settings.mining_opt_steps, schedule,
+        settings.langevin_sigma_multiplier, settings.langevin_grad_clip,
+        cond=chain_cond)
   if settings.use_replay_buffer:
     buffer = replay.add_sharded(buffer, x_neg, t,
                                 inp_neg if settings.replay_store_condition else None)
@@ -307,7 +334,8 @@ def _cd_energy_loss(energy_fn, params, schedule, settings, residual_fn, inp, con
 def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings,
                  residual_fn: Optional[Callable] = None):
   """Builds ``loss_fn(params, inp, x0, key, step, buffer, energy_params=None) -> (loss, (metrics,
-  buffer))``.
+  buffer))``: ``make_noise_loss_fn``'s loss with the timesteps, the noise and the energy
+  term's draws taken from ``key``.
 
   inp: (B, inp_dim), x0: (B, D) targets, step: int32 scalar (optimiser steps
   done), buffer: stacked ReplayBuffer shards (replay.create_sharded) or None.
@@ -316,12 +344,27 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
   splits the gradient into its denoising and its energy part in one backward
   pass; their sum is the gradient of the loss. Metrics are device scalars.
   """
-  num_timesteps = schedule.num_timesteps
+  noise_loss_fn = make_noise_loss_fn(energy_fn, schedule, settings, residual_fn)
 
   def loss_fn(params, inp, x0, key, step, buffer, energy_params=None):
     k_t, k_eps, k_neg = jax.random.split(key, 3)
-    t = jax.random.randint(k_t, (x0.shape[0],), 0, num_timesteps)
+    t = jax.random.randint(k_t, (x0.shape[0],), 0, schedule.num_timesteps)
     eps = jax.random.normal(k_eps, x0.shape)
+    return noise_loss_fn(params, inp, x0, t, eps, k_neg, step, buffer, energy_params)
+
+  return loss_fn
+
+
+def make_noise_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings,
+                       residual_fn: Optional[Callable] = None):
+  """Builds ``make_loss_fn``'s loss with its draws given: ``loss_fn(params, inp, x0, t, eps,
+  negatives, step, buffer, energy_params=None) -> (loss, (metrics, buffer))``.
+
+  t: (B,) int32 timesteps, eps: (B, D) the denoising term's noise, negatives: the
+  energy term's draws, a PRNG key or a NegativeNoise; the rest as in make_loss_fn.
+  """
+
+  def loss_fn(params, inp, x0, t, eps, negatives, step, buffer, energy_params=None):
     cond = energy_fn.condition(params, inp, t)  # shared by the score and the descent or chain
     loss_mse, pred, x_t = denoising_loss(energy_fn, params, schedule, inp, x0, t, eps, cond)
     x0_hat = clip_answer(schedule.predict_start_from_noise(x_t, t, pred))
@@ -340,10 +383,10 @@ def make_loss_fn(energy_fn: Callable, schedule: Schedule, settings: LossSettings
       return denoising, (dict(metrics, loss=denoising), buffer)
     if settings.strategy.energy_term == "nce":
       energy_loss, weight, extra = _nce_energy_loss(
-          energy_fn, params, schedule, settings, inp, cond, x0, t, k_neg, energy_params)
+          energy_fn, params, schedule, settings, inp, cond, x0, t, negatives, energy_params)
     else:
       energy_loss, weight, extra, buffer = _cd_energy_loss(
-          energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, k_neg, step,
+          energy_fn, params, schedule, settings, residual_fn, inp, cond, x0, t, negatives, step,
           buffer, energy_params)
     loss = denoising + weight * jnp.mean(energy_loss)
     metrics.update(extra)

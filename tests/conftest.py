@@ -1,4 +1,5 @@
-"""Shared fixtures: golden arrays of the PyTorch reference and the model loaded with its weights."""
+"""Shared fixtures: golden arrays of the PyTorch reference and the model loaded with its weights;
+the check of a refused command line."""
 
 import os
 import pathlib
@@ -32,6 +33,18 @@ def golden(name):
       pytest.fail(f"{message}; CI={os.environ['CI']} runs must have them")
     pytest.skip(message)
   return dict(np.load(path))
+
+
+def assert_refused(result, *named):
+  """``result`` (a finished subprocess.run of a tool, text output) is a bad command line
+  refused as experiments/cli.py refuses one: exit 1, no traceback, nothing on stdout and one
+  line on stderr, starting with ``error: `` and carrying each text of ``named``."""
+  assert "Traceback" not in result.stderr, result.stderr
+  assert result.returncode == 1, (result.args, result.stderr)
+  lines = result.stderr.splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: "), (result.args, result.stderr)
+  assert all(text in lines[0] for text in named), (result.args, named, lines[0])
+  assert result.stdout == "", result.stdout
 
 
 @pytest.fixture(scope="session")

@@ -242,9 +242,9 @@ def test_inner_steps_sweep_scores_every_completed_run_once(grid):
 
 # Every landscape measure on few problems, steps and trajectories.
 LANDSCAPE = landscape.Settings(eval_size=4, radii=(0.25,), repair_timesteps=(0,),
-                               repair_steps=(0, 2), acceptance_inner_steps=(1,),
+                               repair_steps=(0, 2), acceptance_inner_steps=(),
                                chain_negatives=1, scaling_extra_steps=(0, 2), trajectories=2,
-                               breadth_renoise=(0.0, 1.0), chunk=4)
+                               breadth_renoise=(0.0,), chunk=4)
 
 
 def test_landscape_columns_measure_every_completed_run_once(grid):
@@ -291,15 +291,22 @@ def test_landscape_columns_measure_every_completed_run_once(grid):
 
 
 def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
-  """The grid run as two grids (one per strategy), merged: the same rows and table, every
-  command named; protocols that differ, or a seed in two reports, are refused."""
+  """The grid run as two grids (one per strategy), merged: every run, a row per strategy of
+  both seeds' results, the grid's table, every command named; protocols that differ, or a
+  seed in two reports, are refused."""
   workdir, report = grid
   apart = [ablation.summarize([r for r in report["runs"] if r["strategy"] == s], [s],
                               report["config"], report["base_config"], report["task"],
                               f"grid {s}")
            for s in STRATEGIES]
   merged = ablation.merge(apart, "merge command")
-  assert merged["rows"] == report["rows"] and merged["strategies"] == STRATEGIES
+  assert merged["strategies"] == STRATEGIES and merged["seeds"] == [0, 1]
+  assert merged["runs"] == report["runs"]
+  for strategy in STRATEGIES:
+    row, runs = merged["rows"][strategy], [summary(workdir, strategy, k) for k in (0, 1)]
+    assert (row["seeds_completed"], row["seeds_total"]) == (2, 2)
+    for key in ("eval/mse", "eval/mse_ood"):
+      assert row[key]["values"] == pytest.approx([r[key] for r in runs])
   assert merged["command"] == "grid none\ngrid cd_full\nmerge command"
   ablation.write_report(merged, str(tmp_path))
   assert table(str(tmp_path)) == table(workdir)

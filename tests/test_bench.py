@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from experiments import memory
+from experiments import memory, timing
+from tests.conftest import assert_refused
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,7 +46,7 @@ def test_bench_prints_one_json_record_per_measure(matmul_dtype):
   assert trains[1]["flops_analytic"] > trains[0]["flops_analytic"]  # the chain's products
 
 
-def test_bench_dtypes_interleaves_both_matmul_dtypes():
+def test_bench_dtypes_times_both_matmul_dtypes():
   out = subprocess.run(
       [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny",
        "--what=dtypes", "--strategies=none", "--steps=2"],
@@ -56,6 +57,20 @@ def test_bench_dtypes_interleaves_both_matmul_dtypes():
   assert set(record["median_ms"]) == {"float32", "bfloat16"}
   ratio = record["median_ms"]["float32"] / record["median_ms"]["bfloat16"]
   assert abs(record["speedup_bfloat16"] - ratio) < 1e-9
+
+
+def test_interleaved_reverses_the_order_every_other_round():
+  """Every round times each name once, the last name leading every other round; each name
+  gets its own calls' times, in order."""
+  calls = []
+
+  def run(name):
+    calls.append(name)
+    return float(len(calls))
+
+  times = timing.interleaved(4, ("float32", "bfloat16"), run)
+  assert calls == ["bfloat16", "float32", "float32", "bfloat16"] * 2
+  assert times == {"float32": [2.0, 3.0, 6.0, 7.0], "bfloat16": [1.0, 4.0, 5.0, 8.0]}
 
 
 @pytest.mark.parametrize("rank,differ", [(4, False), (8, True)])
@@ -78,7 +93,7 @@ def test_bench_rejects_an_unknown_measure():
   out = subprocess.run(
       [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", "--what=flops"],
       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert out.returncode != 0 and "--what: 'flops' is not one of" in out.stderr
+  assert_refused(out, "--what: 'flops' is not one of")
 
 
 def test_device_peak_is_the_measurements_own_or_none():

@@ -162,18 +162,26 @@ def test_apply_strategy_sets_stage_switches():
             log_grad_conflict=True, ired_descent_clamp="first_sample")
   assert set(on) == (set(schema.CD_SWITCHES) | set(schema.ENERGY_SWITCHES)
                      | set(schema.DESCENT_SWITCHES))
-  for strategy, spec in schema.STRATEGY_REGISTRY.items():
+  off = dict(use_replay_buffer=False, use_residual_filter=False, use_energy_schedule=False,
+             use_timestep_range=False, replay_store_condition=False, langevin_grad_clip=0.0,
+             cd_loss="linear", cd_margin=0.0, cd_negatives="chain", energy_grad_surgery="none",
+             energy_grad_max_ratio=0.0, energy_reg_weight=0.0, log_grad_conflict=False,
+             ired_descent_clamp="per_sample")
+  energy = {"energy_reg_weight", "log_grad_conflict"}
+  cd = energy | {"replay_store_condition", "langevin_grad_clip", "cd_loss", "cd_margin",
+                 "cd_negatives", "energy_grad_surgery", "energy_grad_max_ratio"}
+  kept_on = {"none": set(), "nce_random": energy, "ired": energy | {"ired_descent_clamp"},
+             "cd_langevin": cd, "cd_langevin_replay": cd | {"use_replay_buffer"},
+             "cd_full": cd | {"use_replay_buffer", "use_residual_filter", "use_energy_schedule",
+                              "use_timestep_range"}}
+  for strategy in schema.STRATEGY_REGISTRY:
     c = base.get_config("tiny")
     c.update(on)
     schema.apply_strategy(c, strategy)
     _validate(c)
     assert c.mining_strategy == strategy
-    ignored = schema.ignored_switches(strategy)
-    assert set(schema.CD_SWITCHES) <= set(ignored) or spec.energy_term == "cd"
-    assert ("ired_descent_clamp" in ignored) == (not spec.descent)
-    for field in on:
-      want = spec.stage.get(field, ignored.get(field, on[field]))
-      assert c[field] == want, (strategy, field)
+    assert {field: c[field] for field in on} == {
+        field: on[field] if field in kept_on[strategy] else off[field] for field in on}, strategy
 
 
 # The guide's JSON files, verbatim (ired-cd-guide.md, "Updated Config Files").

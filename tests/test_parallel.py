@@ -11,6 +11,7 @@ import numpy as np
 
 from configs import base, q204
 from ired_cd import checkpoint, schema, loop, train
+from tests.conftest import assert_refused
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -93,7 +94,7 @@ def test_evaluation_on_four_devices_matches_one_device():
   """The sampler's problems split over the data axis, parameters replicated: the answers of
   one device, and of a problem alone."""
   out = run_on_devices("""
-      from ired_cd import evaluation
+      from ired_cd import evaluation, sampler
       setup = train.build_setup(tiny("cd_full"))
       params = train.init_state(setup).ema_params
       preds = {}
@@ -102,11 +103,11 @@ def test_evaluation_on_four_devices_matches_one_device():
         inputs, _ = evaluator.sets[""]
         preds[n] = evaluator.predict(params, inputs, 2)
       mesh = evaluator.mesh
-      alone = evaluation.predict(evaluator._sample, params, inputs[5:6], evaluator.keys[5:6], 2,
-                                 4, mesh)
-      rows = evaluation._global_rows(inputs[:8], mesh)
-      keys = evaluation._global_rows(evaluator.keys[:8], mesh)
-      out = evaluator._sample(jax.device_put(params, parallel.replicated(mesh)), rows, keys, 2)
+      sample = sampler.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
+      alone = evaluation.predict(sample, params, inputs[5:6], evaluator.keys[5:6], 2, 4, mesh)
+      rows, keys = (jax.device_put(a[:8], parallel.batch_sharding(mesh))
+                    for a in (inputs, evaluator.keys))
+      out = sample(jax.device_put(params, parallel.replicated(mesh)), rows, keys, 2)
       print(json.dumps(dict(one=preds[1].tolist(), four=preds[4].tolist(), alone=alone.tolist(),
                             chunk=evaluator.chunk, out_spec=list(out.sharding.spec),
                             out_devices=len(out.sharding.device_set))))
@@ -148,8 +149,7 @@ def test_batch_not_divisible_by_devices_is_refused(tmp_path):
       [sys.executable, "-m", "experiments.run", "--config=configs/q204.py:tiny",
        "--config.batch_size=30", f"--workdir={tmp_path / 'run'}", "--progress=false"],
       cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-  assert result.returncode != 0
-  assert "config.batch_size: 30 does not split over 4 devices" in result.stderr
+  assert_refused(result, "config.batch_size: 30 does not split over 4 devices")
   assert not (tmp_path / "run").exists()
 
 

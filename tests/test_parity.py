@@ -1,11 +1,10 @@
 """Numerical parity with the PyTorch reference's golden arrays (tests/golden)."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import q204
+from configs import base, q204
 from ired_cd import descent, langevin, model, replay, sampler, strategies, tasks, train
 from ired_cd.diffusion import take
 from ired_cd.model import EnergyMLP
@@ -77,25 +76,17 @@ def test_descent_sampler_case(golden_params, energy_fn, schedule):
 
 
 def test_ired_loss(golden_params, energy_fn, schedule):
+  """The library's ired loss on the reference's timesteps and noises (noise2: the NCE's)."""
   g = golden("loss_ired")
-  t = jnp.asarray(g["t"])
-  x_pos = schedule.q_sample(g["x0"], t, g["noise2"])
-  start = schedule.q_sample(g["x0"], t, 3.0 * g["noise2"])
-  x_desc = descent.energy_descent(energy_fn, golden_params, g["inp"], start, t, 2,
-                                  take(schedule.opt_step_size, t), schedule.clamp_bound(t))
-  x_neg = schedule.q_sample(schedule.x0_estimate(x_desc, t), t, g["noise2"])
-  assert_close(x_pos, g["x_pos"])
-  assert_close(x_desc, g["x_neg_descended"], rtol=1e-4)
-  assert_close(x_neg, g["x_neg"], rtol=1e-4)
-  e_pos = energy_fn(golden_params, g["inp"], x_pos, t)[:, 0]
-  e_neg = energy_fn(golden_params, g["inp"], x_neg, t)[:, 0]
-  assert_close(e_pos, g["energy_pos"][:, 0])
-  assert_close(e_neg, g["energy_neg"][:, 0], rtol=1e-4)
-  loss_energy = jax.nn.softplus(e_pos - e_neg)
-  assert_close(loss_energy, g["loss_energy"], rtol=1e-4)
-  loss_mse, _, _ = strategies.denoising_loss(energy_fn, golden_params, schedule, g["inp"],
-                                             g["x0"], t, g["noise"])
-  assert_close(jnp.mean(loss_mse + 0.5 * loss_energy), g["loss"], rtol=1e-4)
+  loss_fn = strategies.make_noise_loss_fn(
+      energy_fn, schedule, strategies.LossSettings.from_config(base.baseline("ired")))
+  loss, (metrics, _) = loss_fn(golden_params, g["inp"], g["x0"], jnp.asarray(g["t"]), g["noise"],
+                               strategies.NegativeNoise(g["noise2"]), jnp.int32(0), None)
+  assert_close(metrics["loss_mse"], np.mean(golden("loss_mse")["loss_mse"]))
+  assert_close(metrics["energy_pos"], np.mean(g["energy_pos"]))
+  assert_close(metrics["energy_neg"], np.mean(g["energy_neg"]))
+  assert_close(metrics["loss_energy"], np.mean(g["loss_energy"]))
+  assert_close(loss, g["loss"])
 
 
 def test_langevin_chain(golden_params, energy_fn, schedule):
@@ -128,10 +119,40 @@ def test_cd_loss_pieces(golden_params, energy_fn, schedule):
           settings.energy_loss_max_weight) == ((1, 7), 20_000, 0.05)
   mask = strategies.timestep_mask(settings, t)
   np.testing.assert_array_equal(mask, g["timestep_mask"])
-  loss = strategies.cd_loss_terms(e_pos, e_neg) * keep * mask
-  assert_close(loss, g["loss_energy_masked"])
   weights = [strategies.energy_weight(settings, jnp.asarray(s)) for s in g["warmup_steps"]]
   assert_close(jnp.stack(weights), g["warmup_weight"], rtol=1e-6)
+
+
+def standard_normal_of(schedule, x, x0, t, scale=1.0):
+  """The draw n with x = q_sample(x0, t, scale n): the noise the reference made x with."""
+  t = jnp.asarray(t)
+  return (x - take(schedule.sqrt_alphas_cumprod, t) * x0) / (
+      scale * take(schedule.sqrt_one_minus_alphas_cumprod, t))
+
+
+def test_cd_loss(golden_params, energy_fn, schedule):
+  """The library's cd_full loss (the guide's CD term, without the replay buffer) on the
+  reference's draws, halfway through the warm-up: the positives' and the chain's start
+  noise read back from x_pos and from langevin.npz's x_init, whose chain ends at x_neg."""
+  g, chain = golden("cd_loss"), golden("langevin")
+  config = base.run_config(q204.get_config("guide"), use_replay_buffer=False)
+  negatives = strategies.NegativeNoise(
+      standard_normal_of(schedule, g["x_pos"], g["x0"], g["t"]),
+      standard_normal_of(schedule, chain["x_init"], g["x0"], g["t"], config.mining_noise_scale),
+      chain["noises"])
+  loss_fn = strategies.make_noise_loss_fn(energy_fn, schedule,
+                                          strategies.LossSettings.from_config(config),
+                                          tasks.get_task("inverse").residual)
+  step, weight = g["warmup_steps"][3], g["warmup_weight"][3]
+  loss, (metrics, _) = loss_fn(golden_params, g["inp"], g["x0"], jnp.asarray(g["t"]),
+                               golden("loss_mse")["noise"], negatives, jnp.int32(step), None)
+  assert_close(metrics["energy_pos"], np.mean(g["energy_pos"]))
+  assert_close(metrics["energy_neg"], np.mean(g["energy_neg"]))
+  assert metrics["filter_keep"] == np.mean(g["keep"])
+  assert_close(metrics["loss_energy"], np.mean(g["loss_energy_masked"]))
+  assert_close(metrics["energy_weight"], weight, rtol=1e-6)
+  assert_close(loss, np.mean(golden("loss_mse")["loss_mse"]) + weight * np.mean(
+      g["loss_energy_masked"]))
 
 
 def test_sampler(golden_params, energy_fn, schedule):

@@ -257,25 +257,35 @@ def test_only_ired_descends():
 
 def test_original_clamp_bounds_the_batch_by_sample_zero():
   """ired_descent_clamp='first_sample' (the original's) clamps every negative to sample 0's
-  box: sample 0's loss and a batch sharing one t are unchanged, and the others' losses
-  change when sample 0's box (t = 9) is the tightest (all but those whose every proposal
-  was rejected: they keep their unclamped start either way)."""
-  fn, params, inp, x0 = _small_setup(8)
-  schedule = _tiny.schedule()
+  box: a batch sharing one t is unchanged; with sample 0's box the tightest (t = 9) the
+  negatives' energy changes, and it depends on which sample comes first, not on the order
+  of the others (the loss on given draws, the samples reordered with theirs)."""
+  _, params, inp, x0 = _small_setup(8)
+  eps, eps_neg = jax.random.normal(jax.random.PRNGKey(3), (2, 8, D))
 
-  def nce_loss(clamp, t):
+  @functools.lru_cache(maxsize=None)
+  def loss_fn(clamp):
     settings = strategies.LossSettings.from_config(
         _tiny.tiny_config("ired", ired_descent_clamp=clamp))
-    return strategies._nce_energy_loss(fn, params, schedule, settings, inp,  # noqa: SLF001
-                                       fn.condition(params, inp, t), x0, t,
-                                       jax.random.PRNGKey(3))[0]
+    return jax.jit(strategies.make_noise_loss_fn(_tiny.small_energy()[0], _tiny.schedule(),
+                                                 settings))
 
-  shared = jnp.full((8,), 3, jnp.int32)
-  np.testing.assert_array_equal(nce_loss("first_sample", shared), nce_loss("per_sample", shared))
-  mixed = jnp.asarray([9, 0, 0, 1, 1, 2, 2, 0], jnp.int32)
-  original, ours = nce_loss("first_sample", mixed), nce_loss("per_sample", mixed)
-  np.testing.assert_array_equal(original[0], ours[0])
-  assert np.count_nonzero(np.asarray(original[1:]) != np.asarray(ours[1:])) >= 5
+  def energy_neg(clamp, t, order=tuple(range(8))):
+    order = np.asarray(order)
+    _, (metrics, _) = loss_fn(clamp)(params, inp[order], x0[order], jnp.asarray(t)[order],
+                                     eps[order], strategies.NegativeNoise(eps_neg[order]),
+                                     jnp.int32(0), None)
+    return float(metrics["energy_neg"])
+
+  shared = [3] * 8
+  assert energy_neg("first_sample", shared) == energy_neg("per_sample", shared)
+  mixed = [9, 0, 0, 1, 1, 2, 2, 3]
+  original = energy_neg("first_sample", mixed)
+  assert original != pytest.approx(energy_neg("per_sample", mixed), rel=1e-3)
+  others_reversed = [0, 7, 6, 5, 4, 3, 2, 1]
+  assert energy_neg("first_sample", mixed, others_reversed) == pytest.approx(original, rel=1e-6)
+  assert energy_neg("first_sample", mixed, [1, 0, 2, 3, 4, 5, 6, 7]) != pytest.approx(
+      original, rel=1e-3)
 
 
 def test_sampler_state_target_denoises_to_the_truth():
