@@ -103,7 +103,7 @@ def test_evaluation_on_four_devices_matches_one_device():
         inputs, _ = evaluator.sets[""]
         preds[n] = evaluator.predict(params, inputs, 2)
       mesh = evaluator.mesh
-      sample = sampler.make_sampler(setup.energy_fn, setup.schedule, setup.task.out_dim)
+      sample = sampler.make_sampler(setup.energy_fn, setup.schedule)
       alone = evaluation.predict(sample, params, inputs[5:6], evaluator.keys[5:6], 2, 4, mesh)
       rows, keys = (jax.device_put(a[:8], parallel.batch_sharding(mesh))
                     for a in (inputs, evaluator.keys))

@@ -10,6 +10,8 @@ from ired_cd.diffusion import take
 from ired_cd.model import EnergyMLP
 from tests.conftest import golden
 
+INVERSE = tasks.get_task("inverse")
+
 RTOL = 1e-5
 
 
@@ -62,8 +64,9 @@ def test_denoising_loss(golden_params, energy_fn, schedule):
 def test_descent_training_case(golden_params, energy_fn, schedule):
   g = golden("descent")
   t = jnp.asarray(g["t"])
+  rule = schedule.descent_rule(t)
   y = descent.energy_descent(energy_fn, golden_params, g["inp"], g["y0"], t, 2,
-                             take(schedule.opt_step_size, t), schedule.clamp_bound(t))
+                             rule.step_size, rule.bound)
   assert_close(y, g["y_after_2_steps"], rtol=1e-4)
 
 
@@ -106,10 +109,10 @@ def test_cd_loss_pieces(golden_params, energy_fn, schedule):
   assert_close(e_neg, g["energy_neg"][:, 0])
   x0 = schedule.x0_estimate(g["x_neg"], t)
   assert_close(x0, g["x_neg_x0"])
-  res = tasks.inverse_residual(jnp.asarray(g["inp"]), x0)
+  res = INVERSE.residual(jnp.asarray(g["inp"]), x0)
   assert_close(res, g["residual"])
-  assert np.max(np.asarray(tasks.inverse_residual(g["inp"], g["x0"]))) < 1e-3
-  np.testing.assert_allclose(tasks.inverse_residual(g["inp"], g["x0"]),
+  assert np.max(np.asarray(INVERSE.residual(g["inp"], g["x0"]))) < 1e-3
+  np.testing.assert_allclose(INVERSE.residual(g["inp"], g["x0"]),
                              g["residual_of_true_inverse"], atol=1e-4)
   assert_close(jnp.quantile(jnp.asarray(g["residual"]), 0.3), g["quantile_0_3"])
   keep = strategies.residual_keep(jnp.asarray(g["residual"]), 0.3, None)
@@ -142,7 +145,7 @@ def test_cd_loss(golden_params, energy_fn, schedule):
       chain["noises"])
   loss_fn = strategies.make_noise_loss_fn(energy_fn, schedule,
                                           strategies.LossSettings.from_config(config),
-                                          tasks.get_task("inverse").residual)
+                                          INVERSE.residual)
   step, weight = g["warmup_steps"][3], g["warmup_weight"][3]
   loss, (metrics, _) = loss_fn(golden_params, g["inp"], g["x0"], jnp.asarray(g["t"]),
                                golden("loss_mse")["noise"], negatives, jnp.int32(step), None)
