@@ -75,14 +75,15 @@ GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-# Fields added after runs were first written, with the value that reproduces
+# Fields added after runs were first written, with the value that reproduces (as config.json
+# holds it: tuples as lists)
 # those runs: a saved config.json without them means that value.
 ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
                 "learning_rate_decay_steps": 100_000, "last_layer": "auto",
                 "ired_descent_clamp": "per_sample", "sampler_state_weight": 0.0,
-                "sat_variables": 20, "sat_clauses": (60, 80), "sat_clauses_ood": 91,
+                "sat_variables": 20, "sat_clauses": [60, 80], "sat_clauses_ood": 91,
                 "sat_train_instances": 20_000, "sat_solutions": 32, "graph_nodes": 20,
                 "graph_colours": 3, "graph_degree": 3.0, "graph_degree_ood": 4.5}
 
