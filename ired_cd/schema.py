@@ -75,9 +75,8 @@ GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
 
 
-# Fields added after runs were first written, with the value that reproduces (as config.json
-# holds it: tuples as lists)
-# those runs: a saved config.json without them means that value.
+# Fields added after runs were first written, with the value that reproduces those runs (as
+# config.json holds it: tuples as lists): a saved config.json without them means that value.
 ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": "chain",
                 "cd_margin": 0.0, "energy_grad_surgery": "none", "energy_grad_max_ratio": 0.0,
                 "log_grad_conflict": False, "learning_rate_schedule": "constant",
