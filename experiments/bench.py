@@ -128,7 +128,7 @@ class _Step:
     self.compiled, self.data = compiled, data
 
   def __call__(self, state):
-    return self.compiled(state, self.data)
+    return self.compiled(state, data=self.data)
 
 
 def _warm_step(config, strategy, mesh=None, **overrides):
@@ -139,7 +139,7 @@ def _warm_step(config, strategy, mesh=None, **overrides):
   state = train.init_state(setup, mesh=mesh)
   data = train.device_data(setup.task.build_data(c.seed, c.ood), mesh)
   tic = time.perf_counter()
-  compiled = _Step(train.jit_train_step(setup, mesh, state).lower(state, data).compile(), data)
+  compiled = _Step(train.jit_train_step(setup, mesh, state).lower(state, data=data).compile(), data)
   compile_s = time.perf_counter() - tic
   for _ in range(3):
     state, _ = compiled(state)

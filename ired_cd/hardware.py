@@ -229,8 +229,8 @@ def compile_train(setup, mesh):
   c = setup.config
   steps = min(c.log_every, c.train_steps)
   state = train.abstract_state(setup, mesh)
-  lowered = train.make_multi_step(setup, steps, mesh, state).lower(state,
-                                                                   abstract_data(setup, mesh))
+  lowered = train.make_multi_step(setup, steps, mesh, state).lower(
+      state, data=abstract_data(setup, mesh))
   return _compile(lowered, mesh.devices.flat[0].platform), state, steps
 
 

@@ -289,9 +289,9 @@ class _CompiledSteps:
     """(state, metrics, health, execution seconds) after ``chunk`` steps, on the host."""
     if chunk not in self._compiled:
       self._compiled[chunk] = train.make_multi_step(
-          self._setup, chunk, self._mesh, state).lower(state, self._data).compile()
+          self._setup, chunk, self._mesh, state).lower(state, data=self._data).compile()
     tic = time.perf_counter()
-    state, metrics, health = self._compiled[chunk](state, self._data)
+    state, metrics, health = self._compiled[chunk](state, data=self._data)
     metrics, health = jax.device_get((metrics, health))
     return state, metrics, health, time.perf_counter() - tic
 

@@ -1,6 +1,6 @@
 """Train state and the jitted train step.
 
-``train_step(state, data) -> (state, metrics)`` is one XLA computation with the state
+``train_step(state, data=None) -> (state, metrics)`` is one XLA computation with the state
 donated: it draws the batch on device (generated, or drawn from the task's ``data``,
 device arrays the task built once: ``Setup.task.build_data``; None for generated
 tasks), draws negatives, computes the loss, updates params (clip_by_global_norm then
@@ -163,7 +163,7 @@ def combine_gradients(grad_denoise, grad_energy, surgery: str = "none", max_rati
 
 
 def make_train_step(setup: Setup, mesh=None) -> Callable:
-  """The un-jitted ``train_step(state, data) -> (state, metrics)``; with a mesh the batch is
+  """The un-jitted ``train_step(state, data=None) -> (state, metrics)``; with a mesh the batch is
   generated sharded along its data axis."""
   c = setup.config
   loss_fn = strategies.make_loss_fn(setup.energy_fn, setup.schedule, setup.loss_settings,
@@ -207,14 +207,16 @@ def make_train_step(setup: Setup, mesh=None) -> Callable:
 
 
 def _jit(fn, state_like, mesh, num_host_outputs: int = 1):
-  """jit of ``fn(state, data)`` with the state donated and, on a mesh, its shardings pinned in
-  and out (the task's data and the ``num_host_outputs`` outputs after the state replicated)."""
+  """jit of ``fn(state, data=None)`` with the state donated and, on a mesh, its shardings
+  pinned on the way out (the ``num_host_outputs`` outputs after the state replicated). The
+  arguments keep the shardings they come with: the state built in its shardings (init_state,
+  abstract_state, the step before), the task's data replicated (device_data); the data is a
+  keyword argument, absent for a task that generates its batches."""
   if mesh is None:
     return jax.jit(fn, donate_argnums=0)
   shardings = parallel.state_shardings(state_like, mesh)
-  replicated = parallel.replicated(mesh)
-  return jax.jit(fn, donate_argnums=0, in_shardings=(shardings, replicated),
-                 out_shardings=(shardings,) + (replicated,) * num_host_outputs)
+  return jax.jit(fn, donate_argnums=0,
+                 out_shardings=(shardings,) + (parallel.replicated(mesh),) * num_host_outputs)
 
 
 def device_data(data, mesh=None):
@@ -225,7 +227,7 @@ def device_data(data, mesh=None):
 
 
 def make_multi_step(setup: Setup, num_steps: int, mesh=None, state_like=None) -> Callable:
-  """Jitted ``run(state, data) -> (state, metrics, health)`` doing ``num_steps`` steps on
+  """Jitted ``run(state, data=None) -> (state, metrics, health)`` doing ``num_steps`` steps on
   device (``data``: the task's training data on the devices, ``device_data``; None for a
   task that generates its batches).
 

@@ -198,7 +198,7 @@ def test_a_dataset_task_trains_in_one_compiled_program():
   data = train.device_data(setup.task.build_data(0))
   state = train.init_state(setup)
   for _ in range(3):
-    state, metrics = step(state, data)
+    state, metrics = step(state, data=data)
   assert _tiny.TRACES["sat_one_program"] == 1
   assert int(state.step) == 3 and np.isfinite(float(metrics["loss"]))
   assert 0.0 < float(metrics["filter_keep"]) <= 1.0
