@@ -40,7 +40,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from ired_cd import ablation, evaluation, landscape, metrics_io, schema
+from ired_cd import ablation, landscape, metrics_io, schema
 from ired_cd.matmul import MATMUL_DTYPES
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
@@ -59,17 +59,8 @@ _LANDSCAPE = flags.DEFINE_integer(
 _LANDSCAPE_DTYPE = flags.DEFINE_enum(
     "landscape_matmul_dtype", landscape.Settings.matmul_dtype, list(MATMUL_DTYPES),
     "The products' operand dtype of the landscape measurements.")
-_PARTICLES = flags.DEFINE_list(
-    "eval_particles", None, "Also score every completed run's final checkpoint with K "
-    "trajectories per problem for each K, e.g. 1,8,64, per pick: one particle, the energy's, "
-    "the oracle's (a table and ablation_particles.png).")
-_RENOISE = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
-                              "Particles: re-noise between timesteps (0: none).")
-_TAU = flags.DEFINE_float("eval_resample_tau", None, "Particles: resample them between "
-                          "timesteps by softmax(-E / tau) (default: independent).")
-_PARTICLES_SIZE = flags.DEFINE_integer(
-    "eval_particles_size", None, "Particles: on the first N problems of each evaluation set "
-    "(default: all of them).")
+_PARTICLES = cli.define_particle_flags(
+    "Also score every completed run's final checkpoint with K trajectories per problem for each K, e.g. 1,8,64 (a table and ablation_particles.png)")
 _REPORT_ONLY = flags.DEFINE_bool(
     "report_only", False, "Train nothing: write the table and figure from the runs that have "
     "finished (e.g. while the grid runs in another process).")
@@ -100,7 +91,7 @@ def main(argv):
     cli.check_workdir("--workdir", workdir)
     cli.check_choices(_STRATEGIES, schema.STRATEGIES)
     inner = cli.step_counts(_INNER.name, _INNER.value)
-    particles = cli.particles(_PARTICLES, _RENOISE, _TAU, _PARTICLES_SIZE)
+    particles = _PARTICLES()
     if _LANDSCAPE.value is not None:
       cli.check_at_least(_LANDSCAPE, 1)
     if _MERGE.value:

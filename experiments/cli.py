@@ -138,18 +138,32 @@ def check_workdir(name: str, path: str, must_exist: bool = False) -> None:
                                 else ""))
 
 
-def particles(counts: flags.FlagHolder, renoise: flags.FlagHolder, tau: flags.FlagHolder,
-              size: flags.FlagHolder) -> Optional[evaluation.Particles]:
-  """The particle evaluation the four flags ask for (None without ``counts``); ConfigError
-  naming the flag otherwise."""
-  if counts.value is None:
-    return None
-  values = integers(counts.name, counts.value, 1)
-  if size.value is not None:
-    check_at_least(size, 1)
-  if renoise.value < 0:
-    raise schema.ConfigError(f"--{renoise.name}: must be >= 0, got {renoise.value}")
-  if tau.value is not None and not tau.value > 0:
-    raise schema.ConfigError(f"--{tau.name}: must be > 0 (or unset: independent particles), "
-                             f"got {tau.value}")
-  return evaluation.Particles(tuple(values), renoise.value, tau.value, size.value)
+def define_particle_flags(counts_help: str):
+  """Defines the particle evaluation's flags (--eval_particles: ``counts_help``,
+  --eval_renoise, --eval_resample_tau, --eval_particles_size); returns a function that gives
+  the evaluation.Particles they ask for (None without --eval_particles), or raises ConfigError
+  naming the flag."""
+  counts = flags.DEFINE_list(
+      "eval_particles", None, counts_help + ", scored per pick: one particle, the energy's "
+      "(lowest E at t = 0), the oracle's.")
+  renoise = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
+                               "Particles: re-noise between timesteps (0: none).")
+  tau = flags.DEFINE_float("eval_resample_tau", None, "Particles: resample them between "
+                           "timesteps by softmax(-E / tau) (default: independent).")
+  size = flags.DEFINE_integer("eval_particles_size", None, "Particles: on the first N problems "
+                              "of each evaluation set (default: all of them).")
+
+  def particles() -> Optional[evaluation.Particles]:
+    if counts.value is None:
+      return None
+    values = integers(counts.name, counts.value, 1)
+    if size.value is not None:
+      check_at_least(size, 1)
+    if renoise.value < 0:
+      raise schema.ConfigError(f"--{renoise.name}: must be >= 0, got {renoise.value}")
+    if tau.value is not None and not tau.value > 0:
+      raise schema.ConfigError(f"--{tau.name}: must be > 0 (or unset: independent particles), "
+                               f"got {tau.value}")
+    return evaluation.Particles(tuple(values), renoise.value, tau.value, size.value)
+
+  return particles

@@ -35,16 +35,8 @@ _INNER = flags.DEFINE_list("eval_inner_steps", None,
                            "eval mode: inner descent steps per timestep, e.g. 5,10,20.")
 _SIZE = flags.DEFINE_integer("eval_size", None, "eval mode: problems per evaluation set.")
 _ONLINE = flags.DEFINE_bool("eval_online", False, "eval mode: online params instead of the EMA.")
-_PARTICLES = flags.DEFINE_list(
-    "eval_particles", None, "eval mode: also K trajectories per problem for each K, e.g. 1,8,64, "
-    "scored per pick: one particle, the energy's (lowest E at t = 0), the oracle's.")
-_RENOISE = flags.DEFINE_float("eval_renoise", evaluation.Particles.renoise,
-                              "eval mode, particles: re-noise between timesteps (0: none).")
-_TAU = flags.DEFINE_float("eval_resample_tau", None, "eval mode, particles: resample them "
-                          "between timesteps by softmax(-E / tau) (default: independent).")
-_PARTICLES_SIZE = flags.DEFINE_integer(
-    "eval_particles_size", None, "Particles: on the first N problems of each evaluation set "
-    "(default: all of them).")
+_PARTICLES = cli.define_particle_flags(
+    "eval mode: also K trajectories per problem for each K, e.g. 1,8,64")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 _COORDINATOR = flags.DEFINE_string(
     "coordinator_address", None, "Multi-host: host:port of process 0 (TPU VM slices and SLURM "
@@ -63,7 +55,7 @@ def main(argv):
   try:
     schema.validate(config, base.get_config())
     inner = cli.step_counts(_INNER.name, _INNER.value)
-    particles = cli.particles(_PARTICLES, _RENOISE, _TAU, _PARTICLES_SIZE)
+    particles = _PARTICLES()
     if _SIZE.value is not None and _SIZE.value <= 0:
       raise schema.ConfigError(f"--eval_size: must be a positive integer, got {_SIZE.value}")
     cli.check_workdir("--workdir", workdir)
