@@ -69,6 +69,17 @@ CASES = {
                                   _read_only),
     "resume: workdir not writable": ("run", [CONFIG, "--workdir={path}"], "--workdir",
                                      _read_only),
+    "run: a task's field on another task": (
+        "run", [f"--config={os.path.join(REPO, 'configs', 'sat.py')}:cpu",
+                "--config.graph_nodes=30", "--workdir=w"],
+        "config.graph_nodes: task 'sat' does not read it", None),
+    "run: zero particles": ("run", [CONFIG, "--workdir=w", "--mode=eval", "--eval_particles=8,0"],
+                            "--eval_particles: integers >= 1", None),
+    "ablate: negative resampling temperature": (
+        "ablate", [CONFIG, "--workdir=w", "--eval_particles=8", "--eval_resample_tau=-1"],
+        "--eval_resample_tau: must be > 0", None),
+    "solve: no run directory": (
+        "solve", ["--workdir=nowhere", "--input=x", "--output=y"], "--workdir", None),
     "plot: missing directory": ("plot", ["nowhere"], "WORKDIR: no directory nowhere", None),
     "plot: workdir is a file": ("plot", ["{path}"], "WORKDIR", _file),
     "plot: workdir not writable": ("plot", ["{path}"], "WORKDIR", _read_only),
