@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 
 from configs import base, q204
-from ired_cd import checkpoint, schema, loop, train
+from ired_cd import checkpoint, loop, train
 from tests.conftest import assert_refused
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -30,7 +30,7 @@ import json
 import logging
 import os
 import time
-from typing import Optional, Tuple
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
