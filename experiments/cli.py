@@ -19,6 +19,9 @@ from ired_cd import evaluation, schema
 
 CONFIG_FLAG = "config"
 
+# The flags define_particle_flags makes belong to the tool that calls it (--helpfull, unloading).
+flags.disclaim_key_flags()
+
 
 def parse_flags(argv):
   """absl's flag parsing (``app.run(main, flags_parser=parse_flags)``) with one line and exit 1
