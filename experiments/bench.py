@@ -3,6 +3,7 @@ r"""Speed and memory of the train step of each strategy, the sampler and the mac
   python -m experiments.bench --config=configs/q204.py --config.batch_size=2048
   python -m experiments.bench --config=configs/q204.py --strategies=cd_full --what=train
   python -m experiments.bench --config=configs/q204.py --what=dtypes --steps=10
+  python -m experiments.bench --config=configs/sat.py:cpu --what=particles --particles=1,8,64
 
 Prints one JSON object per line:
   {"what": "device", ...}   device kind and count
@@ -21,6 +22,9 @@ Prints one JSON object per line:
                                     no statistics, and where an earlier measurement's peak
                                     hides it: see experiments/memory.py)
   {"what": "sampler", ...}          the IRED sampler (T timesteps, --inner_steps)
+  {"what": "particles", ...}        --what=particles: the particle sampler of evaluation
+                                    (--particles=K,..., re-noised), one per K, on
+                                    config.eval_chunk // K problems: instances (problems)/s
   {"what": "dtypes", ...}           --what=dtypes: float32 vs bfloat16 matmuls, steps interleaved
   {"what": "gram", ...}             --what=gram: the Gram last layer where it pays
                                     (last_layer=auto) against the plain one (plain), train
@@ -42,20 +46,23 @@ from ml_collections import config_flags
 from configs import base
 from experiments import cli, memory
 from experiments.timing import interleaved
-from ired_cd import schema
-from ired_cd import flops, parallel, sampler, train
+from ired_cd import evaluation, flops, parallel, sampler, schema, train
 from ired_cd import matmul as matmul_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py", "Config file.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES), "Strategies to time.")
-MEASURES = ("matmul", "train", "sampler", "dtypes", "gram")
+MEASURES = ("matmul", "train", "sampler", "particles", "dtypes", "gram")
 _WHAT = flags.DEFINE_list(
     "what", ["matmul", "train", "sampler"],
-    "What to measure: matmul, train, sampler, and (not in the default, steps interleaved in "
-    "one process) dtypes (float32 against bfloat16 matmuls) and gram (the Gram last layer "
+    "What to measure: matmul, train, sampler, and (not in the default) particles (the "
+    "particle sampler at each --particles), and (steps interleaved in one process) dtypes (float32 against bfloat16 matmuls) and gram (the Gram last layer "
     "against the plain one).")
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps (or sampler calls) after compile.")
 _INNER = flags.DEFINE_integer("inner_steps", 5, "Sampler inner descent steps.")
+_PARTICLES = flags.DEFINE_list("particles", ["1", "8", "64"],
+                               "--what=particles: particles per problem, each timed.")
+_RESAMPLE_TAU = flags.DEFINE_float("resample_tau", None, "--what=particles: resample the "
+                                   "particles by softmax(-E / tau) (default: independent).")
 _MATMUL_N = flags.DEFINE_integer("matmul_size", 4096, "Square size of the matmul probe.")
 _DEVICE_COUNTS = flags.DEFINE_list(
     "device_counts", None, "Train on meshes of these many devices (default: all). Simulated "
@@ -122,10 +129,11 @@ def bench_matmul_layouts(batch, hidden, reps, matmul_dtype):
 
 
 class _Step:
-  """A compiled train step on the task's training data (built once, not timed)."""
+  """A compiled train step on the task's training data (built once, not timed), and its
+  program as lowered (StableHLO text, without source locations)."""
 
-  def __init__(self, compiled, data):
-    self.compiled, self.data = compiled, data
+  def __init__(self, lowered, data):
+    self.compiled, self.data, self.program = lowered.compile(), data, lowered.as_text()
 
   def __call__(self, state):
     return self.compiled(state, data=self.data)
@@ -139,7 +147,7 @@ def _warm_step(config, strategy, mesh=None, **overrides):
   state = train.init_state(setup, mesh=mesh)
   data = train.device_data(setup.task.build_data(c.seed, c.ood), mesh)
   tic = time.perf_counter()
-  compiled = _Step(train.jit_train_step(setup, mesh, state).lower(state, data=data).compile(), data)
+  compiled = _Step(train.jit_train_step(setup, mesh, state).lower(state, data=data), data)
   compile_s = time.perf_counter() - tic
   for _ in range(3):
     state, _ = compiled(state)
@@ -229,8 +237,7 @@ def bench_gram(config, strategy, steps, inner_steps):
   sampler_ms = {mode: statistics.median(t) for mode, t in times.items()}
   emit(what="gram", strategy=strategy, batch_size=config.batch_size,
        matmul_dtype=config.matmul_dtype, steps=steps,
-       train_programs_differ=(compiled["gram"].compiled.as_text()
-                              != compiled["plain"].compiled.as_text()),
+       train_programs_differ=compiled["gram"].program != compiled["plain"].program,
        train_median_ms=train_ms,
        train_plain_over_gram=train_ms["plain"] / train_ms["gram"],
        sampler_rows=config.eval_chunk, inner_steps=inner_steps, sampler_median_ms=sampler_ms,
@@ -258,6 +265,31 @@ def bench_sampler(config, inner_steps, reps, peak):
        fraction_of_matmul_peak=flops_analytic / (median * 1e-3) / 1e9 / peak if peak else None)
 
 
+def bench_particles(config, counts, inner_steps, reps, resample_tau):
+  """The evaluation's particle sampler (re-noised, ``resample_tau``) at each K of ``counts``,
+  on the problems of one evaluation chunk (config.eval_chunk // K, so K x that many rows)."""
+  setup = train.build_setup(config)
+  params = train.init_state(setup).ema_params
+  k = jnp.int32(inner_steps)
+  for count in counts:
+    problems = max(1, config.eval_chunk // count)
+    inp, keys = _problems(setup, problems)
+    sample = sampler.make_particle_sampler(
+        setup.energy_fn, setup.schedule, count, evaluation.Particles.renoise,
+        config.eval_return_x0, resample_tau)
+    tic = time.perf_counter()
+    compiled = sample.lower(params, inp, keys, k).compile()
+    compile_s = time.perf_counter() - tic
+    jax.block_until_ready(compiled(params, inp, keys, k))
+    times = _time_calls(lambda: compiled(params, inp, keys, k), reps)
+    median = statistics.median(times)
+    emit(what="particles", task=config.task, particles=count, problems=problems,
+         rows=problems * count, resample_tau=resample_tau, matmul_dtype=config.matmul_dtype,
+         timesteps=config.diffusion_steps, inner_steps=inner_steps, median_ms=median,
+         min_ms=min(times), instances_per_s=problems / (median * 1e-3), compile_s=compile_s,
+         program_memory_bytes=memory.program_bytes(compiled))
+
+
 def main(argv):
   cli.start(argv)
   config = _CONFIG.value
@@ -269,6 +301,8 @@ def main(argv):
     cli.check_at_least(_STEPS, 1)
     cli.check_at_least(_INNER, 0)
     cli.check_at_least(_MATMUL_N, 1)
+    particle_counts = cli.integers(_PARTICLES.name, _PARTICLES.value, 1)
+    cli.check_resample_tau(_RESAMPLE_TAU)
     device_counts = cli.integers(_DEVICE_COUNTS.name, _DEVICE_COUNTS.value, 1, len(devices),
                                  f" (the {devices[0].platform} devices this process sees)")
   except schema.ConfigError as err:
@@ -292,6 +326,9 @@ def main(argv):
       bench_gram(config, strategy, _STEPS.value, _INNER.value)
   if "sampler" in _WHAT.value:
     bench_sampler(config, _INNER.value, max(5, _STEPS.value // 2), peak)
+  if "particles" in _WHAT.value:
+    bench_particles(config, particle_counts, _INNER.value, max(3, _STEPS.value // 4),
+                    _RESAMPLE_TAU.value)
   emit(what="process", max_rss_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 

@@ -141,6 +141,13 @@ def check_workdir(name: str, path: str, must_exist: bool = False) -> None:
                                 else ""))
 
 
+def check_resample_tau(flag: flags.FlagHolder) -> None:
+  """A resampling temperature flag: unset (independent particles) or > 0."""
+  if flag.value is not None and not flag.value > 0:
+    raise schema.ConfigError(f"--{flag.name}: must be > 0 (or unset: independent particles), "
+                             f"got {flag.value}")
+
+
 def define_particle_flags(counts_help: str):
   """Defines the particle evaluation's flags (--eval_particles: ``counts_help``,
   --eval_renoise, --eval_resample_tau, --eval_particles_size); returns a function that gives
@@ -164,9 +171,7 @@ def define_particle_flags(counts_help: str):
       check_at_least(size, 1)
     if renoise.value < 0:
       raise schema.ConfigError(f"--{renoise.name}: must be >= 0, got {renoise.value}")
-    if tau.value is not None and not tau.value > 0:
-      raise schema.ConfigError(f"--{tau.name}: must be > 0 (or unset: independent particles), "
-                               f"got {tau.value}")
+    check_resample_tau(tau)
     return evaluation.Particles(tuple(values), renoise.value, tau.value, size.value)
 
   return particles

@@ -3,12 +3,28 @@ the check of a refused command line."""
 
 import os
 import pathlib
+import shutil
+import tempfile
+
+# One persistent compilation cache for the whole test run, its workers and the tools they start
+# (set before jax is imported; pytest-xdist's workers and every subprocess inherit it): the many
+# runs of the tiny config compile each program once. The process that made it removes it.
+MAKES_CACHE = "IRED_CD_TEST_CACHE" not in os.environ
+if MAKES_CACHE:
+  os.environ["IRED_CD_TEST_CACHE"] = tempfile.mkdtemp(prefix="ired-cd-tests-jax-cache-")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = os.environ["IRED_CD_TEST_CACHE"]
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import jax
 import numpy as np
 import pytest
 
 jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_unconfigure(config):
+  if MAKES_CACHE:  # the controller (or the only process), after every worker
+    shutil.rmtree(os.environ["IRED_CD_TEST_CACHE"], ignore_errors=True)
 
 # The PyTorch reference's arrays, shipped in tests/golden/ (IRED_GOLDEN_DIR: another copy).
 GOLDEN = pathlib.Path(os.environ.get("IRED_GOLDEN_DIR",

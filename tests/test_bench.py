@@ -89,11 +89,31 @@ def test_bench_gram_compares_the_two_last_layers(rank, differ):
   assert abs(record["train_plain_over_gram"] - ratio) < 1e-9
 
 
-def test_bench_rejects_an_unknown_measure():
+def test_bench_particles_times_each_count_on_one_evaluation_chunk():
+  """One record per K, on eval_chunk // K problems (the tiny config's chunk: 64 rows)."""
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", "--what=flops"],
+      [sys.executable, "-m", "experiments.bench", "--config=configs/sat.py:tiny",
+       "--what=particles", "--particles=1,4", "--resample_tau=1", "--steps=4",
+       "--inner_steps=1"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
+  records = [json.loads(line) for line in out.stdout.splitlines()]
+  particles = [r for r in records if r["what"] == "particles"]
+  assert [(r["particles"], r["problems"], r["rows"]) for r in particles] == [(1, 64, 64),
+                                                                            (4, 16, 64)]
+  for r in particles:
+    assert r["task"] == "sat" and r["resample_tau"] == 1.0 and r["program_memory_bytes"] > 0
+    assert r["instances_per_s"] == pytest.approx(r["problems"] / (r["median_ms"] * 1e-3))
+
+
+@pytest.mark.parametrize("flag, refusal", [
+    ("--what=flops", "--what: 'flops' is not one of"),
+    ("--particles=0", "--particles: integers >= 1, got ['0']"),
+    ("--resample_tau=0", "--resample_tau: must be > 0"),
+])
+def test_bench_refuses_a_bad_flag_in_one_line(flag, refusal):
+  out = subprocess.run(
+      [sys.executable, "-m", "experiments.bench", "--config=configs/q204.py:tiny", flag],
       cwd=REPO, capture_output=True, text=True, timeout=120)
-  assert_refused(out, "--what: 'flops' is not one of")
+  assert_refused(out, refusal)
 
 
 def test_device_peak_is_the_measurements_own_or_none():
