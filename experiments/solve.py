@@ -3,7 +3,7 @@ r"""Solve your own problems with a trained run (ired_cd.solve).
   python -m experiments.solve --workdir=results/ds_inverse/cd_full_cpu --input=A.npy \
       --output=X.npy --inner_steps=5,10,20
   python -m experiments.solve --workdir=results/sat/cd_full_cpu --input=uf20-91/ \
-      --output=solutions/
+      --output=solutions/ --particles=64
 
 Matrix tasks: A.npy holds the problems, e.g. for the inverse task matrices
 (n, rank, rank) or (n, rank^2); the answers X ~ A^{-1} have the same layout: X.npy
@@ -19,7 +19,9 @@ satisfied, else s UNKNOWN, then the v lines), one v NODE COLOUR line per node fo
 graph. Printed: each file's violations, then how many were solved of how many read.
 
 Uses the EMA parameters of the newest (or --checkpoint_step) checkpoint; the answers
-are the sampler's unscaled x0 (decoded, for instance files). Bad input: one line on
+are the sampler's unscaled x0 (decoded, for instance files). --particles=K: K
+re-noised trajectories per problem, the answer the --pick among them (oracle: the
+fewest violations or least residual, ties to the lower energy; energy: the lowest E). Bad input: one line on
 stderr, exit 1, nothing written: a malformed file (named with its line), an instance
 beyond the model's size, an --output that would overwrite --input, or problems whose
 answers are not finite, included. Every output file is written atomically (a temporary
@@ -46,6 +48,11 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where the answers go (required): 
 _INNER = flags.DEFINE_list("inner_steps", ["5"], "Inner descent steps per timestep, e.g. 5,10,20.")
 _STEP = flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the newest).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the sampler's start noise.")
+_PARTICLES = flags.DEFINE_integer("particles", 1, "Trajectories per problem, re-noised between "
+                                  "timesteps when more than 1; the answer is --pick's.")
+_PICK = flags.DEFINE_string("pick", "oracle", "Which particle answers: oracle (fewest "
+                            "violations or least residual, ties to the lower energy) or energy "
+                            "(the lowest E at t = 0).")
 _STATS = flags.DEFINE_bool("descent_stats", False, "Also print the energy descent's "
                            "instruments per timestep (ired_cd.instruments.describe_descent).")
 NPY_MAGIC = b"\x93NUMPY"  # how numpy.save's files begin
@@ -158,6 +165,7 @@ def main(argv):
       inner_steps = solve.check_inner_steps(cli.step_counts(_INNER.name, _INNER.value))
     except schema.ConfigError as err:
       raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
+    solve.check_particles(_PARTICLES.value, _PICK.value)
     config = solve.read_config(_WORKDIR.value, _STEP.value)
     task = tasks.from_config(config)
     if task.file_suffixes:
@@ -165,7 +173,8 @@ def main(argv):
     else:
       problems, paths, input_shape = prepare_arrays(task, inner_steps)
     model = solve.load(_WORKDIR.value, _STEP.value)
-    answers = {k: solve.answer(model, problems, k, _SEED.value) for k in paths}
+    answers = {k: solve.answer(model, problems, k, _SEED.value, _PARTICLES.value, _PICK.value)
+               for k in paths}
     solve.check_answers(answers)
   except solve.SolveError as err:
     sys.exit(f"error: --{err.field}: {err.message}")
@@ -173,7 +182,9 @@ def main(argv):
     print(f"warning: {line}", file=sys.stderr)
   print(f"{len(problems)} problems of {task.describe()}, run {_WORKDIR.value} "
         f"({config.mining_strategy}), checkpoint step {model.step}, EMA parameters; answers: "
-        "the sampler's unscaled x0" + (", decoded" if task.file_suffixes else ""))
+        "the sampler's unscaled x0" + (", decoded" if task.file_suffixes else "")
+        + (f"; of {_PARTICLES.value} re-noised particles each, the {_PICK.value}'s pick"
+           if _PARTICLES.value > 1 else ""))
   for k, path in paths.items():
     scores = solve.score(task, problems, answers[k])
     if task.file_suffixes:

@@ -10,7 +10,7 @@ from typing import Dict, Tuple
 import jax
 import numpy as np
 
-from ired_cd import solve, train
+from ired_cd import solve
 from ired_cd import sampler as sampler_lib
 
 CHUNK = 256  # problems per compiled call
@@ -63,9 +63,8 @@ def describe_descent(model: solve.Model, problems: np.ndarray, inner_steps: int,
                      seed: int = 0) -> str:
   """The instruments of the sampler on ``problems`` (n, inp_dim) as text, one line per
   timestep (experiments.solve --descent_stats)."""
-  setup = train.build_setup(model.config)
-  sample_with_stats = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, True,
-                                               with_stats=True)
+  sample_with_stats = sampler_lib.make_sampler(model.setup.energy_fn, model.setup.schedule,
+                                               True, with_stats=True)
   stats = map_chunks(lambda inputs, keys: sample_with_stats(model.params, inputs, keys,
                                                            inner_steps)[1],
                      (problems, solve.content_keys(problems, seed)), min(CHUNK, len(problems)))

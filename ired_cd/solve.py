@@ -2,6 +2,12 @@
 
   from ired_cd import solve
   answers = solve.solve("results/ds_inverse/cd_full_cpu", a, inner_steps=(5, 10))  # {5: X, 10: X}
+  answers = solve.solve("results/sat_cpu/cd_full/seed0", formulas, particles=64)
+
+With ``particles`` = K > 1 each problem gets K re-noised trajectories (the evaluation's
+particles) and one of them is answered (``PICKS``): by default the one the task's oracle
+likes best (fewest violations, or the least residual; ties to the lower energy), which needs
+no target; or the energy's (the lowest E at t = 0).
 
 For the inverse task ``a`` holds matrices A, (n, rank, rank) or flattened
 (n, rank^2); each answer X ~ A^{-1} has the input's layout. The answers are
@@ -38,8 +44,11 @@ from ired_cd import sampler as sampler_lib
 
 
 
+PICKS = ("oracle", "energy")
+
+
 class SolveError(ValueError):
-  """A bad argument to solve: ``field`` names it (workdir, input, checkpoint_step)."""
+  """A bad argument to solve: ``field`` names it (workdir, input, checkpoint_step, ...)."""
 
   def __init__(self, field: str, message: str):
     super().__init__(f"{field}: {message}")
@@ -53,11 +62,12 @@ class OutOfDistributionWarning(UserWarning):
 
 @dataclasses.dataclass(frozen=True)
 class Model:
-  """A trained run, loaded: its config, task, EMA parameters (replicated on ``mesh``, every
-  device of this host), checkpoint step and sampler (sampler.make_sampler with return_x0:
-  one compiled sampler for any inner-step count and any number of problems)."""
+  """A trained run, loaded: its config, setup, task, EMA parameters (replicated on ``mesh``,
+  every device of this host), checkpoint step and sampler (sampler.make_sampler with
+  return_x0: one compiled sampler for any inner-step count and any number of problems)."""
 
   config: ml_collections.ConfigDict
+  setup: train.Setup
   task: tasks.Task
   params: Any
   step: int
@@ -113,6 +123,14 @@ def check_inner_steps(inner_steps: Sequence[int]) -> Tuple[int, ...]:
   if not steps or not all(isinstance(k, (int, np.integer)) and k >= 0 for k in steps):
     raise SolveError("inner_steps", f"a non-empty list of integers >= 0, got {list(steps)}")
   return tuple(int(k) for k in steps)
+
+
+def check_particles(particles: int, pick: str) -> None:
+  """SolveError naming ``particles`` (an integer >= 1) or ``pick`` (one of PICKS)."""
+  if not isinstance(particles, (int, np.integer)) or particles < 1:
+    raise SolveError("particles", f"an integer >= 1, got {particles!r}")
+  if pick not in PICKS:
+    raise SolveError("pick", f"one of {', '.join(PICKS)}, got {pick!r}")
 
 
 def check_inputs(inputs, task: tasks.Task) -> np.ndarray:
@@ -185,7 +203,7 @@ def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
   if params is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
   sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, return_x0=True)
-  return Model(config, setup.task, params, step, sample, mesh)
+  return Model(config, setup, setup.task, params, step, sample, mesh)
 
 
 def content_keys(problems: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -199,17 +217,58 @@ def content_keys(problems: np.ndarray, seed: int = 0) -> np.ndarray:
   return evaluation.fold_in_keys(jax.random.PRNGKey(seed), hashes)
 
 
-def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0) -> np.ndarray:
+def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0,
+           particles: int = 1, pick: str = "oracle") -> np.ndarray:
   """The sampler's unscaled x0 for ``problems`` (n, inp_dim) -> (n, out_dim) float32.
 
   ``inner_steps`` energy-descent steps per timestep; each problem's start noise
   comes from ``seed`` and its content (``content_keys``: the same for every
   ``inner_steps``). Problems go in chunks of ``eval_chunk`` rows, fewer padded:
-  one compiled sampler serves every n.
+  one compiled sampler serves every n. With ``particles`` > 1: the ``pick`` of
+  ``particle_answers`` (``choose``).
   """
+  if particles > 1:
+    outputs, energies = particle_answers(model, problems, inner_steps, particles, seed)
+    return choose(model.task, problems, outputs, energies, pick)
   chunk = evaluation.chunk_size(model.config.eval_chunk, model.mesh)
   return evaluation.predict(model.sample, model.params, problems, content_keys(problems, seed),
                             inner_steps, chunk, model.mesh)
+
+
+def particle_answers(model: Model, problems: np.ndarray, inner_steps: int, particles: int,
+                     seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
+  """``particles`` trajectories per problem, re-noised as the evaluation's particles are
+  (evaluation.Particles.renoise), from the problem's ``content_keys``: the unscaled x0
+  (n, K, out_dim) and each one's energy at t = 0 (n, K); eval_chunk rows per call."""
+  sample = sampler_lib.make_particle_sampler(model.setup.energy_fn, model.setup.schedule,
+                                             particles, evaluation.Particles.renoise,
+                                             return_x0=True)
+  chunk = evaluation.chunk_size(max(1, model.config.eval_chunk // particles), model.mesh)
+  return evaluation.predict(sample, model.params, problems, content_keys(problems, seed),
+                            inner_steps, chunk, model.mesh)
+
+
+def errors(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> np.ndarray:
+  """The task's oracle on each answer, with no target: a discrete task's violations of the
+  decoded answer, a continuous one's residual (e.g. ||A X - I||_F). (n, inp_dim), (n,
+  out_dim) -> (n,)."""
+  if task.discrete:
+    return np.asarray(task.verify(problems, task.decode(answers)))
+  return np.asarray(task.residual(problems, answers), np.float64)
+
+
+def choose(task: tasks.Task, problems: np.ndarray, outputs: np.ndarray, energies: np.ndarray,
+           pick: str) -> np.ndarray:
+  """Each problem's answer among its particles: outputs (n, K, D), energies (n, K) -> (n, D).
+  'energy': the lowest E; 'oracle': the fewest violations (least residual), ties to the
+  lowest E."""
+  n, k, dim = outputs.shape
+  if pick == "energy":
+    chosen = np.argmin(energies, axis=1)
+  else:
+    error = errors(task, np.repeat(problems, k, axis=0), outputs.reshape(n * k, dim))
+    chosen = np.lexsort((energies, error.reshape(n, k)), axis=1)[:, 0]
+  return outputs[np.arange(n), chosen]
 
 
 def check_answers(answers: Dict[int, np.ndarray]) -> None:
@@ -244,9 +303,9 @@ def score(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> Dict[s
   where it has one (inverse: numpy.linalg.inv); for a discrete one {'violations'} per
   problem and {'solved'}, the share with none."""
   if task.discrete:
-    violations = task.verify(problems, task.decode(answers))
+    violations = errors(task, problems, answers)
     return dict(violations=violations, solved=float(np.mean(violations == 0)))
-  residual = np.asarray(task.residual(problems, answers), np.float64)
+  residual = errors(task, problems, answers)
   result = dict(residual_mean=float(np.mean(residual)),
                 residual_median=float(np.median(residual)))
   exact = task.exact(problems)
@@ -256,20 +315,24 @@ def score(task: tasks.Task, problems: np.ndarray, answers: np.ndarray) -> Dict[s
 
 
 def solve(workdir: str, inputs, inner_steps: Sequence[int] = (5,),
-          checkpoint_step: Optional[int] = None, seed: int = 0) -> Dict[int, np.ndarray]:
-  """{inner_steps: answers in the layout of ``inputs``} from the run in ``workdir``.
+          checkpoint_step: Optional[int] = None, seed: int = 0, particles: int = 1,
+          pick: str = "oracle") -> Dict[int, np.ndarray]:
+  """{inner_steps: answers in the layout of ``inputs``} from the run in ``workdir``, with
+  ``particles`` trajectories per problem and their ``pick`` (``answer``).
 
   inputs: (n, inp_dim), or for a matrix task (n, rank, rank) (addition: (n, 2, rank, rank)).
   Answers: (n, out_dim) or (n, rank, rank), float32, the sampler's unscaled x0 (a discrete
   task's decode it: ``task.decode``).
   """
   inner_steps = check_inner_steps(inner_steps)
+  check_particles(particles, pick)
   task = tasks.from_config(read_config(workdir, checkpoint_step))
   problems = check_inputs(inputs, task)
   for line in task.distribution_warnings(problems):
     warnings.warn(line, OutOfDistributionWarning, stacklevel=2)
   model = load(workdir, checkpoint_step)
   shape = answer_shape(np.shape(inputs), task)
-  answers = {k: answer(model, problems, k, seed).reshape(shape) for k in inner_steps}
+  answers = {k: answer(model, problems, k, seed, particles, pick).reshape(shape)
+             for k in inner_steps}
   check_answers(answers)
   return answers

@@ -175,6 +175,8 @@ def _bad_inputs(tmp_path, workdir):
                                   "checkpoint_step"),
       "negative inner steps": ([f"--workdir={workdir}", "--inner_steps=5,-1"] + good,
                                "inner_steps"),
+      "no particles": ([f"--workdir={workdir}", "--particles=0"] + good, "particles"),
+      "unknown pick": ([f"--workdir={workdir}", "--particles=4", "--pick=best"] + good, "pick"),
       "no output directory": ([f"--workdir={workdir}", f"--input={tmp_path / 'A.npy'}",
                                f"--output={tmp_path / 'nowhere' / 'X.npy'}"], "output"),
       "output is the input": ([f"--workdir={workdir}", f"--input={tmp_path / 'A.npy'}",
@@ -236,6 +238,7 @@ def bad_input_outcomes(workdir, tmp_path_factory):
 
 CASES = ["missing file", "not an array", "wrong size", "one matrix", "non-finite",
          "no config.json", "no checkpoint", "missing checkpoint step", "negative inner steps",
+         "no particles", "unknown pick",
          "no output directory", "output is the input", "an output is the input",
          "non-finite answers", "damaged checkpoint step"]
 # What the line says beyond the flag, where the case has a message of its own.
@@ -243,7 +246,9 @@ MESSAGES = {"not an array": "is not a .npy file written by numpy.save",
             "output is the input": "would overwrite the input",
             "an output is the input": "X_steps2.npy would overwrite the input",
             "non-finite answers": "6 of 6 problems got non-finite answers with inner_steps=5",
-            "damaged checkpoint step": "the checkpoint at step 20 in"}
+            "damaged checkpoint step": "the checkpoint at step 20 in",
+            "no particles": "an integer >= 1, got 0",
+            "unknown pick": "one of oracle, energy, got 'best'"}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -383,6 +388,42 @@ def test_cli_solves_a_directory_of_dimacs_files(sat_workdir, tmp_path):
     assert lines[1 + i] == f"  {inputs / f'uf8-{i}.cnf'}: {unsatisfied} violations"
     solved += unsatisfied == 0
   assert lines[-1] == f"inner_steps=5: solved {solved} of 3 -> {tmp_path / 'solutions'}"
+
+
+def test_particles_answer_the_oracles_pick_or_the_energys(sat_workdir):
+  """Of a problem's particles: 'oracle' answers one with the fewest violations, of those the
+  lowest E; 'energy' the lowest E. One particle is the plain sampler's answer."""
+  model = solve.load(sat_workdir)
+  task = model.task
+  problems_, _ = task.eval_set(16, 1, False)
+  outputs, energies = solve.particle_answers(model, problems_, 2, 8)
+  assert (outputs.shape, energies.shape) == ((16, 8, task.out_dim), (16, 8))
+  violations = task.verify(np.repeat(problems_, 8, axis=0),
+                           task.decode(outputs.reshape(16 * 8, -1))).reshape(16, 8)
+  assert len({tuple(v) for v in violations}) > 1  # the particles differ: a choice to make
+  oracle = solve.answer(model, problems_, 2, particles=8)
+  energy = solve.answer(model, problems_, 2, particles=8, pick="energy")
+  for i in range(16):
+    best = np.flatnonzero(violations[i] == violations[i].min())
+    np.testing.assert_array_equal(oracle[i], outputs[i, best[np.argmin(energies[i, best])]])
+    np.testing.assert_array_equal(energy[i], outputs[i, np.argmin(energies[i])])
+  np.testing.assert_array_equal(solve.answer(model, problems_, 2, particles=1),
+                                solve.answer(model, problems_, 2))
+
+
+def test_the_oracles_pick_prefers_a_solution_to_a_lower_energy():
+  """Hand-made particles of one formula: a violating one of the lowest E, then its target
+  twice (scaled: one assignment): the oracle takes the target of the lower E, the energy the
+  violating one."""
+  task = tasks.from_config(sat_config.get_config("tiny"))
+  inputs, targets = task.eval_set(64, 0, False)
+  wrong = -np.ones(task.out_dim, np.float32)  # every variable false
+  i = next(i for i in range(64) if task.verify(inputs[i:i + 1], task.decode(wrong[None]))[0])
+  outputs = np.stack([wrong, targets[i], 0.5 * targets[i]])[None]  # the last two: one answer
+  energies = np.array([[-10.0, 5.0, 1.0]])
+  for pick, particle in (("oracle", 2), ("energy", 0)):
+    chosen = solve.choose(task, inputs[i:i + 1], outputs, energies, pick)
+    np.testing.assert_array_equal(chosen, outputs[:, particle])
 
 
 def test_cli_bad_instance_files_are_one_line_and_write_nothing(sat_workdir, tmp_path):
