@@ -391,7 +391,10 @@ def _particles_markdown(report):
                "resample_tau") else "independent") + "); each cell one particle / the "
            "energy's pick (lowest E at t = 0) / the oracle's (the best particle, by the target), "
            "mean over the seeds" + ("; distinct: right answers found per problem" if distinct
-                                    else "") + ".", ""]
+                                    else "")
+           + ("; random, the best of K: of K uniformly random answers per problem, the best "
+              "(the oracle's pick among random particles)" if report.get("particle_baselines")
+              else "") + ".", ""]
   for suffix, name in (("", "in-distribution"), ("_ood", "harder")):
     header = [f"K={k}" for k in counts] + ([f"distinct, K={counts[-1]}"] if distinct else [])
     lines += [f"{name}:", "", "| strategy | " + " | ".join(header) + " |",
@@ -404,6 +407,12 @@ def _particles_markdown(report):
         cells.append(_value((values.get(f"eval/distinct{suffix}_p{counts[-1]}") or {}).get(
             "mean"), ".3g"))
       lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
+    random = report.get("particle_baselines")
+    if random:
+      cells = [_value(random.get(f"eval/{headline['name']}{suffix}_p{k}_random"),
+                      headline["spec"]) for k in counts]
+      cells += [""] if distinct else []
+      lines.append("| random, the best of K | " + " | ".join(cells) + " |")
     lines.append("")
   return lines[:-1]
 
@@ -508,6 +517,14 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
     report["landscape_settings"] = landscape_settings.as_json()
   if particles:
     report["particles"] = dataclasses.asdict(particles)
+    task = tasks.from_config(config)
+    if task.discrete:  # the sets particle scoring uses (Particles.report), and their seed
+      sets = {suffix: task.eval_set(min(particles.size or config.eval_size, config.eval_size),
+                                    config.eval_seed, ood)
+              for suffix, ood in evaluation.SPLITS.items()}
+      report["particle_baselines"] = {
+          f"eval/{key}": value for key, value in
+          task.random_particle_scores(sets, particles.counts, config.eval_seed).items()}
   write_report(report, workdir)
   return report
 
@@ -545,7 +562,7 @@ def merge(reports, command=None):
   commands = [r["command"] for r in reports if r["command"]] + ([command] if command else [])
   merged = summarize(records, strategies, first["config"], first["base_config"], first["task"],
                      "\n".join(commands) or None)
-  for key in ("landscape_settings", "particles"):
+  for key in ("landscape_settings", "particles", "particle_baselines"):
     measured = [r[key] for r in reports if key in r]
     if measured:
       merged[key] = measured[0]

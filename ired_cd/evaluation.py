@@ -104,7 +104,8 @@ class Evaluator:
                 resample_tau: Optional[float] = None) -> Dict[str, float]:
     """The sampler with ``particles`` trajectories per problem (sampler.sample_particles) on
     both sets, scored per pick (``pick_scores``): '{metric}{suffix}_p{K}_{pick}' and, for
-    a discrete task, 'distinct{suffix}_p{K}'."""
+    a discrete task, 'distinct{suffix}_p{K}' and the best of K random answers
+    ('{metric}{suffix}_p{K}_random': task.random_particle_scores)."""
     sample = sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
                                                particles, renoise, self.return_x0,
                                                resample_tau)
@@ -116,6 +117,8 @@ class Evaluator:
       for name, value in pick_scores(self.task, inputs, targets, outputs, energies).items():
         metric, _, pick = name.partition("_")
         results[f"{metric}{suffix}_p{particles}" + (f"_{pick}" if pick else "")] = value
+    if self.task.discrete:
+      results.update(self.task.random_particle_scores(self.sets, [particles], self.seed))
     return results
 
 

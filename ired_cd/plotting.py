@@ -322,6 +322,10 @@ def plot_ablation_particles(report, counts, path):
       key = f"eval/{headline['name']}{suffix}"
       if baseline.get(key) is not None:
         ax.axhline(baseline[key], ls=dashes, color="black", lw=1, label=name.replace("_", " "))
+    random = report.get("particle_baselines")
+    if random:
+      ax.plot(counts, [random[f"eval/{headline['name']}{suffix}_p{k}_random"] for k in counts],
+              ls=":", marker="x", color="gray", label="random, the best of K")
     ax.set_xscale("log", base=2)
     ax.set_xticks(counts, [str(k) for k in counts])
     ax.set(xlabel="particles per problem K", ylabel=headline["label"],

@@ -4,6 +4,7 @@ DIMACS files."""
 
 import dataclasses
 import itertools
+import json
 import os
 
 import chex
@@ -13,7 +14,8 @@ import numpy as np
 import pytest
 
 from configs import base
-from ired_cd import dimacs, evaluation, sampler, strategies, train
+from configs import sat as sat_config
+from ired_cd import ablation, dimacs, evaluation, sampler, strategies, train
 from ired_cd import tasks
 from ired_cd.tasks import sat as sat_lib
 
@@ -310,6 +312,50 @@ def test_particle_picks_the_oracle_is_never_worse():
   assert scores["solved_oracle"] >= 1 / 8 and scores["distinct"] >= 1 / 8
   energies[2, 3] = -100.0  # the energy now picks the right answer of problem 2
   assert evaluation.pick_scores(task, inputs, targets, outputs, energies)["solved_energy"] >= 1 / 8
+
+
+def test_the_best_of_k_random_assignments():
+  """Hand-made formulas: none (always solved), the 8 sign patterns of one 3 variables (every
+  assignment violates exactly one clause), and one clause (a random assignment violates it
+  with probability 1/8, the best of 64 almost never)."""
+  task = _sat()
+
+  def formula(clauses):
+    matrix = np.zeros((task.max_clauses, task.variables), np.float32)
+    for row, clause in enumerate(clauses):
+      for literal in clause:
+        matrix[row, abs(literal) - 1] = np.sign(literal)
+    return np.tile(matrix.reshape(1, -1), (64, 1))
+
+  core = [[a * 1, b * 2, c * 3] for a, b, c in itertools.product((-1, 1), repeat=3)]
+  sets = {"": (formula([]), None), "_ood": (formula(core), None)}
+  scores = task.random_particle_scores(sets, (1, 64), seed=0)
+  assert (scores["solved_p1_random"], scores["violations_p64_random"]) == (1.0, 0.0)
+  assert (scores["solved_ood_p64_random"], scores["violations_ood_p64_random"]) == (0.0, 1.0)
+  one = task.random_particle_scores({"": (formula([[1, -2, 3]]), None)}, (1, 64), seed=0)
+  assert 0.6 < one["solved_p1_random"] < 1.0 and one["solved_p64_random"] == 1.0
+
+
+def test_particle_scoring_of_a_grid_reports_each_pick_and_the_random_baseline(tmp_path):
+  """A tiny SAT grid scored with particles: eval.json and the report hold every pick per K and
+  set, the best of K random answers is the evaluation's own (the same sets and stream), and
+  the table shows both."""
+  config = sat_config.get_config("tiny")
+  config.train_steps = 10
+  particles = evaluation.Particles(counts=(1, 4), size=16)
+  report = ablation.run_ablation(config, ["none"], 1, str(tmp_path), particles=particles)
+  with open(tmp_path / "none" / "seed0" / "eval.json") as f:
+    saved = json.load(f)
+  for suffix in ("", "_ood"):
+    for k in (1, 4):
+      for pick in evaluation.PICKS:
+        assert 0.0 <= saved[f"eval/solved{suffix}_p{k}_{pick}"] <= 1.0
+      for metric in ("solved", "violations"):
+        key = f"eval/{metric}{suffix}_p{k}_random"
+        assert report["particle_baselines"][key] == saved[key]
+  assert saved["eval/violations_p4_random"] < saved["eval/violations_p1_random"]
+  table = (tmp_path / "ablation.md").read_text()
+  assert "| `none` | " in table and table.count("| random, the best of K | ") == 2
 
 
 def test_colourings_equal_up_to_their_colour_names_are_one_answer():

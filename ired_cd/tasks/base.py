@@ -295,6 +295,21 @@ class DiscreteTask(Task):
     return scores
 
 
+  def random_particle_scores(self, sets, counts, seed):
+    """The particles' trivial baseline: of K uniformly random assignments per problem the
+    best (the oracle's pick among random particles), for each K of ``counts``:
+    {'solved{suffix}_p{K}_random', 'violations{suffix}_p{K}_random'}."""
+    scores = {}
+    for suffix, (inputs, _) in sets.items():
+      for k in counts:
+        rng = np.random.default_rng([BASELINE_TAG, seed, int(suffix == "_ood"), k])
+        rows = np.repeat(inputs, k, axis=0)
+        fewest = self.verify(rows, self.random_assignment(rows, rng)).reshape(-1, k).min(axis=1)
+        scores[f"solved{suffix}_p{k}_random"] = float(np.mean(fewest == 0))
+        scores[f"violations{suffix}_p{k}_random"] = float(np.mean(fewest))
+    return scores
+
+
 BASELINE_TAG = 7  # the baselines' random stream: default_rng([BASELINE_TAG, eval seed, ood])
 
 
