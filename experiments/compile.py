@@ -3,11 +3,13 @@ r"""Compile a run for a TPU slice or NVIDIA GPUs on this machine: memory, fit, a
   python -m experiments.compile --config=configs/q204.py --target=v5e-8
   python -m experiments.compile --config=configs/q204.py --target=h100x8 --hosts=2 \
       --strategies=none,cd_full --max_batch
+  python -m experiments.compile --config=configs/sat.py --target=v5e-8 --particles=1,8,64
 
 Compiles what ``experiments.run`` would run on the target (ired_cd.hardware) and
 prints, per strategy, the per-device memory, whether it fits, the matmul FLOPs
 per step and a roofline lower bound of the step time, then the same as one JSON
-line. Predictions from the compiled programs, not measurements. Needs the
+line; with --particles, the particle evaluation's program per K (its memory per device
+and per problem). Predictions from the compiled programs, not measurements. Needs the
 compile packages, installed apart from the run's (ired_cd/compile_packages.py):
   pip install --target .venv/compile-packages -r requirements-compile.txt
 """
@@ -41,6 +43,12 @@ _STRATEGIES = flags.DEFINE_list("strategies", None,
 _MAX_BATCH = flags.DEFINE_bool("max_batch", False,
                                "Also find the largest global batch that fits, to within 1 %.")
 
+_PARTICLES = flags.DEFINE_list("particles", None, "Also compile the particle evaluation "
+                               "(--eval_particles) with this many particles per problem, "
+                               "e.g. 1,8,64.")
+_RESAMPLE_TAU = flags.DEFINE_float("resample_tau", None, "--particles: resampled by "
+                                   "softmax(-E / tau) (default: independent).")
+
 MIB = 1024 ** 2
 
 
@@ -66,6 +74,15 @@ def describe(r) -> str:
   return "\n".join(lines)
 
 
+def describe_particles(r) -> str:
+  """A compile_particles result as one line."""
+  mem = r["memory"]
+  return (f"particles K={r['particles']} on {r['target']}: {r['problems']} problems a chunk "
+          f"({r['rows']} rows), per device needs {mem['needed'] / MIB:.1f} MiB (temporaries "
+          f"{mem['temporaries'] / MIB:.1f} MiB), "
+          f"{r['needed_bytes_per_problem'] / MIB:.2f} MiB per problem")
+
+
 def main(argv):
   del argv
   if _TARGET.value is None:
@@ -79,6 +96,8 @@ def main(argv):
                for s in _STRATEGIES.value or [_CONFIG.value.mining_strategy]]
     for config in configs:
       loop.check_devices(config, mesh)
+    counts = cli.integers(_PARTICLES.name, _PARTICLES.value, 1)
+    cli.check_resample_tau(_RESAMPLE_TAU)
   except (hardware.TargetError, schema.ConfigError) as err:
     sys.exit(f"error: {err}")
   results = hardware.compile_strategies(
@@ -99,6 +118,11 @@ def main(argv):
       print(describe(result))
     print(json.dumps(result), flush=True)
     failed |= not result["fits"]
+  if counts:  # the particle program does not depend on the strategy
+    for result in hardware.compile_particles(configs[0], target, mesh, counts,
+                                             _RESAMPLE_TAU.value):
+      print(describe_particles(result))
+      print(json.dumps(result), flush=True)
   if failed:
     sys.exit(f"error: the batch does not fit {target.name} for every strategy (see above)")
 

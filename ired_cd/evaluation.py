@@ -100,16 +100,22 @@ class Evaluator:
     return results
 
 
+  def particle_program(self, particles: int, renoise: float = 1.0,
+                       resample_tau: Optional[float] = None):
+    """(the jitted particle sampler ``particles`` runs, problems per call): a chunk of
+    ``self.chunk`` // K problems, K particles each (about ``self.chunk`` rows)."""
+    sample = sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
+                                               particles, renoise, self.return_x0,
+                                               resample_tau)
+    return sample, chunk_size(max(1, self.chunk // particles), self.mesh)
+
   def particles(self, params, particles: int, inner_steps: int, renoise: float = 1.0,
                 resample_tau: Optional[float] = None) -> Dict[str, float]:
     """The sampler with ``particles`` trajectories per problem (sampler.sample_particles) on
     both sets, scored per pick (``pick_scores``): '{metric}{suffix}_p{K}_{pick}' and, for
     a discrete task, 'distinct{suffix}_p{K}' and the best of K random answers
     ('{metric}{suffix}_p{K}_random': task.random_particle_scores)."""
-    sample = sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
-                                               particles, renoise, self.return_x0,
-                                               resample_tau)
-    chunk = chunk_size(max(1, self.chunk // particles), self.mesh)
+    sample, chunk = self.particle_program(particles, renoise, resample_tau)
     results = {}
     for suffix, (inputs, targets) in self.sets.items():
       outputs, energies = predict(sample, params, inputs, self.keys[:len(inputs)], inner_steps,

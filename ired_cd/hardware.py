@@ -234,19 +234,42 @@ def compile_train(setup, mesh):
   return _compile(lowered, mesh.devices.flat[0].platform), state, steps
 
 
-def compile_sampler(setup, mesh, params):
-  """The evaluation program as ``evaluation.Evaluator`` runs it on ``mesh`` (its own sampler
-  and chunk): one chunk of problems and their keys on the ``data`` axis, ``params``
-  replicated."""
-  evaluator = evaluation.Evaluator(setup, mesh=mesh)
+def _compile_on_mesh(sample, setup, mesh, params, problems: int):
+  """``sample(params, inputs, keys, inner_steps)`` compiled on ``mesh`` for one chunk of
+  ``problems``: their inputs and keys on the ``data`` axis, ``params`` replicated."""
   rows = parallel.batch_sharding(mesh)
-  return _compile(evaluator.sample.lower(
+  return _compile(sample.lower(
       jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype,
                                                             sharding=parallel.replicated(mesh)),
                              params),
-      jax.ShapeDtypeStruct((evaluator.chunk, setup.task.inp_dim), jnp.float32, sharding=rows),
-      jax.ShapeDtypeStruct((evaluator.chunk, 2), jnp.uint32, sharding=rows),
+      jax.ShapeDtypeStruct((problems, setup.task.inp_dim), jnp.float32, sharding=rows),
+      jax.ShapeDtypeStruct((problems, 2), jnp.uint32, sharding=rows),
       jax.ShapeDtypeStruct((), jnp.int32)), mesh.devices.flat[0].platform)
+
+
+def compile_sampler(setup, mesh, params):
+  """The evaluation program as ``evaluation.Evaluator`` runs it on ``mesh`` (its own sampler
+  and chunk)."""
+  evaluator = evaluation.Evaluator(setup, mesh=mesh)
+  return _compile_on_mesh(evaluator.sample, setup, mesh, params, evaluator.chunk)
+
+
+def compile_particles(config, target: Target, mesh, counts,
+                      resample_tau: Optional[float] = None):
+  """Yields, per K of ``counts``, the particle evaluation's program as ``Evaluator.particles``
+  runs it on ``mesh`` (``Evaluator.particle_program``: a chunk of eval_chunk // K problems, K
+  re-noised particles each): {target, particles, problems, memory (per device,
+  ``memory_breakdown``), needed_bytes_per_problem (per device: needed / its problems)}."""
+  setup = train.build_setup(config)
+  evaluator = evaluation.Evaluator(setup, mesh=mesh)
+  params = train.abstract_state(setup, mesh).ema_params
+  per_device = parallel.data_size(mesh)
+  for k in counts:
+    sample, problems = evaluator.particle_program(k, evaluation.Particles.renoise, resample_tau)
+    memory = memory_breakdown(_compile_on_mesh(sample, setup, mesh, params, problems))
+    yield dict(target=target.name, particles=k, problems=problems, rows=problems * k,
+               resample_tau=resample_tau, memory=memory,
+               needed_bytes_per_problem=memory["needed"] * per_device / problems)
 
 
 def replay_shards(compiled_train) -> Optional[Dict[str, int]]:

@@ -48,12 +48,21 @@ def check_memory(record):
   assert record["matmul_flops_per_step"] > 0 and record["roofline_step_s"] > 0
 
 
-def test_single_host_tpu_slice():
-  code, [record], stderr = compile_tool("--target=v5e-8", "--strategies=none")
+def test_single_host_tpu_slice_and_its_particle_programs():
+  """The run on v5e-8, then the particle evaluation's program per K: a chunk of the tiny
+  config's 64 rows (eval_chunk // K problems, a multiple of the 8 devices), K particles
+  each, so a problem costs more with more particles."""
+  code, [record, *particles], stderr = compile_tool("--target=v5e-8", "--strategies=none",
+                                                    "--particles=1,4")
   assert code == 0, stderr[-2000:]
   assert (record["devices"], record["hosts"], record["device_kind"]) == (8, 1, "TPU v5 lite")
   assert record["per_device_batch"] == 32 // 8 and record["replay_shards"] is None
   check_memory(record)
+  assert [(r["particles"], r["problems"], r["rows"]) for r in particles] == [(1, 64, 64),
+                                                                            (4, 16, 64)]
+  for r in particles:
+    assert r["needed_bytes_per_problem"] == r["memory"]["needed"] * 8 / r["problems"] > 0
+  assert particles[1]["needed_bytes_per_problem"] > particles[0]["needed_bytes_per_problem"]
 
 
 def test_multi_host_tpu_slice_gives_each_device_one_replay_shard():
