@@ -244,17 +244,23 @@ def bench_gram(config, strategy, steps, inner_steps):
        sampler_plain_over_gram=sampler_ms["plain"] / sampler_ms["gram"])
 
 
+def _compiled_and_timed(fn, args, reps):
+  """(``fn`` compiled for ``args``, its compile seconds, ``reps`` timed calls in ms after
+  one untimed)."""
+  tic = time.perf_counter()
+  compiled = fn.lower(*args).compile()
+  compile_s = time.perf_counter() - tic
+  jax.block_until_ready(compiled(*args))
+  return compiled, compile_s, _time_calls(lambda: compiled(*args), reps)
+
+
 def bench_sampler(config, inner_steps, reps, peak):
   setup = train.build_setup(config)
   params = train.init_state(setup).ema_params
   sample = sampler.make_sampler(setup.energy_fn, setup.schedule)
   inp, key = _problems(setup, config.batch_size)
-  k = jnp.int32(inner_steps)
-  tic = time.perf_counter()
-  compiled = sample.lower(params, inp, key, k).compile()
-  compile_s = time.perf_counter() - tic
-  jax.block_until_ready(compiled(params, inp, key, k))
-  times = _time_calls(lambda: compiled(params, inp, key, k), reps)
+  compiled, compile_s, times = _compiled_and_timed(sample, (params, inp, key,
+                                                            jnp.int32(inner_steps)), reps)
   median = statistics.median(times)
   flops_analytic = flops.sampler_flops(setup, params, inp, inner_steps)
   emit(what="sampler", task=config.task, batch_size=config.batch_size,
@@ -266,22 +272,17 @@ def bench_sampler(config, inner_steps, reps, peak):
 
 
 def bench_particles(config, counts, inner_steps, reps, resample_tau):
-  """The evaluation's particle sampler (re-noised, ``resample_tau``) at each K of ``counts``,
-  on the problems of one evaluation chunk (config.eval_chunk // K, so K x that many rows)."""
+  """The evaluation's particle program (``Evaluator.particle_program``: re-noised,
+  ``resample_tau``) at each K of ``counts``, on one evaluation chunk of problems."""
   setup = train.build_setup(config)
+  evaluator = evaluation.Evaluator(setup)
   params = train.init_state(setup).ema_params
-  k = jnp.int32(inner_steps)
   for count in counts:
-    problems = max(1, config.eval_chunk // count)
+    sample, problems = evaluator.particle_program(count, evaluation.Particles.renoise,
+                                                  resample_tau)
     inp, keys = _problems(setup, problems)
-    sample = sampler.make_particle_sampler(
-        setup.energy_fn, setup.schedule, count, evaluation.Particles.renoise,
-        config.eval_return_x0, resample_tau)
-    tic = time.perf_counter()
-    compiled = sample.lower(params, inp, keys, k).compile()
-    compile_s = time.perf_counter() - tic
-    jax.block_until_ready(compiled(params, inp, keys, k))
-    times = _time_calls(lambda: compiled(params, inp, keys, k), reps)
+    compiled, compile_s, times = _compiled_and_timed(sample, (params, inp, keys,
+                                                              jnp.int32(inner_steps)), reps)
     median = statistics.median(times)
     emit(what="particles", task=config.task, particles=count, problems=problems,
          rows=problems * count, resample_tau=resample_tau, matmul_dtype=config.matmul_dtype,
