@@ -237,13 +237,12 @@ def answer(model: Model, problems: np.ndarray, inner_steps: int, seed: int = 0,
 
 def particle_answers(model: Model, problems: np.ndarray, inner_steps: int, particles: int,
                      seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-  """``particles`` trajectories per problem, re-noised as the evaluation's particles are
-  (evaluation.Particles.renoise), from the problem's ``content_keys``: the unscaled x0
-  (n, K, out_dim) and each one's energy at t = 0 (n, K); eval_chunk rows per call."""
-  sample = sampler_lib.make_particle_sampler(model.setup.energy_fn, model.setup.schedule,
-                                             particles, evaluation.Particles.renoise,
-                                             return_x0=True)
-  chunk = evaluation.chunk_size(max(1, model.config.eval_chunk // particles), model.mesh)
+  """``particles`` trajectories per problem, the evaluation's particle program
+  (``Evaluator.particle_program``: re-noised, about eval_chunk rows a call) answering the
+  unscaled x0, from the problem's ``content_keys``: (n, K, out_dim) and each one's energy at
+  t = 0 (n, K)."""
+  sample, chunk = evaluation.Evaluator(model.setup, mesh=model.mesh, return_x0=True
+                                       ).particle_program(particles, evaluation.Particles.renoise)
   return evaluation.predict(sample, model.params, problems, content_keys(problems, seed),
                             inner_steps, chunk, model.mesh)
 
