@@ -104,6 +104,8 @@ CASES = {
     "bench: empty matmul": ("bench", [CONFIG, "--matmul_size=0"], "--matmul_size", None),
     "bench: negative batch": ("bench", [CONFIG, "--config.batch_size=-4"], "config.batch_size",
                               None),
+    "compile: zero particles": ("compile", [CONFIG, "--target=v5e-8", "--particles=8,0"],
+                                "--particles: integers >= 1", None),
     "compile: unknown strategy": ("compile", [CONFIG, "--target=v5e-8", "--strategies=none,foo"],
                                   "--strategies: 'foo' is not one of", None),
 }
