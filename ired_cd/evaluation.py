@@ -50,6 +50,7 @@ class Evaluator:
     self.return_x0 = c.eval_return_x0 if return_x0 is None else return_x0
     self.sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, self.return_x0)
     self.setup = setup
+    self._particle_programs = {}
 
   @functools.cached_property
   def sets(self):
@@ -103,11 +104,15 @@ class Evaluator:
   def particle_program(self, particles: int, renoise: float = 1.0,
                        resample_tau: Optional[float] = None):
     """(the jitted particle sampler ``particles`` runs, problems per call): a chunk of
-    ``self.chunk`` // K problems, K particles each (about ``self.chunk`` rows)."""
-    sample = sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
-                                               particles, renoise, self.return_x0,
-                                               resample_tau)
-    return sample, chunk_size(max(1, self.chunk // particles), self.mesh)
+    ``self.chunk`` // K problems, K particles each (about ``self.chunk`` rows). Built once
+    per setting, so every inner-step count and call reuses its compiled program."""
+    key = (particles, renoise, resample_tau)
+    if key not in self._particle_programs:
+      self._particle_programs[key] = (
+          sampler_lib.make_particle_sampler(self.setup.energy_fn, self.setup.schedule,
+                                            particles, renoise, self.return_x0, resample_tau),
+          chunk_size(max(1, self.chunk // particles), self.mesh))
+    return self._particle_programs[key]
 
   def particles(self, params, particles: int, inner_steps: int, renoise: float = 1.0,
                 resample_tau: Optional[float] = None) -> Dict[str, float]:

@@ -40,7 +40,6 @@ import ml_collections
 import numpy as np
 
 from ired_cd import checkpoint, dimacs, evaluation, metrics_io, parallel, schema, tasks, train
-from ired_cd import sampler as sampler_lib
 
 
 
@@ -63,16 +62,21 @@ class OutOfDistributionWarning(UserWarning):
 @dataclasses.dataclass(frozen=True)
 class Model:
   """A trained run, loaded: its config, setup, task, EMA parameters (replicated on ``mesh``,
-  every device of this host), checkpoint step and sampler (sampler.make_sampler with
-  return_x0: one compiled sampler for any inner-step count and any number of problems)."""
+  every device of this host), checkpoint step and an Evaluator answering x0 unscaled, whose
+  programs it runs: ``sample`` (one compiled sampler for any inner-step count and any number
+  of problems) and ``particle_program`` (one per particle count)."""
 
   config: ml_collections.ConfigDict
   setup: train.Setup
   task: tasks.Task
   params: Any
   step: int
-  sample: Callable
   mesh: jax.sharding.Mesh
+  evaluator: evaluation.Evaluator
+
+  @property
+  def sample(self) -> Callable:
+    return self.evaluator.sample
 
 
 def read_config(workdir: str, checkpoint_step: Optional[int] = None) -> ml_collections.ConfigDict:
@@ -202,8 +206,8 @@ def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
     store.close()
   if params is None:
     raise SolveError("workdir", f"no readable checkpoint in {store.directory}")
-  sample = sampler_lib.make_sampler(setup.energy_fn, setup.schedule, return_x0=True)
-  return Model(config, setup, setup.task, params, step, sample, mesh)
+  return Model(config, setup, setup.task, params, step, mesh,
+               evaluation.Evaluator(setup, mesh=mesh, return_x0=True))
 
 
 def content_keys(problems: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -241,8 +245,7 @@ def particle_answers(model: Model, problems: np.ndarray, inner_steps: int, parti
   (``Evaluator.particle_program``: re-noised, about eval_chunk rows a call) answering the
   unscaled x0, from the problem's ``content_keys``: (n, K, out_dim) and each one's energy at
   t = 0 (n, K)."""
-  sample, chunk = evaluation.Evaluator(model.setup, mesh=model.mesh, return_x0=True
-                                       ).particle_program(particles, evaluation.Particles.renoise)
+  sample, chunk = model.evaluator.particle_program(particles, evaluation.Particles.renoise)
   return evaluation.predict(sample, model.params, problems, content_keys(problems, seed),
                             inner_steps, chunk, model.mesh)
 
