@@ -40,7 +40,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from experiments import cli
-from ired_cd import ablation, landscape, metrics_io, schema
+from ired_cd import ablation, answer_landscape, landscape, metrics_io, schema, tasks
 from ired_cd.matmul import MATMUL_DTYPES
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
@@ -102,8 +102,9 @@ def main(argv):
       report = ablation.merge([read_report(path) for path in _MERGE.value], command)
       ablation.write_report(report, workdir)
     else:
-      settings = (landscape.Settings(eval_size=_LANDSCAPE.value,
-                                     matmul_dtype=_LANDSCAPE_DTYPE.value)
+      measures = answer_landscape.measures_for(tasks.from_config(_CONFIG.value))
+      settings = (measures.Settings(eval_size=_LANDSCAPE.value,
+                                    matmul_dtype=_LANDSCAPE_DTYPE.value)
                   if _LANDSCAPE.value is not None else None)
       report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
                                      command, _REPORT_ONLY.value, inner, settings, particles)

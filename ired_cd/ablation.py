@@ -28,7 +28,8 @@ import numpy as np
 import tqdm
 
 from configs import base
-from ired_cd import evaluation, landscape, loop, metrics_io, plotting, schema, tasks
+from ired_cd import answer_landscape, evaluation, landscape, loop, metrics_io, plotting
+from ired_cd import schema, tasks
 from ired_cd.tasks import SPLITS
 
 HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
@@ -36,19 +37,6 @@ HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of e
 RUN_MEASURES = (("train/score_norm", "final ‖∇E‖", ".3g"),
                 ("train/energy_gap", "final energy gap", ".3g"),
                 ("train/steps_per_sec", "steps/s", ".1f"))
-# The landscape's columns (landscape.summary's keys, each per set): key, header, format.
-LANDSCAPE_MEASURES = (
-    ("repair_r0.25", "repair: MSE after descent ÷ start (truth + 0.25 RMS)", ".3g"),
-    ("spearman_residual", "Spearman(E, residual)", ".3f"),
-    ("truth_below_answer", "P[E(truth) < E(answer)] at t=0", ".3f"),
-    ("moved_after_first", "inner proposals that move y after the first", ".3f"),
-    ("scaling_gain", "MSE after descent past the schedule ÷ without", ".4f"),
-    ("breadth_gain", "MSE of the energy's pick of the trajectories ÷ one trajectory", ".4f"),
-    ("breadth_renoised_gain", "the same, re-noised trajectories ÷ the sampler's answer",
-     ".4f"),
-    ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
-    ("breadth_renoised_lost", "re-noised trajectories worse than the mean predictor", ".4f"),
-    ("breadth_renoised_chose_lost", "problems where the energy picks a lost one", ".4f"))
 # Config fields named in the report's header.
 HEADER_FIELDS = ("task", "batch_size", "train_steps", "learning_rate", "eval_size",
                  "eval_inner_steps")
@@ -161,7 +149,8 @@ def particle_columns(saved):
 
 
 def score_landscape(config, record, settings, report_only=False):
-  """landscape.summary of a completed run's final checkpoint; None if it is not scored (yet).
+  """The summary (landscape's, or answer_landscape's for a discrete task) of a completed run's
+  final checkpoint; None if it is not scored (yet).
 
   Reuses the run's landscape.json when it holds that checkpoint measured with ``settings``
   (landscape.holds); otherwise measures and writes it with the run's folder held
@@ -174,7 +163,7 @@ def score_landscape(config, record, settings, report_only=False):
     if report_only:
       return None
     saved, _ = landscape.measure_run(record["workdir"], settings)
-  return landscape.summary(saved)
+  return answer_landscape.measures_of(settings.as_json()).summary(saved)
 
 
 def stats(values):
@@ -424,17 +413,16 @@ def _landscape_markdown(report):
   if not scored:
     return []
   settings = report["landscape_settings"]
+  measures = answer_landscape.measures_of(settings)
   lines = ["", "## Energy landscape", "",
-           "Each final checkpoint measured by `experiments.landscape` (docs/landscape.md) on "
-           f"{settings['eval_size']} problems per set, {settings['matmul_dtype']} products; "
-           f"breadth: {settings['trajectories']} trajectories a problem, re-noised at "
-           f"{max(settings['breadth_renoise']):g}: in-distribution / harder, mean ± std over "
-           "the seeds measured.", "",
-           "| strategy | " + " | ".join(header for _, header, _ in LANDSCAPE_MEASURES) + " |",
-           "|" + "---|" * (len(LANDSCAPE_MEASURES) + 1)]
-  for strategy, measures in scored.items():
-    cells = [f"{_fmt(measures[key], spec, '.2g')} / {_fmt(measures[key + '_ood'], spec, '.2g')}"
-             for key, _, spec in LANDSCAPE_MEASURES]
+           "Each final checkpoint measured by `experiments.landscape` on "
+           f"{measures.describe(settings)}: in-distribution / harder, mean ± std over the seeds "
+           "measured.", "",
+           "| strategy | " + " | ".join(header for _, header, _ in measures.columns(settings))
+           + " |", "|" + "---|" * (len(measures.columns(settings)) + 1)]
+  for strategy, values in scored.items():
+    cells = [f"{_fmt(values[key], spec, '.2g')} / {_fmt(values[key + '_ood'], spec, '.2g')}"
+             for key, _, spec in measures.columns(settings)]
     lines.append(f"| `{strategy}` | " + " | ".join(cells) + " |")
   return lines
 
@@ -464,8 +452,8 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
   what has finished (a grid still running elsewhere). ``inner_steps``: also
   score each completed run with these numbers of descent steps
   (score_checkpoint; ablation_inner_steps.png). ``landscape_settings``
-  (landscape.Settings): also measure each completed run's landscape with them
-  (score_landscape; ablation_landscape.png; a continuous task's only). ``particles``
+  (landscape.Settings, answer_landscape.Settings for a discrete task): also measure each
+  completed run's landscape with them (score_landscape; ablation_landscape.png). ``particles``
   (evaluation.Particles): also score each completed run with that many trajectories per
   problem, per pick (score_checkpoint; a table and ablation_particles.png). Returns
   the report.
@@ -477,7 +465,7 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
     raise schema.ConfigError(f"seeds: must be >= 1, got {seeds}")
   if landscape_settings:
     try:
-      landscape.check_task(tasks.from_config(config))
+      landscape.check_task(tasks.from_config(config), landscape_settings)
     except landscape.NotMeasurable as err:
       raise schema.ConfigError(f"--landscape_size: {err}") from err
   plan = []
@@ -586,5 +574,7 @@ def write_report(report, workdir):
     plotting.plot_ablation_particles(report, particle_counts(sampled[0]),
                                      os.path.join(workdir, "ablation_particles.png"))
   if any("landscape" in row for row in report["rows"].values()):
-    plotting.plot_ablation_landscape(report, LANDSCAPE_MEASURES,
+    settings = report["landscape_settings"]
+    plotting.plot_ablation_landscape(report,
+                                     answer_landscape.measures_of(settings).columns(settings),
                                      os.path.join(workdir, "ablation_landscape.png"))

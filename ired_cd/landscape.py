@@ -81,6 +81,17 @@ class Settings:
   chunk: int = 256  # problems per compiled call
   format: int = FORMAT
 
+  discrete = False  # the measures of a continuous task (check_task)
+
+  def measure(self, probe: "Probe", params, evaluator) -> Dict:
+    """``measure`` on the evaluator's sets, with its mean predictor."""
+    return measure(probe, params, evaluator.sets, evaluator.keys,
+                   evaluator.setup.task.mean_target(evaluator.seed))
+
+  def plot(self, result: Dict, path: str) -> str:
+    from ired_cd import plotting  # noqa: PLC0415 - measuring never loads matplotlib
+    return plotting.plot_landscape(result, path)
+
   @property
   def candidate_radii(self) -> Tuple[float, ...]:
     return self.radii + (1.0,)
@@ -407,33 +418,64 @@ def summary(landscape: Dict) -> Dict[str, float]:
   return columns
 
 
+# The ablation's columns (``summary``'s keys, each per set): key, header, format.
+_COLUMNS = (
+    ("repair_r0.25", "repair: MSE after descent ÷ start (truth + 0.25 RMS)", ".3g"),
+    ("spearman_residual", "Spearman(E, residual)", ".3f"),
+    ("truth_below_answer", "P[E(truth) < E(answer)] at t=0", ".3f"),
+    ("moved_after_first", "inner proposals that move y after the first", ".3f"),
+    ("scaling_gain", "MSE after descent past the schedule ÷ without", ".4f"),
+    ("breadth_gain", "MSE of the energy's pick of the trajectories ÷ one trajectory", ".4f"),
+    ("breadth_renoised_gain", "the same, re-noised trajectories ÷ the sampler's answer",
+     ".4f"),
+    ("breadth_renoised_residual_gain", "the same, picked by the residual", ".4f"),
+    ("breadth_renoised_lost", "re-noised trajectories worse than the mean predictor", ".4f"),
+    ("breadth_renoised_chose_lost", "problems where the energy picks a lost one", ".4f"))
+
+
+def columns(settings: Dict):
+  """The ablation's columns (``summary``'s keys, each per set): (key, header, format)."""
+  del settings  # the same for every setting
+  return _COLUMNS
+
+
+def describe(settings: Dict) -> str:
+  """The measurement's settings (landscape.json's) in words, for the ablation's report."""
+  return (f"{settings['eval_size']} problems per set, {settings['matmul_dtype']} products "
+          f"(docs/landscape.md); breadth: {settings['trajectories']} trajectories a problem, "
+          f"re-noised at {max(settings['breadth_renoise']):g}")
+
+
 class NotMeasurable(ValueError):
-  """A run whose task the landscape does not measure (a discrete task: many right answers)."""
+  """A run whose task the settings' measures do not fit (continuous measures for a task with
+  many right answers, or the reverse)."""
 
 
-def check_task(task) -> None:
-  """NotMeasurable for a task with many right answers: these measures take its target for
-  the one right answer."""
-  if task.discrete:
-    raise NotMeasurable(f"the landscape measures a continuous task (one right answer: the "
-                        f"target); this run's is {task.describe()}")
+def check_task(task, settings=Settings()) -> None:
+  """NotMeasurable where ``settings`` measure the other kind of task: these (``Settings``)
+  take the target for the one right answer; answer_landscape.Settings, a discrete task's."""
+  if task.discrete and not settings.discrete:
+    raise NotMeasurable(f"these measures take the target for the one right answer; this run's "
+                        f"task ({task.describe()}) has many: answer_landscape's measures")
+  if settings.discrete and not task.discrete:
+    raise NotMeasurable(f"answer_landscape measures a task with many right answers; this run's "
+                        f"is {task.describe()}")
 
 
-def evaluate_run(workdir: str, settings: Settings = Settings(),
-                 checkpoint_step: Optional[int] = None) -> Dict:
-  """``measure`` on a run's EMA parameters (solve.load) and its Evaluator's sets of
-  ``settings.eval_size`` problems, with the run's identity under 'run' and the settings
-  under 'settings'. Raises solve.SolveError for a bad workdir or checkpoint_step,
-  NotMeasurable for a discrete task."""
+def evaluate_run(workdir: str, settings=Settings(), checkpoint_step: Optional[int] = None) -> Dict:
+  """``settings.measure`` (this module's ``measure``, or answer_landscape's for a discrete
+  task's settings) on a run's EMA parameters (solve.load) and its Evaluator's sets of
+  ``settings.eval_size`` problems, with the run's identity under 'run' and the settings under
+  'settings'. Raises solve.SolveError for a bad workdir or checkpoint_step, NotMeasurable
+  for settings of the other kind of task."""
   model = solve.load(workdir, checkpoint_step)
-  check_task(model.task)
+  check_task(model.task, settings)
   config = model.config.copy_and_resolve_references()
   config.matmul_dtype = settings.matmul_dtype
   setup = train.build_setup(config)
   evaluator = evaluation.Evaluator(setup, size=settings.eval_size)
   probe = from_setup(setup, settings)
-  result = measure(probe, model.params, evaluator.sets, evaluator.keys,
-                   setup.task.mean_target(evaluator.seed))
+  result = settings.measure(probe, model.params, evaluator)
   result["run"] = dict(
       workdir=os.path.abspath(workdir), strategy=config.mining_strategy, seed=config.seed,
       step=model.step, matmul_dtype=config.matmul_dtype, eval_seed=evaluator.seed,
@@ -451,19 +493,18 @@ def holds(saved: Optional[Dict], settings: Settings, step: int, eval_seed: int) 
           and run.get("eval_seed") == eval_seed)
 
 
-def measure_run(workdir: str, settings: Settings = Settings(),
+def measure_run(workdir: str, settings=Settings(),
                 checkpoint_step: Optional[int] = None) -> Tuple[Dict, Tuple[str, str]]:
   """``evaluate_run`` and ``write`` with the workdir held (workdir_lock: no run or other
   measurement writes there meanwhile). Returns (the result, the paths written)."""
   with workdir_lock.hold(workdir):
     result = evaluate_run(workdir, settings, checkpoint_step)
-    return result, write(workdir, result)
+    return result, write(workdir, result, settings)
 
 
-def write(workdir: str, result: Dict) -> Tuple[str, str]:
-  """WORKDIR/landscape.json and landscape.png, each through a temporary file and a rename.
-  Plotting (matplotlib) is imported here: measuring never loads it."""
-  from ired_cd import plotting  # noqa: PLC0415
+def write(workdir: str, result: Dict, settings=Settings()) -> Tuple[str, str]:
+  """WORKDIR/landscape.json and landscape.png (``settings.plot``), each through a temporary
+  file and a rename."""
   json_path = os.path.join(workdir, "landscape.json")
   metrics_io.write_json_atomic(json_path, result)
-  return json_path, plotting.plot_landscape(result, os.path.join(workdir, "landscape.png"))
+  return json_path, settings.plot(result, os.path.join(workdir, "landscape.png"))

@@ -7,6 +7,7 @@
   plot_ablation_inner_steps an ablation's headline metric against inner descent steps
   plot_ablation_particles   an ablation's headline metric against particles, per pick
   plot_landscape            a run's landscape.json (ired_cd.landscape)
+  plot_answer_landscape     a discrete task's landscape.json (ired_cd.answer_landscape)
 
 Matplotlib's object API (no pyplot): drawing does not select or need a
 display backend, so a training run can write its own figure.
@@ -177,9 +178,56 @@ def plot_landscape(landscape, path):
                f"{run['matmul_dtype']} matmuls, {landscape['settings']['eval_size']} problems "
                "per set")
   fig.tight_layout()
-  tmp = f"{path}.tmp"
-  fig.savefig(tmp, dpi=100, format="png")
-  os.replace(tmp, path)
+  metrics_io.write_atomic(path, lambda f: fig.savefig(f, dpi=100, format="png"))
+  return path
+
+
+def plot_answer_landscape(landscape, path):
+  """Writes the figure of a discrete task's landscape.json (ired_cd.answer_landscape) to
+  ``path`` (through a temporary file and a rename) and returns ``path``. Panels: P[E(valid)
+  < E(invalid)] one change apart per timestep; valid answers below the sampler's wrong ones;
+  repair from j changes at t = 0; E's spread over valid answers and random assignments."""
+  run = landscape["run"]
+  fig = Figure(figsize=(20, 4))
+  flip_ax, answer_ax, repair_ax, spread_ax = fig.subplots(1, 4)
+  width = 0.35
+  for offset, (suffix, (name, style)) in enumerate(SET_STYLES.items()):
+    below = landscape[f"one_flip{suffix}"]["below"]
+    flip_ax.plot(np.arange(len(below)), below, style, marker="o", ms=3, label=name)
+    answer = landscape[f"answer{suffix}"]
+    keys = ("some_valid_below_raw", "valid_below_raw", "some_valid_below_decoded",
+            "valid_below_decoded")
+    answer_ax.bar(np.arange(len(keys)) + offset * width, [answer[k] for k in keys], width,
+                  label=f"{name} ({answer['wrong']:.0%} wrong)")
+    answer_ax.set_xticks(np.arange(len(keys)) + width / 2,
+                         [k.replace("_below_", " below\n") for k in keys], fontsize=7)
+    repair = landscape[f"repair{suffix}"]
+    for j in (k for k in repair if k.startswith("j")):
+      repair_ax.plot(repair["steps"], repair[j]["valid"], style, marker="o", ms=3,
+                     label=f"{name}, {j[1:]} changes (back: {repair[j]['back']:.2f})")
+    spread = landscape[f"spread{suffix}"]
+    keys = ("valid_std", "random_std")
+    spread_ax.bar(np.arange(len(keys)) + offset * width, [spread[k] for k in keys], width,
+                  label=f"{name} (P[E(valid) < E(random)] {spread['valid_below_random']:.2f})")
+    spread_ax.set_xticks(np.arange(len(keys)) + width / 2,
+                         ["E over valid answers", "E over random ones"], fontsize=7)
+  flip_ax.axhline(0.5, color="grey", lw=0.8, ls=":", label="an energy blind to validity")
+  flip_ax.set(title="P[E(valid) < E(invalid)], one change apart", xlabel="timestep t",
+              ylim=(-0.05, 1.05))
+  answer_ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+  answer_ax.set(title="valid answers below the sampler's wrong answer (t = 0)", ylim=(0, 1.05))
+  repair_ax.set(title="repair at t = 0: share at a valid answer", xlabel="descent steps",
+                ylim=(-0.05, 1.05))
+  repair_ax.set_xscale("symlog", linthresh=1)
+  spread_ax.set(title="std of E at t = 0 per problem", ylabel="E std")
+  for ax in (flip_ax, answer_ax, repair_ax, spread_ax):
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6)
+  fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
+               f"{run['matmul_dtype']} matmuls, {landscape['settings']['eval_size']} problems "
+               "per set")
+  fig.tight_layout()
+  metrics_io.write_atomic(path, lambda f: fig.savefig(f, dpi=100, format="png"))
   return path
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from configs import base
 from configs import sat as sat_config
-from ired_cd import ablation, dimacs, evaluation, sampler, strategies, train
+from ired_cd import ablation, answer_landscape, dimacs, evaluation, sampler, strategies, train
 from ired_cd import tasks
 from ired_cd.tasks import sat as sat_lib
 
@@ -337,13 +337,22 @@ def test_the_best_of_k_random_assignments():
 
 
 def test_particle_scoring_of_a_grid_reports_each_pick_and_the_random_baseline(tmp_path):
-  """A tiny SAT grid scored with particles: eval.json and the report hold every pick per K and
-  set, the best of K random answers is the evaluation's own (the same sets and stream), and
-  the table shows both."""
+  """A tiny SAT grid scored with particles and its landscape measured: eval.json and the
+  report hold every pick per K and set, the best of K random answers is the evaluation's own
+  (the same sets and stream), the landscape's columns are the discrete task's
+  (answer_landscape), and the tables show them."""
   config = sat_config.get_config("tiny")
   config.train_steps = 10
   particles = evaluation.Particles(counts=(1, 4), size=16)
-  report = ablation.run_ablation(config, ["none"], 1, str(tmp_path), particles=particles)
+  measured = answer_landscape.Settings(eval_size=4, solutions=2, enumeration_cap=64,
+                                       changes=(1,), repair_steps=(0, 2))
+  report = ablation.run_ablation(config, ["none"], 1, str(tmp_path), particles=particles,
+                                 landscape_settings=measured)
+  columns = report["rows"]["none"]["landscape"]
+  assert {key + suffix for key, _, _ in answer_landscape.columns(measured.as_json())
+          for suffix in ("", "_ood")} <= set(columns)
+  assert "## Energy landscape" in (tmp_path / "ablation.md").read_text()
+  assert (tmp_path / "ablation_landscape.png").stat().st_size > 10_000
   with open(tmp_path / "none" / "seed0" / "eval.json") as f:
     saved = json.load(f)
   for suffix in ("", "_ood"):

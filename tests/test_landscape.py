@@ -309,7 +309,7 @@ def test_cli_writes_landscape_json_and_figure(workdir):
   assert "breadth_gain=" in result.stdout
 
 
-def test_cli_bad_flags_a_busy_workdir_and_a_discrete_task_are_one_line(workdir, tmp_path):
+def test_cli_bad_flags_and_a_busy_workdir_are_one_line(workdir, tmp_path):
   before = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
   for args, field in [([f"--workdir={tmp_path}"], "--workdir"),
                       ([f"--workdir={workdir}", "--eval_size=0"], "--eval_size"),
@@ -325,13 +325,6 @@ def test_cli_bad_flags_a_busy_workdir_and_a_discrete_task_are_one_line(workdir, 
   assert len(result.stderr.strip().splitlines()) == 1, result.stderr
   after = {name: os.path.getmtime(os.path.join(workdir, name)) for name in os.listdir(workdir)}
   assert after == before
-  config = json.loads(open(os.path.join(workdir, "config.json")).read())
-  discrete = tmp_path / "sat_run"
-  discrete.mkdir()
-  (discrete / "config.json").write_text(json.dumps(dict(config, task="sat", rank=20)))
-  os.symlink(os.path.join(workdir, "checkpoints"), discrete / "checkpoints")
-  result = run_cli(f"--workdir={discrete}")
-  assert result.returncode == 1 and "continuous task" in result.stderr, result.stderr
 
 
 def test_describe_descent_prints_one_line_per_timestep(workdir):

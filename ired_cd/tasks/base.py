@@ -266,10 +266,68 @@ class DiscreteTask(Task):
     """Assignments -> answers y in the diffused space (targets), float32."""
     raise NotImplementedError
 
+  @property
+  def values(self) -> Tuple[int, ...]:
+    """The values one position of an assignment (B, P) takes, sorted."""
+    raise NotImplementedError
+
+  def cnf(self, problem) -> Tuple[List[List[int]], int]:
+    """(clauses as DIMACS literals, number of variables) whose models are the right answers
+    of one problem (inp_dim,), one model per answer (``canonical`` class)."""
+    raise NotImplementedError
+
+  def from_model(self, model) -> np.ndarray:
+    """A model of ``cnf`` (signed literals, every variable) -> its assignment (P,)."""
+    raise NotImplementedError
+
   def canonical(self, assignment) -> np.ndarray:
     """One representative of each class of equivalent assignments (B, ...) (host): two
     assignments are the same answer exactly when their canonical forms are equal."""
     return np.asarray(assignment)
+
+  def neighbours(self, assignment) -> np.ndarray:
+    """(B, P) -> (B, P (V - 1), P): every assignment one change away (one position given
+    another of the V ``values``), position-major."""
+    assignment = np.asarray(assignment)
+    values = np.asarray(self.values)
+    batch, size = assignment.shape
+    index = np.searchsorted(values, assignment)
+    others = values[(index[:, :, None] + np.arange(1, len(values))) % len(values)]  # (B, P, V-1)
+    out = np.repeat(assignment[:, None, None, :], len(values) - 1, axis=2)
+    out = np.repeat(out, size, axis=1)  # (B, P, V-1, P)
+    for position in range(size):
+      out[:, position, :, position] = others[:, position]
+    return out.reshape(batch, -1, size)
+
+  def changed(self, assignment, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, P) -> (B, P): ``count`` distinct positions per row, each given another of the
+    ``values`` at random."""
+    assignment = np.asarray(assignment)
+    values = np.asarray(self.values)
+    rows = np.arange(len(assignment))[:, None]
+    positions = np.argsort(rng.random(assignment.shape), axis=1)[:, :count]
+    shifts = rng.integers(1, len(values), positions.shape)
+    index = np.searchsorted(values, assignment[rows, positions])
+    out = assignment.copy()
+    out[rows, positions] = values[(index + shifts) % len(values)]
+    return out
+
+  def valid_answers(self, inputs, keep: int, rng: np.random.Generator, cap: int):
+    """Right answers of each problem, enumerated by a SAT solver on ``cnf`` (the first
+    ``cap`` models): (answers (n, keep, P), rows past a problem's count repeating its first;
+    counts (n,) kept; totals (n,) enumerated, at most ``cap``), ``keep`` drawn uniformly
+    from those enumerated."""
+    answers, counts, totals = [], [], []
+    for problem in np.asarray(inputs):
+      clauses, variables = self.cnf(problem)
+      total, models = enumerate_models(clauses, variables, keep, rng, cap)
+      kept = np.stack([self.from_model(m) for m in models]) if total else None
+      if kept is None:
+        raise ValueError("a problem without a right answer")
+      answers.append(kept[np.arange(keep) % len(kept)])
+      counts.append(len(kept))
+      totals.append(total)
+    return np.stack(answers), np.asarray(counts), np.asarray(totals)
 
   def residual(self, inputs, y):
     return self.violations(inputs, self.decode(y)).astype(jnp.float32)
@@ -308,6 +366,27 @@ class DiscreteTask(Task):
         scores[f"solved{suffix}_p{k}_random"] = float(np.mean(fewest == 0))
         scores[f"violations{suffix}_p{k}_random"] = float(np.mean(fewest))
     return scores
+
+
+def enumerate_models(clauses, variables: int, keep: int, rng: np.random.Generator, cap: int):
+  """(number of models enumerated (at most ``cap``), up to ``keep`` of them drawn uniformly
+  without replacement (reservoir sampling), each a list of ``variables`` signed literals) of
+  a CNF (lists of DIMACS literals), by a SAT solver (minisat 2.2)."""
+  from pysat.solvers import Solver  # noqa: PLC0415 - the solver is needed on the host only
+  kept, count = [], 0
+  # The tautology names the last variable, so that every variable is in the models.
+  with Solver(name="minisat22", bootstrap_with=list(clauses) + [[variables, -variables]]) as s:
+    for model in s.enum_models():
+      count += 1
+      if len(kept) < keep:
+        kept.append(model)
+      else:
+        slot = rng.integers(count)
+        if slot < keep:
+          kept[slot] = model
+      if count >= cap:
+        break
+  return count, kept
 
 
 BASELINE_TAG = 7  # the baselines' random stream: default_rng([BASELINE_TAG, eval seed, ood])

@@ -88,6 +88,30 @@ class Colouring(base.DiscreteTask):
     one_hot = (assignment[..., None] == xp.arange(self.colours)).astype(xp.float32)
     return (2.0 * one_hot - 1.0).reshape(assignment.shape[0], -1)
 
+  @property
+  def values(self):
+    return tuple(range(self.colours))
+
+  def cnf(self, problem):
+    """Variable i k + c + 1: node i has colour c. Each node one colour, no edge within a
+    colour, and colours in order of first use (colour c > 0 only at a node after one of colour
+    c - 1): one model per colouring up to its colours' names (``canonical``)."""
+    adjacency = np.asarray(problem).reshape(self.nodes, self.nodes) > 0
+    k = self.colours
+    var = lambda i, c: i * k + c + 1  # noqa: E731
+    clauses = [[var(i, c) for c in range(k)] for i in range(self.nodes)]
+    clauses += [[-var(i, a), -var(i, b)] for i in range(self.nodes)
+                for a in range(k) for b in range(a + 1, k)]
+    clauses += [[-var(i, c), -var(j, c)] for i, j in zip(*np.nonzero(np.triu(adjacency, 1)))
+                for c in range(k)]
+    clauses += [[-var(i, c)] + [var(j, c - 1) for j in range(i)]
+                for i in range(self.nodes) for c in range(1, k)]
+    return [[int(lit) for lit in c] for c in clauses], self.nodes * k
+
+  def from_model(self, model):
+    chosen = np.asarray(model[:self.nodes * self.colours]).reshape(self.nodes, self.colours) > 0
+    return np.argmax(chosen, axis=1)
+
   def decode(self, y):
     return y.reshape(y.shape[0], self.nodes, self.colours).argmax(-1)
 

@@ -68,22 +68,10 @@ def canonical(literals) -> np.ndarray:
 
 def enumerate_solutions(literals, variables: int, keep: int, rng: np.random.Generator):
   """(number of satisfying assignments, up to ``keep`` of them drawn uniformly without
-  replacement, (k, variables) int8 +-1), enumerated by a SAT solver (minisat 2.2)."""
-  from pysat.solvers import Solver  # noqa: PLC0415 - the solver is needed to build data only
-  kept, count = [], 0
+  replacement, (k, variables) int8 +-1), enumerated by a SAT solver (base.enumerate_models,
+  up to SOLUTION_CAP)."""
   clauses = [[int(lit) for lit in c if lit] for c in np.asarray(literals)]
-  # The tautology names variable n, so that every variable is in the models.
-  with Solver(name="minisat22", bootstrap_with=clauses + [[variables, -variables]]) as solver:
-    for model in solver.enum_models():
-      count += 1
-      if len(kept) < keep:  # reservoir sampling: a uniform sample of all the models
-        kept.append(model)
-      else:
-        slot = rng.integers(count)
-        if slot < keep:
-          kept[slot] = model
-      if count >= SOLUTION_CAP:
-        break
+  count, kept = base.enumerate_models(clauses, variables, keep, rng, SOLUTION_CAP)
   return count, np.sign(np.asarray(kept, np.int64).reshape(-1, variables)).astype(np.int8)
 
 
@@ -203,8 +191,18 @@ class Sat(base.DiscreteTask):
     return (encode(data["literals"][i], self.variables),
             data["solutions"][i, j].astype(jnp.float32))
 
+  values = (-1, 1)
+
   def decode(self, y):
     return (y >= 0) * 2 - 1
+
+  def cnf(self, problem):
+    matrix = np.asarray(problem).reshape(self.max_clauses, self.variables)
+    return ([[int(v * (j + 1)) for j, v in enumerate(row) if v] for row in matrix if row.any()],
+            self.variables)
+
+  def from_model(self, model):
+    return np.sign(np.asarray(model[:self.variables], np.int64))
 
   def encode(self, assignment):
     return np.asarray(assignment, np.float32)
