@@ -50,7 +50,10 @@ def get_config(arg=None):
   c.graph_degree = 3.0
   c.graph_degree_ood = 4.5
 
-  # Energy model and diffusion.
+  # Energy model and diffusion. mlp: IRED's EBM over the whole problem (model.EnergyMLP);
+  # clauses: one learned energy per clause, summed (3-SAT only; composed.ClauseEnergy), whose
+  # parameters do not depend on the formula's size.
+  c.energy_model = "mlp"
   c.hidden_dim = 512
   c.time_embedding_dim = 128
   c.diffusion_steps = 10
@@ -263,8 +266,14 @@ def run_config(config, strategy=None, **overrides):
   return schema.validate(c, get_config())
 
 
+def clauses_variant(c):
+  """The composed per-clause energy (3-SAT): energy_model clauses, hidden 64."""
+  c.energy_model = "clauses"
+  c.hidden_dim = 64
+
+
 VARIANTS = {"cpu": cpu_variant, "cpu20k": cpu20k_variant, "tiny": tiny_variant,
-            "guide": guide_variant}
+            "guide": guide_variant, "clauses": clauses_variant}
 
 
 def apply_variant(c, arg):

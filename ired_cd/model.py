@@ -163,7 +163,7 @@ class EnergyMLP(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class EnergyFunction:
-  """Pure-function view of an EnergyMLP.
+  """Pure-function view of an energy module (EnergyMLP, composed.ClauseEnergy).
 
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
   ``energy_given(params, cond, y)`` split it at the y-independent part.
@@ -183,10 +183,10 @@ class EnergyFunction:
     return self.module.apply({"params": params}, inp, y, t)
 
   def condition(self, params, inp, t):
-    return self.module.apply({"params": params}, inp, t, method=EnergyMLP.condition)
+    return self.module.apply({"params": params}, inp, t, method="condition")
 
   def energy_given(self, params, cond, y, gram: bool = False):
-    return self.module.apply({"params": params}, cond, y, gram, method=EnergyMLP.energy_given)
+    return self.module.apply({"params": params}, cond, y, gram, method="energy_given")
 
 
 def init_params(model: EnergyMLP, key):

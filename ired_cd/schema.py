@@ -73,6 +73,7 @@ CD_LOSSES = ("linear", "logistic")
 CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
+ENERGY_MODELS = ("mlp", "clauses")  # model.EnergyMLP, composed.ClauseEnergy
 
 
 # Fields added after runs were first written, with the value that reproduces those runs (as
@@ -84,7 +85,8 @@ ADDED_FIELDS = {"matmul_dtype": "float32", "cd_loss": "linear", "cd_negatives": 
                 "ired_descent_clamp": "per_sample", "sampler_state_weight": 0.0,
                 "sat_variables": 20, "sat_clauses": [60, 80], "sat_clauses_ood": 91,
                 "sat_train_instances": 20_000, "sat_solutions": 32, "graph_nodes": 20,
-                "graph_colours": 3, "graph_degree": 3.0, "graph_degree_ood": 4.5}
+                "graph_colours": 3, "graph_degree": 3.0, "graph_degree_ood": 4.5,
+                "energy_model": "mlp"}
 
 
 # Config fields that are tuples in the config and lists in config.json.
@@ -174,6 +176,11 @@ def validate(config, defaults=None):
          f"must be one of {model.MATMUL_DTYPES}, got {c.matmul_dtype!r}")
   _check(c.last_layer in model.LAST_LAYERS, "last_layer",
          f"must be one of {model.LAST_LAYERS}, got {c.last_layer!r}")
+  _check(c.energy_model in ENERGY_MODELS, "energy_model",
+         f"must be one of {ENERGY_MODELS}, got {c.energy_model!r}")
+  _check(c.energy_model != "clauses" or c.task == "sat", "energy_model",
+         f"'clauses' composes one energy per clause of a 3-SAT formula (task 'sat'); this "
+         f"config's task is {c.task!r}: use 'mlp'")
   for field in ("batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",

@@ -11,7 +11,7 @@ lax.scan so the host is touched once per n steps (metrics are averaged over the 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Union
 
 import flax.struct
 import jax
@@ -21,6 +21,7 @@ import optax
 from ired_cd import replay as replay_lib
 from ired_cd import parallel, strategies, tasks
 from ired_cd.diffusion import Schedule, cosine_schedule
+from ired_cd.composed import ClauseEnergy
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
 
@@ -56,7 +57,7 @@ class Setup:
 
   config: Any
   task: tasks.Task
-  model: EnergyMLP
+  model: Union[EnergyMLP, ClauseEnergy]
   schedule: Schedule
   optimizer: optax.GradientTransformation
   loss_settings: strategies.LossSettings
@@ -78,10 +79,14 @@ def learning_rate_schedule(config):
 def build_setup(config) -> Setup:
   """Validates nothing (call schema.validate first); builds the static pieces."""
   task = tasks.from_config(config)
-  model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
-                    emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
-                    inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype,
-                    last_layer=config.last_layer)
+  if config.energy_model == "clauses":
+    model = ClauseEnergy(out_dim=task.out_dim, inp_dim=task.inp_dim, hidden=config.hidden_dim,
+                         emb_dim=config.time_embedding_dim, matmul_dtype=config.matmul_dtype)
+  else:
+    model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
+                      emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,
+                      inp_dim=task.inp_dim, matmul_dtype=config.matmul_dtype,
+                      last_layer=config.last_layer)
   optimizer = optax.chain(
       optax.clip_by_global_norm(config.grad_clip_norm),
       optax.adam(learning_rate_schedule(config), b1=config.adam_b1, b2=config.adam_b2))
