@@ -12,7 +12,9 @@ count: the mean and median residual (||A X - I||_F) and the MSE against the exac
 answer (numpy.linalg.inv), where the task has them.
 
 Tasks with instance files (3-SAT: DIMACS .cnf; colouring: DIMACS .col): --input is
-one file or a directory of them, --output a directory (made if missing) that gets
+one file or a directory of them (of any size for a composed energy, energy_model
+'clauses': the model is built at the largest file's size, the parameters
+unchanged), --output a directory (made if missing) that gets
 NAME.sol per instance (NAME_steps5.sol, ... for several counts): the SAT
 competition's output for a formula (s SATISFIABLE only when every clause is
 satisfied, else s UNKNOWN, then the v lines), one v NODE COLOUR line per node for a
@@ -166,13 +168,15 @@ def main(argv):
     except schema.ConfigError as err:
       raise solve.SolveError("inner_steps", f"integers >= 0, got {_INNER.value}") from err
     solve.check_particles(_PARTICLES.value, _PICK.value)
-    config = solve.read_config(_WORKDIR.value, _STEP.value)
-    task = tasks.from_config(config)
+    trained = solve.read_config(_WORKDIR.value, _STEP.value)
+    config, task = trained, tasks.from_config(trained)
     if task.file_suffixes:
+      config = solve.fit_config(trained, solve.instance_paths(task, _INPUT.value))
+      task = tasks.from_config(config)
       problems, sizes, inputs, paths = prepare_files(task, inner_steps)
     else:
       problems, paths, input_shape = prepare_arrays(task, inner_steps)
-    model = solve.load(_WORKDIR.value, _STEP.value)
+    model = solve.load(_WORKDIR.value, _STEP.value, config)
     answers = {k: solve.answer(model, problems, k, _SEED.value, _PARTICLES.value, _PICK.value)
                for k in paths}
     solve.check_answers(answers)
@@ -180,6 +184,10 @@ def main(argv):
     sys.exit(f"error: --{err.field}: {err.message}")
   for line in task.distribution_warnings(problems):
     print(f"warning: {line}", file=sys.stderr)
+  if config is not trained:
+    print(f"warning: {task.describe()}: beyond the training's "
+          f"{tasks.from_config(trained).describe()}; the composed energy's parameters serve any "
+          "size, its answers may be poorer", file=sys.stderr)
   print(f"{len(problems)} problems of {task.describe()}, run {_WORKDIR.value} "
         f"({config.mining_strategy}), checkpoint step {model.step}, EMA parameters; answers: "
         "the sampler's unscaled x0" + (", decoded" if task.file_suffixes else "")

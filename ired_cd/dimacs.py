@@ -107,6 +107,15 @@ def read_col(path: str) -> Tuple[int, List[Tuple[int, int]]]:
   return header[0], edges
 
 
+def cnf_text(variables: int, clauses: Sequence[Sequence[int]], comment: str = "") -> str:
+  """A formula as SATLIB writes it: comment lines, ``p cnf N M``, one clause a line ended by
+  ``0`` (without SATLIB's trailing ``%`` lines, which readers need not see)."""
+  lines = [f"c {line}" for line in comment.splitlines()]
+  lines.append(f"p cnf {variables} {len(clauses)}")
+  lines += [" ".join(str(int(lit)) for lit in clause) + " 0" for clause in clauses]
+  return "\n".join(lines) + "\n"
+
+
 def sat_solution(assignment: Sequence[int], violations: int, per_line: int = 10) -> str:
   """The SAT competition's output: ``s SATISFIABLE`` when ``violations`` is 0, else
   ``s UNKNOWN``, then the assignment (+-1 per variable) as ``v`` lines ending in ``0``."""

@@ -173,27 +173,47 @@ def instance_paths(task: tasks.Task, path: str) -> List[str]:
   return [path]
 
 
+def _reading(read, path: str):
+  """``read(path)``; SolveError naming the file (and the line) where it cannot be read or the
+  model cannot take it."""
+  try:
+    return read(path)
+  except (dimacs.DimacsError, tasks.InstanceError) as err:
+    raise SolveError("input", str(err)) from err
+  except OSError as err:
+    raise SolveError("input", f"cannot read {path} ({err.strerror})") from err
+
+
 def read_instances(task: tasks.Task, paths: Sequence[str]) -> Tuple[np.ndarray, List[int]]:
   """(problems (n, inp_dim) float32, each instance's size: variables or nodes) of the files;
   SolveError naming the file (and the line) of the first that cannot be read or that the
   model cannot take."""
-  problems, sizes = [], []
-  for path in paths:
-    try:
-      row, size = task.read_instance(path)
-    except (dimacs.DimacsError, tasks.InstanceError) as err:
-      raise SolveError("input", str(err)) from err
-    except OSError as err:
-      raise SolveError("input", f"cannot read {path} ({err.strerror})") from err
-    problems.append(row)
-    sizes.append(size)
-  return np.stack(problems).astype(np.float32), sizes
+  rows, sizes = zip(*(_reading(task.read_instance, path) for path in paths))
+  return np.stack(rows).astype(np.float32), list(sizes)
 
 
-def load(workdir: str, checkpoint_step: Optional[int] = None) -> Model:
-  """The run's config and the EMA parameters (only those) of its newest (or the given)
-  checkpoint, on every local device."""
-  config = read_config(workdir, checkpoint_step)
+def fit_config(config: ml_collections.ConfigDict,
+               paths: Sequence[str]) -> ml_collections.ConfigDict:
+  """The run's config, for an energy whose parameters do not depend on the instance's size
+  (energy_model 'clauses'), grown to hold every instance of ``paths`` (task.fitting: the
+  parameters load unchanged); the config itself where it holds them, or for any other
+  energy."""
+  if config.energy_model != "clauses":
+    return config
+  task = tasks.from_config(config)
+  fields = task.fitting([_reading(task.instance_size, path) for path in paths])
+  if all(config[name] == value for name, value in fields.items()):
+    return config
+  grown = config.copy_and_resolve_references()
+  grown.update(fields)
+  return grown
+
+
+def load(workdir: str, checkpoint_step: Optional[int] = None,
+         config: Optional[ml_collections.ConfigDict] = None) -> Model:
+  """The run's config (or ``config``, e.g. ``fit_config``'s) and the EMA parameters (only those)
+  of its newest (or the given) checkpoint, on every local device."""
+  config = config or read_config(workdir, checkpoint_step)
   setup = train.build_setup(config)
   mesh = parallel.make_mesh(devices=jax.local_devices())
   store = checkpoint.CheckpointStore(os.path.join(workdir, "checkpoints"), config.keep_checkpoints)

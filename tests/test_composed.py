@@ -2,6 +2,10 @@
 size, a sum over clauses whatever their order and padding, each variable's score averaging its
 clauses, and the CD train step with it."""
 
+import os
+import subprocess
+import sys
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -10,8 +14,11 @@ import pytest
 
 from configs import base
 from configs import sat as sat_config
-from ired_cd import composed, model, schema, train
+from ired_cd import composed, dimacs, loop, model, schema, train
+from ired_cd.tasks import base as base_task
 from ired_cd.tasks import sat as sat_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HIDDEN = 32
 
@@ -108,3 +115,39 @@ def test_the_composed_energy_is_for_3_sat_only():
     schema.validate(base.run_config(base.get_config("tiny"), "none", energy_model="clauses"))
   with pytest.raises(schema.ConfigError, match="energy_model"):
     schema.validate(base.run_config(base.get_config("tiny"), "none", energy_model="gnn"))
+
+
+def test_a_composed_run_solves_formulas_beyond_its_training_size(tmp_path):
+  """experiments.instances writes satisfiable DIMACS formulas (each read back with its header's
+  size, each satisfiable); experiments.solve answers them with a composed run trained on fewer
+  variables (a warning line, every file answered), and a second instances call into the same
+  directory is refused in one line, the files unchanged."""
+  config = sat_config.get_config("tiny,clauses")
+  config.train_steps = 10
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir, progress=False)
+  formulas = tmp_path / "uf12"
+  make = [sys.executable, "-m", "experiments.instances", "--variables=12", "--clauses=50",
+          "--count=3", f"--output={formulas}"]
+  out = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  files = sorted(formulas.iterdir())
+  assert [f.name for f in files] == [f"uf12-50_{k}.cnf" for k in range(3)]
+  for path in files:
+    variables, clauses = dimacs.read_cnf(str(path))
+    assert variables == 12 and len(clauses) == 50
+    count, _ = base_task.enumerate_models(clauses, 12, 1, np.random.default_rng(0), cap=1)
+    assert count == 1
+  before = [f.read_text() for f in files]
+  again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=False)
+  assert again.returncode == 1 and again.stderr.count("\n") == 1
+  assert again.stderr.startswith("error: --output:") and [f.read_text() for f in files] == before
+  solved = subprocess.run(
+      [sys.executable, "-m", "experiments.solve", f"--workdir={workdir}", f"--input={formulas}",
+       f"--output={tmp_path / 'sol'}", "--particles=4"], cwd=REPO, capture_output=True,
+      text=True, check=False)
+  assert solved.returncode == 0, solved.stderr[-2000:]
+  assert "beyond the training's" in solved.stderr and "n=12" in solved.stderr
+  assert "solved" in solved.stdout and f"of 3 -> {tmp_path / 'sol'}" in solved.stdout
+  assert sorted(p.name for p in (tmp_path / "sol").iterdir()) == [f"uf12-50_{k}.sol"
+                                                                   for k in range(3)]

@@ -176,7 +176,8 @@ def test_the_docs_document_every_tool():
   for doc in DOCS:
     with open(os.path.join(REPO, doc)) as f:
       documented |= {tool for tool, _ in commands(f.read())}
-  assert documented == {"run", "ablate", "bench", "plot", "solve", "landscape", "compile"}
+  assert documented == {"run", "ablate", "bench", "plot", "solve", "landscape", "compile",
+                        "instances"}
 
 
 SAMPLE = """Prose with `python -m experiments.plot

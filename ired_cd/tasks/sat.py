@@ -66,12 +66,13 @@ def canonical(literals) -> np.ndarray:
   return rows[np.lexsort(keys.T[::-1])]
 
 
-def enumerate_solutions(literals, variables: int, keep: int, rng: np.random.Generator):
-  """(number of satisfying assignments, up to ``keep`` of them drawn uniformly without
-  replacement, (k, variables) int8 +-1), enumerated by a SAT solver (base.enumerate_models,
-  up to SOLUTION_CAP)."""
+def enumerate_solutions(literals, variables: int, keep: int, rng: np.random.Generator,
+                        cap: int = SOLUTION_CAP):
+  """(number of satisfying assignments (at most ``cap``), up to ``keep`` of them drawn
+  uniformly without replacement, (k, variables) int8 +-1), enumerated by a SAT solver
+  (base.enumerate_models)."""
   clauses = [[int(lit) for lit in c if lit] for c in np.asarray(literals)]
-  count, kept = base.enumerate_models(clauses, variables, keep, rng, SOLUTION_CAP)
+  count, kept = base.enumerate_models(clauses, variables, keep, rng, cap)
   return count, np.sign(np.asarray(kept, np.int64).reshape(-1, variables)).astype(np.int8)
 
 
@@ -121,17 +122,17 @@ class Sat(base.DiscreteTask):
     out[:len(literals)] = canonical(literals)
     return out
 
-  def instances(self, rng, n: int, ood: bool, keep: int):
+  def instances(self, rng, n: int, ood: bool, keep: int, cap: int = SOLUTION_CAP):
     """``n`` satisfiable instances: (literals (n, max_clauses, 3) int8, solutions
     (n, keep, variables) int8 (rows past the count repeat the first), counts (n,) of
-    solutions kept, totals (n,) of solutions)."""
+    solutions kept, totals (n,) of solutions, counted up to ``cap``)."""
     literals = np.zeros((n, self.max_clauses, CLAUSE_WIDTH), np.int8)
     kept = np.zeros((n, keep, self.variables), np.int8)
     counts, totals = np.zeros(n, np.int32), np.zeros(n, np.int64)
     i = 0
     while i < n:
       formula = random_formula(rng, self.variables, self._clause_count(rng, ood))
-      total, models = enumerate_solutions(formula, self.variables, keep, rng)
+      total, models = enumerate_solutions(formula, self.variables, keep, rng, cap)
       if not total:
         continue
       literals[i] = self._padded(formula)
@@ -224,6 +225,17 @@ class Sat(base.DiscreteTask):
     return np.stack([walksat(c[np.any(c != 0, axis=1)], a, rng,
                              WALKSAT_FLIPS_PER_VARIABLE * self.variables)
                      for c, a in zip(clauses, start)])
+
+  def instance_size(self, path: str):
+    """(variables, clauses) of a DIMACS CNF file (dimacs.DimacsError if malformed)."""
+    variables, clauses = dimacs.read_cnf(path)
+    return variables, len(clauses)
+
+  def fitting(self, sizes) -> dict:
+    """Config fields of this task grown to hold formulas of ``sizes`` ((variables, clauses)
+    each): sat_variables and sat_clauses_ood, never below this task's."""
+    return dict(sat_variables=max([self.variables] + [v for v, _ in sizes]),
+                sat_clauses_ood=max([self.max_clauses] + [m for _, m in sizes]))
 
   def read_instance(self, path: str):
     """(encoded formula (inp_dim,), number of variables) of a DIMACS CNF file; InstanceError
