@@ -18,7 +18,9 @@ unchanged), --output a directory (made if missing) that gets
 NAME.sol per instance (NAME_steps5.sol, ... for several counts): the SAT
 competition's output for a formula (s SATISFIABLE only when every clause is
 satisfied, else s UNKNOWN, then the v lines), one v NODE COLOUR line per node for a
-graph. Printed: each file's violations, then how many were solved of how many read.
+graph. Printed: each file's violations, then how many were solved of how many read,
+beside a random assignment's, the best of K random ones' and the classical method's
+(WalkSAT, DSATUR) on the same files.
 
 Uses the EMA parameters of the newest (or --checkpoint_step) checkpoint; the answers
 are the sampler's unscaled x0 (decoded, for instance files). --particles=K: K
@@ -137,6 +139,23 @@ def describe(task, metrics):
   return ", ".join(parts) or "no residual or exact answer for this task"
 
 
+def describe_baselines(task, problems, particles, seed):
+  """A discrete task's trivial baseline and classical method on ``problems``, as one line:
+  solved and mean violations of a random assignment (the best of ``particles`` of them too)
+  and of the task's classical method (WalkSAT, DSATUR)."""
+  sets = {"": (problems, None)}
+  scores = task.baseline_scores(sets, seed)
+  if particles > 1:
+    scores.update(task.random_particle_scores(sets, [particles], seed))
+  names = list(task.baselines) + ([f"p{particles}_random"] if particles > 1 else [])
+  labels = dict(zip(names, ["a random assignment", task.baselines[1],
+                            f"the best of {particles} random assignments"]))
+  n = len(problems)
+  return "beside: " + "; ".join(
+      f"{labels[name]} solved {round(scores[f'solved_{name}'] * n)} of {n} (violations "
+      f"{scores[f'violations_{name}']:.2f})" for name in names)
+
+
 def prepare_arrays(task, inner_steps):
   """(problems, {inner_steps: output path}, the input's shape) of a .npy --input."""
   inputs = read_input(_INPUT.value)
@@ -202,6 +221,8 @@ def main(argv):
         print(f"  {name}: {count} violations")
       solved = int(np.sum(scores["violations"] == 0))
       print(f"inner_steps={k}: solved {solved} of {len(problems)} -> {os.path.dirname(path[0])}")
+      if k == inner_steps[-1]:
+        print(describe_baselines(task, problems, _PARTICLES.value, _SEED.value))
     else:
       solve.save(path, answers[k].reshape(solve.answer_shape(input_shape, task)))
       print(f"inner_steps={k}: {describe(task, scores)} -> {path}")

@@ -149,5 +149,7 @@ def test_a_composed_run_solves_formulas_beyond_its_training_size(tmp_path):
   assert solved.returncode == 0, solved.stderr[-2000:]
   assert "beyond the training's" in solved.stderr and "n=12" in solved.stderr
   assert "solved" in solved.stdout and f"of 3 -> {tmp_path / 'sol'}" in solved.stdout
+  assert "beside: a random assignment solved " in solved.stdout
+  assert "walksat solved " in solved.stdout and "the best of 4 random assignments" in solved.stdout
   assert sorted(p.name for p in (tmp_path / "sol").iterdir()) == [f"uf12-50_{k}.sol"
                                                                    for k in range(3)]

@@ -365,7 +365,7 @@ def formulas(n):
 def test_cli_solves_a_directory_of_dimacs_files(sat_workdir, tmp_path):
   """Each formula gets NAME.sol: 's SATISFIABLE' exactly when its decoded assignment leaves no
   clause unsatisfied (checked here clause by clause), then 'v' lines; printed: each file's
-  violations, then how many were solved."""
+  violations, then how many were solved, then the baselines on the same files."""
   inputs = tmp_path / "formulas"
   inputs.mkdir()
   clauses = formulas(3)
@@ -387,7 +387,8 @@ def test_cli_solves_a_directory_of_dimacs_files(sat_workdir, tmp_path):
     assert (text[1] == "s SATISFIABLE") == (unsatisfied == 0)
     assert lines[1 + i] == f"  {inputs / f'uf8-{i}.cnf'}: {unsatisfied} violations"
     solved += unsatisfied == 0
-  assert lines[-1] == f"inner_steps=5: solved {solved} of 3 -> {tmp_path / 'solutions'}"
+  assert lines[-2] == f"inner_steps=5: solved {solved} of 3 -> {tmp_path / 'solutions'}"
+  assert lines[-1].startswith("beside: a random assignment solved ")
 
 
 def test_particles_answer_the_oracles_pick_or_the_energys(sat_workdir):
