@@ -220,12 +220,16 @@ def columns(settings: Dict):
   return ((("one_flip_below", "P[E(valid) < E(invalid)] one change apart, t=0", ".3f"),
            ("one_flip_below_best_t", "the same, at its best t", ".3f"),
            ("some_valid_below_answer", "P[a valid answer below the sampler's wrong one]", ".3f"),
-           (f"repair_j{changes[0]}_start", f"valid after {changes[0]} changes", ".3f"))
-          + tuple((f"repair_j{j}", f"valid after {j} changes and descent at t=0", ".3f")
+           (f"repair_j{changes[0]}_start", f"valid after {_changes(changes[0])}", ".3f"))
+          + tuple((f"repair_j{j}", f"valid after {_changes(j)} and descent at t=0", ".3f")
                   for j in changes)
           + (("valid_std", "std of E over valid answers", ".3g"),
              ("random_std", "std of E over random assignments", ".3g"),
              ("valid_below_random", "P[E(valid) < E(random)]", ".3f")))
+
+
+def _changes(j: int) -> str:
+  return f"{j} change" + ("s" if j > 1 else "")
 
 
 def describe(settings: Dict) -> str:
