@@ -171,7 +171,15 @@ def plot_landscape(landscape, path):
   below_ax.set(title="P[E(truth) < E(model's answer)]", xlabel="timestep t", ylim=(-0.05, 1.05))
   breadth_ax.set(title=f"breadth: {landscape['breadth']['trajectories']} trajectories a problem",
                  xlabel="re-noise between timesteps", ylabel="MSE", yscale="log")
-  for ax in (moved_ax, repair_ax, scaling_ax, below_ax, breadth_ax):
+  return _finish_landscape(fig, (moved_ax, repair_ax, scaling_ax, below_ax, breadth_ax),
+                           landscape, path)
+
+
+def _finish_landscape(fig, axes, landscape, path):
+  """Grids, legends and the run's title on a landscape figure; written to ``path`` (through a
+  temporary file and a rename), which it returns."""
+  run = landscape["run"]
+  for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
   fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
@@ -187,7 +195,6 @@ def plot_answer_landscape(landscape, path):
   ``path`` (through a temporary file and a rename) and returns ``path``. Panels: P[E(valid)
   < E(invalid)] one change apart per timestep; valid answers below the sampler's wrong ones;
   repair from j changes at t = 0; E's spread over valid answers and random assignments."""
-  run = landscape["run"]
   fig = Figure(figsize=(20, 4))
   flip_ax, answer_ax, repair_ax, spread_ax = fig.subplots(1, 4)
   width = 0.35
@@ -220,15 +227,7 @@ def plot_answer_landscape(landscape, path):
                 ylim=(-0.05, 1.05))
   repair_ax.set_xscale("symlog", linthresh=1)
   spread_ax.set(title="std of E at t = 0 per problem", ylabel="E std")
-  for ax in (flip_ax, answer_ax, repair_ax, spread_ax):
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6)
-  fig.suptitle(f"{run['workdir']}: {run['strategy']}, seed {run['seed']}, step {run['step']}, "
-               f"{run['matmul_dtype']} matmuls, {landscape['settings']['eval_size']} problems "
-               "per set")
-  fig.tight_layout()
-  metrics_io.write_atomic(path, lambda f: fig.savefig(f, dpi=100, format="png"))
-  return path
+  return _finish_landscape(fig, (flip_ax, answer_ax, repair_ax, spread_ax), landscape, path)
 
 
 def plot_inner_steps(workdir, result, task, strategy):

@@ -82,6 +82,15 @@ def tiny_step(strategy):
   return train.jit_train_step(dataclasses.replace(setup, task=CountedTask(setup.task, strategy)))
 
 
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """The module fields a hand-made energy shows the samplers (model.EnergyFunction's module)."""
+
+  out_dim: int
+  hidden: int = 1
+  last_layer: str = "plain"
+
+
 def tiny_task(name):
   """Task ``name`` at the tiny variant's size (base.TINY_TASKS)."""
   return tasks.from_config(dict(base.get_config().to_dict(), task=name, **base.TINY_TASKS[name]))

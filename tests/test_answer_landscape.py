@@ -89,19 +89,12 @@ def test_valid_answers_are_every_right_answer_once():
 
 
 @dataclasses.dataclass(frozen=True)
-class _Shape:
-  out_dim: int
-  hidden: int = 1
-  last_layer: str = "plain"
-
-
-@dataclasses.dataclass(frozen=True)
-class ClauseEnergy:
+class ViolationEnergy:
   """E = sign * sum over clauses of prod over its literals of (1 - s x) / 2, with x = y /
   sqrt(abar_t) the answer: at an assignment's corner, its number of violated clauses (sign 1:
   right answers are the minima; -1: the maxima). model.EnergyFunction's interface."""
 
-  module: _Shape
+  module: _tiny.Shape
   task: object
   sign: float = 1.0
   calls_per_params: int = 1
@@ -138,7 +131,7 @@ def _measure(sign):
   task = _sat()
   inputs, targets = task.eval_set(N, 3, False)
   keys = evaluation.index_keys(jax.random.PRNGKey(3), N)
-  probe = _probe(ClauseEnergy(_Shape(task.variables), task, sign), SMALL)
+  probe = _probe(ViolationEnergy(_tiny.Shape(task.variables), task, sign), SMALL)
   return answer_landscape.measure(probe, task, {}, {"": (inputs, targets)}, keys)
 
 

@@ -375,18 +375,11 @@ def test_colourings_equal_up_to_their_colour_names_are_one_answer():
 
 
 @dataclasses.dataclass(frozen=True)
-class _Shape:
-  out_dim: int
-  hidden: int = 1
-  last_layer: str = "plain"
-
-
-@dataclasses.dataclass(frozen=True)
 class WellEnergy:
   """E(y) = ||y - sqrt(abar_t) c||^2 / 2 with c = +1 on every variable: the one minimum is the
   all-true assignment (model.EnergyFunction's interface)."""
 
-  module: _Shape
+  module: _tiny.Shape
   calls_per_params: int = 1
 
   def sharing(self, calls):
@@ -408,7 +401,7 @@ def test_the_energys_pick_finds_the_known_minimum_and_resampling_gathers_there()
   is the one nearest it (the oracle's, for an answer scored by its distance); resampling by
   energy at a low temperature brings the particles nearer it than independent ones, and at an
   infinite one leaves them where independent particles are (to float rounding)."""
-  energy_fn = WellEnergy(_Shape(6))
+  energy_fn = WellEnergy(_tiny.Shape(6))
   inp = jnp.zeros((4, 3))
   keys = jax.random.split(jax.random.PRNGKey(0), 4)
   run = lambda tau: sampler.sample_particles(  # noqa: E731
