@@ -51,8 +51,9 @@ def get_config(arg=None):
   c.graph_degree_ood = 4.5
 
   # Energy model and diffusion. mlp: IRED's EBM over the whole problem (model.EnergyMLP);
-  # clauses: one learned energy per clause, summed (3-SAT only; composed.ClauseEnergy), whose
-  # parameters do not depend on the formula's size.
+  # clauses: one learned energy per clause, summed (3-SAT only; composed.ClauseEnergy); edges:
+  # one per edge (colouring only; composed.EdgeEnergy). A composed energy's parameters do not
+  # depend on the instance's size.
   c.energy_model = "mlp"
   c.hidden_dim = 512
   c.time_embedding_dim = 128
@@ -272,8 +273,14 @@ def clauses_variant(c):
   c.hidden_dim = 64
 
 
+def edges_variant(c):
+  """The composed per-edge energy (colouring): energy_model edges, hidden 64."""
+  c.energy_model = "edges"
+  c.hidden_dim = 64
+
+
 VARIANTS = {"cpu": cpu_variant, "cpu20k": cpu20k_variant, "tiny": tiny_variant,
-            "guide": guide_variant, "clauses": clauses_variant}
+            "guide": guide_variant, "clauses": clauses_variant, "edges": edges_variant}
 
 
 def apply_variant(c, arg):

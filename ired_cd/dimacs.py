@@ -116,6 +116,15 @@ def cnf_text(variables: int, clauses: Sequence[Sequence[int]], comment: str = ""
   return "\n".join(lines) + "\n"
 
 
+def col_text(nodes: int, edges: Sequence[Tuple[int, int]], comment: str = "") -> str:
+  """A graph as DIMACS writes it: comment lines, ``p edge N M``, one ``e U V`` line an edge
+  (1-based nodes)."""
+  lines = [f"c {line}" for line in comment.splitlines()]
+  lines.append(f"p edge {nodes} {len(edges)}")
+  lines += [f"e {int(u)} {int(v)}" for u, v in edges]
+  return "\n".join(lines) + "\n"
+
+
 def sat_solution(assignment: Sequence[int], violations: int, per_line: int = 10) -> str:
   """The SAT competition's output: ``s SATISFIABLE`` when ``violations`` is 0, else
   ``s UNKNOWN``, then the assignment (+-1 per variable) as ``v`` lines ending in ``0``."""

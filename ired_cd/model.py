@@ -163,7 +163,7 @@ class EnergyMLP(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class EnergyFunction:
-  """Pure-function view of an energy module (EnergyMLP, composed.ClauseEnergy).
+  """Pure-function view of an energy module (EnergyMLP, composed.ClauseEnergy, EdgeEnergy).
 
   ``energy(params, inp, y, t)`` -> (B, 1); ``condition(params, inp, t)`` and
   ``energy_given(params, cond, y)`` split it at the y-independent part.

@@ -73,7 +73,9 @@ CD_LOSSES = ("linear", "logistic")
 CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
-ENERGY_MODELS = ("mlp", "clauses")  # model.EnergyMLP, composed.ClauseEnergy
+ENERGY_MODELS = ("mlp", "clauses", "edges")  # model.EnergyMLP, composed.ClauseEnergy, EdgeEnergy
+COMPOSED_TASKS = {"clauses": ("sat", "one energy per clause of a 3-SAT formula"),
+                  "edges": ("colouring", "one energy per edge of a graph to colour")}
 
 
 # Fields added after runs were first written, with the value that reproduces those runs (as
@@ -178,9 +180,10 @@ def validate(config, defaults=None):
          f"must be one of {model.LAST_LAYERS}, got {c.last_layer!r}")
   _check(c.energy_model in ENERGY_MODELS, "energy_model",
          f"must be one of {ENERGY_MODELS}, got {c.energy_model!r}")
-  _check(c.energy_model != "clauses" or c.task == "sat", "energy_model",
-         f"'clauses' composes one energy per clause of a 3-SAT formula (task 'sat'); this "
-         f"config's task is {c.task!r}: use 'mlp'")
+  if c.energy_model in COMPOSED_TASKS:
+    task, parts = COMPOSED_TASKS[c.energy_model]
+    _check(c.task == task, "energy_model", f"{c.energy_model!r} composes {parts} (task "
+           f"{task!r}); this config's task is {c.task!r}: use 'mlp'")
   for field in ("batch_size", "train_steps", "diffusion_steps", "hidden_dim",
                 "time_embedding_dim", "eval_size", "eval_chunk", "log_every",
                 "checkpoint_every", "keep_checkpoints", "replay_buffer_size",

@@ -195,10 +195,10 @@ def read_instances(task: tasks.Task, paths: Sequence[str]) -> Tuple[np.ndarray, 
 def fit_config(config: ml_collections.ConfigDict,
                paths: Sequence[str]) -> ml_collections.ConfigDict:
   """The run's config, for an energy whose parameters do not depend on the instance's size
-  (energy_model 'clauses'), grown to hold every instance of ``paths`` (task.fitting: the
-  parameters load unchanged); the config itself where it holds them, or for any other
-  energy."""
-  if config.energy_model != "clauses":
+  (a composed energy_model: 'clauses', 'edges'), grown to hold every instance of ``paths``
+  (task.fitting: the parameters load unchanged); the config itself where it holds them, or
+  for IRED's MLP."""
+  if config.energy_model == "mlp":
     return config
   task = tasks.from_config(config)
   fields = task.fitting([_reading(task.instance_size, path) for path in paths])

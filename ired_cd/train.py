@@ -21,7 +21,7 @@ import optax
 from ired_cd import replay as replay_lib
 from ired_cd import parallel, strategies, tasks
 from ired_cd.diffusion import Schedule, cosine_schedule
-from ired_cd.composed import ClauseEnergy
+from ired_cd.composed import ClauseEnergy, EdgeEnergy
 from ired_cd.model import EnergyFunction, EnergyMLP, init_params
 
 
@@ -57,7 +57,7 @@ class Setup:
 
   config: Any
   task: tasks.Task
-  model: Union[EnergyMLP, ClauseEnergy]
+  model: Union[EnergyMLP, ClauseEnergy, EdgeEnergy]
   schedule: Schedule
   optimizer: optax.GradientTransformation
   loss_settings: strategies.LossSettings
@@ -76,12 +76,16 @@ def learning_rate_schedule(config):
   return optax.cosine_decay_schedule(config.learning_rate, config.learning_rate_decay_steps)
 
 
+COMPOSED = {"clauses": ClauseEnergy, "edges": EdgeEnergy}  # schema.COMPOSED_TASKS's models
+
+
 def build_setup(config) -> Setup:
   """Validates nothing (call schema.validate first); builds the static pieces."""
   task = tasks.from_config(config)
-  if config.energy_model == "clauses":
-    model = ClauseEnergy(out_dim=task.out_dim, inp_dim=task.inp_dim, hidden=config.hidden_dim,
-                         emb_dim=config.time_embedding_dim, matmul_dtype=config.matmul_dtype)
+  if config.energy_model in COMPOSED:
+    model = COMPOSED[config.energy_model](
+        out_dim=task.out_dim, inp_dim=task.inp_dim, hidden=config.hidden_dim,
+        emb_dim=config.time_embedding_dim, matmul_dtype=config.matmul_dtype)
   else:
     model = EnergyMLP(out_dim=task.out_dim, hidden=config.hidden_dim,
                       emb_dim=config.time_embedding_dim, num_timesteps=config.diffusion_steps,

@@ -1,6 +1,6 @@
-"""The composed per-clause energy (ired_cd.composed): one set of parameters for every formula
-size, a sum over clauses whatever their order and padding, each variable's score averaging its
-clauses, and the CD train step with it."""
+"""The composed energies (ired_cd.composed), per clause (3-SAT) and per edge (colouring): one
+set of parameters for every size, a sum over the parts whatever their order and padding, each
+variable's score averaging its parts, and the CD train step with them."""
 
 import os
 import subprocess
@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from configs import base
+from configs import colouring as colouring_config
 from configs import sat as sat_config
-from ired_cd import composed, dimacs, loop, model, schema, train
+from ired_cd import composed, dimacs, loop, model, schema, tasks, train
 from ired_cd.tasks import base as base_task
 from ired_cd.tasks import sat as sat_lib
 
@@ -91,12 +92,86 @@ def test_each_variables_score_averages_its_clauses():
   assert counts[7] == 0 and score[0, 7] == 0.0
 
 
-def test_the_cd_train_step_with_the_composed_energy_moves_its_parameters():
-  """configs/sat.py's 'clauses' variant: the cd_full step compiles once, its loss is finite, and
-  every layer's parameters move."""
-  config = base.run_config(sat_config.get_config("tiny,clauses"), "cd_full")
+def _edge_energy(nodes):
+  return model.EnergyFunction(composed.EdgeEnergy(out_dim=nodes * 3, inp_dim=nodes * nodes,
+                                                  hidden=HIDDEN, emb_dim=16))
+
+
+def _graphs(nodes, n, p, seed=0):
+  """n random graphs' adjacency matrices (n, nodes, nodes) float32."""
+  upper = np.triu(np.random.default_rng(seed).random((n, nodes, nodes)) < p, 1)
+  return (upper | upper.transpose(0, 2, 1)).astype(np.float32)
+
+
+EDGE_PARAMS = model.init_params(_edge_energy(8).module, jax.random.PRNGKey(0))
+
+
+def test_the_edge_energy_is_a_sum_over_edges_whatever_the_graphs_size():
+  """Parameters built at 8 nodes: E of a graph = the sum of E of its edges alone; renumbering
+  the nodes (with their colours) or adding isolated ones changes nothing; a 100-node graph's
+  energies and scores are finite and shaped (B,), (B, n k)."""
+  adjacency = _graphs(8, 2, 0.4)
+  y = jax.random.normal(jax.random.PRNGKey(2), (2, 24))
+  t = jnp.array([3, 7])
+  fn = _edge_energy(8)
+  whole = fn(EDGE_PARAMS, adjacency.reshape(2, -1), y, t)[:, 0]
+  alone = 0.0
+  for i, j in zip(*np.nonzero(np.triu(adjacency.max(0), 1))):
+    single = np.zeros_like(adjacency)
+    single[:, i, j] = single[:, j, i] = adjacency[:, i, j]
+    alone = alone + fn(EDGE_PARAMS, single.reshape(2, -1), y, t)[:, 0]
+  np.testing.assert_allclose(whole, alone, rtol=1e-5)
+  order = np.random.default_rng(1).permutation(8)
+  renumbered = adjacency[:, order][:, :, order]
+  y_renumbered = y.reshape(2, 8, 3)[:, order].reshape(2, -1)
+  np.testing.assert_allclose(whole, fn(EDGE_PARAMS, renumbered.reshape(2, -1), y_renumbered,
+                                       t)[:, 0], rtol=1e-5)
+  padded = np.zeros((2, 11, 11), np.float32)
+  padded[:, :8, :8] = adjacency
+  y_padded = jnp.concatenate([y, jax.random.normal(jax.random.PRNGKey(3), (2, 9))], axis=1)
+  np.testing.assert_allclose(whole, _edge_energy(11)(EDGE_PARAMS, padded.reshape(2, -1),
+                                                     y_padded, t)[:, 0], rtol=1e-5)
+  large = _graphs(100, 3, 0.045, seed=2).reshape(3, -1)
+  energy, score = model.energy_and_score(_edge_energy(100), EDGE_PARAMS, large,
+                                         jax.random.normal(jax.random.PRNGKey(4), (3, 300)),
+                                         jnp.array([0, 4, 9]))
+  chex.assert_shape([energy, score], [(3,), (3, 300)])
+  chex.assert_tree_all_finite([energy, score])
+
+
+def test_each_nodes_score_averages_its_edges():
+  """dE/dy (the score) is the energy's partial derivative (central differences) divided by the
+  node's degree; an isolated node's score is 0."""
+  adjacency = _graphs(6, 1, 0.6, seed=5)
+  adjacency[0, 5, :] = adjacency[0, :, 5] = 0.0  # node 5 isolated
+  inputs = adjacency.reshape(1, -1)
+  fn = _edge_energy(6)
+  y = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (1, 18)), np.float64)
+  t = jnp.array([1])
+  _, score = model.energy_and_score(fn, EDGE_PARAMS, inputs, y.astype(np.float32), t)
+  degree = adjacency[0].sum(axis=1)
+  h = 1e-2
+  for entry in range(18):
+    step = np.zeros_like(y)
+    step[0, entry] = h
+    partial = (fn(EDGE_PARAMS, inputs, (y + step).astype(np.float32), t)
+               - fn(EDGE_PARAMS, inputs, (y - step).astype(np.float32), t))[0, 0] / (2 * h)
+    node = entry // 3
+    expected = partial / degree[node] if degree[node] else 0.0
+    np.testing.assert_allclose(score[0, entry], expected, rtol=2e-2, atol=2e-4)
+  assert degree[5] == 0 and np.all(score[0, 15:] == 0.0)
+
+
+@pytest.mark.parametrize("task_config, variant, module", [
+    (sat_config, "clauses", composed.ClauseEnergy),
+    (colouring_config, "edges", composed.EdgeEnergy)])
+def test_the_cd_train_step_with_the_composed_energy_moves_its_parameters(task_config, variant,
+                                                                         module):
+  """configs/sat.py's 'clauses' and configs/colouring.py's 'edges' variants: the cd_full step
+  compiles, its loss is finite, and every layer's parameters move."""
+  config = base.run_config(task_config.get_config(f"tiny,{variant}"), "cd_full")
   setup = train.build_setup(config)
-  assert isinstance(setup.model, composed.ClauseEnergy) and setup.model.hidden == 64
+  assert isinstance(setup.model, module) and setup.model.hidden == 64
   step = train.jit_train_step(setup)
   data = train.device_data(setup.task.build_data(0))
   state = train.init_state(setup)
@@ -109,10 +184,17 @@ def test_the_cd_train_step_with_the_composed_energy_moves_its_parameters():
   assert all(jax.tree_util.tree_leaves(moved)), moved
 
 
-def test_the_composed_energy_is_for_3_sat_only():
-  """energy_model 'clauses' with a matrix task, or an unknown model: a ConfigError naming it."""
-  with pytest.raises(schema.ConfigError, match="energy_model"):
+def test_each_composed_energy_is_for_its_task_only():
+  """energy_model 'clauses' with a matrix task or colouring, 'edges' with 3-SAT, or an unknown
+  model: a ConfigError naming the field and the task it needs."""
+  with pytest.raises(schema.ConfigError, match="energy_model.*task 'sat'"):
     schema.validate(base.run_config(base.get_config("tiny"), "none", energy_model="clauses"))
+  with pytest.raises(schema.ConfigError, match="energy_model.*task 'sat'"):
+    schema.validate(base.run_config(colouring_config.get_config("tiny"), "none",
+                                    energy_model="clauses"))
+  with pytest.raises(schema.ConfigError, match="energy_model.*task 'colouring'"):
+    schema.validate(base.run_config(sat_config.get_config("tiny"), "none",
+                                    energy_model="edges"))
   with pytest.raises(schema.ConfigError, match="energy_model"):
     schema.validate(base.run_config(base.get_config("tiny"), "none", energy_model="gnn"))
 
@@ -153,3 +235,38 @@ def test_a_composed_run_solves_formulas_beyond_its_training_size(tmp_path):
   assert "walksat solved " in solved.stdout and "the best of 4 random assignments" in solved.stdout
   assert sorted(p.name for p in (tmp_path / "sol").iterdir()) == [f"uf12-50_{k}.sol"
                                                                    for k in range(3)]
+
+
+def test_a_composed_colouring_run_colours_graphs_beyond_its_training_size(tmp_path):
+  """experiments.instances writes planted DIMACS graphs (their header's size, each
+  3-colourable: minisat finds a colouring); experiments.solve colours them
+  with an 'edges' run trained on 8 nodes (a warning line, every file answered with a .sol of a
+  colour per node)."""
+  config = colouring_config.get_config("tiny,edges")
+  config.train_steps = 10
+  workdir = str(tmp_path / "run")
+  loop.train_and_evaluate(config, workdir, progress=False)
+  graphs = tmp_path / "col30"
+  out = subprocess.run([sys.executable, "-m", "experiments.instances", "--task=colouring",
+                        "--nodes=30", "--degree=3", "--count=2", f"--output={graphs}"],
+                       cwd=REPO, capture_output=True, text=True, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  files = sorted(graphs.iterdir())
+  assert [f.name for f in files] == [f"col30-3_{k}.col" for k in range(2)]
+  task = tasks.get_task("colouring", nodes=30)
+  for path in files:
+    nodes, edges = dimacs.read_col(str(path))
+    assert nodes == 30 and 20 <= len(edges) <= 70  # mean degree 3: 45 edges expected
+    clauses, variables = task.cnf(task.read_instance(str(path))[0])
+    count, _ = base_task.enumerate_models(clauses, variables, 1, np.random.default_rng(0), cap=1)
+    assert count == 1
+  solved = subprocess.run(
+      [sys.executable, "-m", "experiments.solve", f"--workdir={workdir}", f"--input={graphs}",
+       f"--output={tmp_path / 'sol'}", "--particles=4"], cwd=REPO, capture_output=True,
+      text=True, check=False)
+  assert solved.returncode == 0, solved.stderr[-2000:]
+  assert "beyond the training's" in solved.stderr and "30 nodes" in solved.stderr
+  assert f"of 2 -> {tmp_path / 'sol'}" in solved.stdout and "dsatur" in solved.stdout
+  for k in range(2):
+    lines = (tmp_path / "sol" / f"col30-3_{k}.sol").read_text().splitlines()
+    assert [line.split()[1] for line in lines[1:]] == [str(node) for node in range(1, 31)]

@@ -79,7 +79,11 @@ class Colouring(base.DiscreteTask):
     return self._graphs(colours, uniform, ood, jnp)
 
   def eval_set(self, n, seed, ood):
-    rng = np.random.default_rng([EVAL_TAG, seed, int(ood)])
+    return self.planted(np.random.default_rng([EVAL_TAG, seed, int(ood)]), n, ood)
+
+  def planted(self, rng: np.random.Generator, n: int, ood: bool):
+    """``n`` planted graphs from ``rng``: (adjacency (n, nodes^2), hidden colourings one-hot
+    (n, nodes k)), numpy."""
     colours = rng.integers(0, self.colours, (n, self.nodes))
     return self._graphs(colours, rng.random((n, self.nodes, self.nodes)), ood, np)
 
@@ -139,6 +143,16 @@ class Colouring(base.DiscreteTask):
     del rng  # deterministic
     adjacency = np.asarray(inputs).reshape(len(inputs), self.nodes, self.nodes) > 0
     return np.stack([dsatur(a, self.colours) for a in adjacency])
+
+  def instance_size(self, path: str):
+    """(nodes, edges) of a DIMACS graph file (dimacs.DimacsError if malformed)."""
+    nodes, edges = dimacs.read_col(path)
+    return nodes, len(edges)
+
+  def fitting(self, sizes) -> dict:
+    """Config fields of this task grown to hold graphs of ``sizes`` ((nodes, edges) each):
+    graph_nodes, never below this task's."""
+    return dict(graph_nodes=max([self.nodes] + [nodes for nodes, _ in sizes]))
 
   def read_instance(self, path: str):
     """(adjacency (inp_dim,), number of nodes) of a DIMACS graph file; InstanceError for a
