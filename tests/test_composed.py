@@ -70,26 +70,33 @@ def test_the_energy_is_a_sum_over_clauses_whatever_their_order_and_padding():
   np.testing.assert_allclose(whole, again, rtol=1e-5)
 
 
+def _assert_score_averages(fn, params, inputs, key, t, parts):
+  """The score of one problem (inputs (1, inp_dim)) at a random y is, for each entry i, the
+  energy's partial derivative (central differences) divided by ``parts[i]``, the number of
+  parts that hold entry i; 0 where none does. Returns the score (out_dim,)."""
+  y = np.asarray(jax.random.normal(key, (1, len(parts))), np.float64)
+  _, score = model.energy_and_score(fn, params, inputs, y.astype(np.float32), t)
+  h = 1e-2
+  for i, count in enumerate(parts):
+    step = np.zeros_like(y)
+    step[0, i] = h
+    partial = (fn(params, inputs, (y + step).astype(np.float32), t)
+               - fn(params, inputs, (y - step).astype(np.float32), t))[0, 0] / (2 * h)
+    np.testing.assert_allclose(score[0, i], partial / count if count else 0.0, rtol=2e-2,
+                               atol=2e-4)
+  return np.asarray(score[0])
+
+
 def test_each_variables_score_averages_its_clauses():
-  """dE/dy_i (the score) is the energy's partial derivative (central differences) divided by
-  the number of clauses that hold variable i; a variable in no clause has score 0."""
+  """dE/dy_i (the score) is the energy's partial derivative divided by the number of clauses
+  that hold variable i; a variable in no clause has score 0."""
   literals, inputs = _formulas(8, 10, 1, seed=3)
   literals[0, :, :][np.abs(literals[0]) == 8] = 0  # variable 8 in no clause
   inputs = np.asarray(sat_lib.encode(literals, 8))
-  fn = _energy(8, 10)
-  y = np.asarray(jax.random.normal(jax.random.PRNGKey(4), (1, 8)), np.float64)
-  t = jnp.array([2])
-  _, score = model.energy_and_score(fn, PARAMS, inputs, y.astype(np.float32), t)
   counts = np.sum(np.abs(inputs.reshape(10, 8)), axis=0)
-  h = 1e-2
-  for i in range(8):
-    step = np.zeros_like(y)
-    step[0, i] = h
-    partial = (fn(PARAMS, inputs, (y + step).astype(np.float32), t)
-               - fn(PARAMS, inputs, (y - step).astype(np.float32), t))[0, 0] / (2 * h)
-    expected = partial / counts[i] if counts[i] else 0.0
-    np.testing.assert_allclose(score[0, i], expected, rtol=2e-2, atol=2e-4)
-  assert counts[7] == 0 and score[0, 7] == 0.0
+  score = _assert_score_averages(_energy(8, 10), PARAMS, inputs, jax.random.PRNGKey(4),
+                                 jnp.array([2]), counts)
+  assert counts[7] == 0 and score[7] == 0.0
 
 
 def _edge_energy(nodes):
@@ -140,26 +147,14 @@ def test_the_edge_energy_is_a_sum_over_edges_whatever_the_graphs_size():
 
 
 def test_each_nodes_score_averages_its_edges():
-  """dE/dy (the score) is the energy's partial derivative (central differences) divided by the
-  node's degree; an isolated node's score is 0."""
+  """dE/dy (the score) is the energy's partial derivative divided by the node's degree; an
+  isolated node's score is 0."""
   adjacency = _graphs(6, 1, 0.6, seed=5)
   adjacency[0, 5, :] = adjacency[0, :, 5] = 0.0  # node 5 isolated
-  inputs = adjacency.reshape(1, -1)
-  fn = _edge_energy(6)
-  y = np.asarray(jax.random.normal(jax.random.PRNGKey(6), (1, 18)), np.float64)
-  t = jnp.array([1])
-  _, score = model.energy_and_score(fn, EDGE_PARAMS, inputs, y.astype(np.float32), t)
   degree = adjacency[0].sum(axis=1)
-  h = 1e-2
-  for entry in range(18):
-    step = np.zeros_like(y)
-    step[0, entry] = h
-    partial = (fn(EDGE_PARAMS, inputs, (y + step).astype(np.float32), t)
-               - fn(EDGE_PARAMS, inputs, (y - step).astype(np.float32), t))[0, 0] / (2 * h)
-    node = entry // 3
-    expected = partial / degree[node] if degree[node] else 0.0
-    np.testing.assert_allclose(score[0, entry], expected, rtol=2e-2, atol=2e-4)
-  assert degree[5] == 0 and np.all(score[0, 15:] == 0.0)
+  score = _assert_score_averages(_edge_energy(6), EDGE_PARAMS, adjacency.reshape(1, -1),
+                                 jax.random.PRNGKey(6), jnp.array([1]), np.repeat(degree, 3))
+  assert degree[5] == 0 and np.all(score[15:] == 0.0)
 
 
 @pytest.mark.parametrize("task_config, variant, module", [
@@ -199,6 +194,18 @@ def test_each_composed_energy_is_for_its_task_only():
     schema.validate(base.run_config(base.get_config("tiny"), "none", energy_model="gnn"))
 
 
+def _solve_beyond_training(workdir, instances, output):
+  """experiments.solve on ``instances`` with 4 particles: it succeeds and warns that they are
+  beyond the run's training size; the finished process."""
+  solved = subprocess.run(
+      [sys.executable, "-m", "experiments.solve", f"--workdir={workdir}", f"--input={instances}",
+       f"--output={output}", "--particles=4"], cwd=REPO, capture_output=True, text=True,
+      check=False)
+  assert solved.returncode == 0, solved.stderr[-2000:]
+  assert "beyond the training's" in solved.stderr
+  return solved
+
+
 def test_a_composed_run_solves_formulas_beyond_its_training_size(tmp_path):
   """experiments.instances writes satisfiable DIMACS formulas (each read back with its header's
   size, each satisfiable); experiments.solve answers them with a composed run trained on fewer
@@ -224,12 +231,8 @@ def test_a_composed_run_solves_formulas_beyond_its_training_size(tmp_path):
   again = subprocess.run(make, cwd=REPO, capture_output=True, text=True, check=False)
   assert again.returncode == 1 and again.stderr.count("\n") == 1
   assert again.stderr.startswith("error: --output:") and [f.read_text() for f in files] == before
-  solved = subprocess.run(
-      [sys.executable, "-m", "experiments.solve", f"--workdir={workdir}", f"--input={formulas}",
-       f"--output={tmp_path / 'sol'}", "--particles=4"], cwd=REPO, capture_output=True,
-      text=True, check=False)
-  assert solved.returncode == 0, solved.stderr[-2000:]
-  assert "beyond the training's" in solved.stderr and "n=12" in solved.stderr
+  solved = _solve_beyond_training(workdir, formulas, tmp_path / "sol")
+  assert "n=12" in solved.stderr
   assert "solved" in solved.stdout and f"of 3 -> {tmp_path / 'sol'}" in solved.stdout
   assert "beside: a random assignment solved " in solved.stdout
   assert "walksat solved " in solved.stdout and "the best of 4 random assignments" in solved.stdout
@@ -260,12 +263,8 @@ def test_a_composed_colouring_run_colours_graphs_beyond_its_training_size(tmp_pa
     clauses, variables = task.cnf(task.read_instance(str(path))[0])
     count, _ = base_task.enumerate_models(clauses, variables, 1, np.random.default_rng(0), cap=1)
     assert count == 1
-  solved = subprocess.run(
-      [sys.executable, "-m", "experiments.solve", f"--workdir={workdir}", f"--input={graphs}",
-       f"--output={tmp_path / 'sol'}", "--particles=4"], cwd=REPO, capture_output=True,
-      text=True, check=False)
-  assert solved.returncode == 0, solved.stderr[-2000:]
-  assert "beyond the training's" in solved.stderr and "30 nodes" in solved.stderr
+  solved = _solve_beyond_training(workdir, graphs, tmp_path / "sol")
+  assert "30 nodes" in solved.stderr
   assert f"of 2 -> {tmp_path / 'sol'}" in solved.stdout and "dsatur" in solved.stdout
   for k in range(2):
     lines = (tmp_path / "sol" / f"col30-3_{k}.sol").read_text().splitlines()
