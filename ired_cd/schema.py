@@ -73,9 +73,10 @@ CD_LOSSES = ("linear", "logistic")
 CD_NEGATIVES = ("chain", "renoised", "denoised")
 GRAD_SURGERY = ("none", "project")
 LR_SCHEDULES = ("constant", "cosine")
-ENERGY_MODELS = ("mlp", "clauses", "edges")  # model.EnergyMLP, composed.ClauseEnergy, EdgeEnergy
+# Composed energies (composed.ClauseEnergy, EdgeEnergy): the task each one needs, its parts.
 COMPOSED_TASKS = {"clauses": ("sat", "one energy per clause of a 3-SAT formula"),
                   "edges": ("colouring", "one energy per edge of a graph to colour")}
+ENERGY_MODELS = ("mlp",) + tuple(COMPOSED_TASKS)  # model.EnergyMLP, then the composed ones
 
 
 # Fields added after runs were first written, with the value that reproduces those runs (as
