@@ -189,7 +189,8 @@ def bench_train(config, strategy, steps, peak, num_devices):
     state, metrics, ms = _timed_step(compiled, state)
     times.append(ms)
   median = statistics.median(times)
-  emit(what="train", task=c.task, strategy=strategy, batch_size=c.batch_size,
+  emit(what="train", task=c.task, energy_model=c.energy_model, strategy=strategy,
+       batch_size=c.batch_size,
        matmul_dtype=c.matmul_dtype,
        devices=num_devices, steps=steps,
        median_ms=median, min_ms=min(times), steps_per_s=1e3 / median, compile_s=compile_s,
@@ -263,7 +264,8 @@ def bench_sampler(config, inner_steps, reps, peak):
                                                             jnp.int32(inner_steps)), reps)
   median = statistics.median(times)
   flops_analytic = flops.sampler_flops(setup, params, inp, inner_steps)
-  emit(what="sampler", task=config.task, batch_size=config.batch_size,
+  emit(what="sampler", task=config.task, energy_model=config.energy_model,
+       batch_size=config.batch_size,
        matmul_dtype=config.matmul_dtype, timesteps=config.diffusion_steps,
        inner_steps=inner_steps, median_ms=median, min_ms=min(times),
        instances_per_s=config.batch_size / (median * 1e-3), compile_s=compile_s,
@@ -284,7 +286,8 @@ def bench_particles(config, counts, inner_steps, reps, resample_tau):
     compiled, compile_s, times = _compiled_and_timed(sample, (params, inp, keys,
                                                               jnp.int32(inner_steps)), reps)
     median = statistics.median(times)
-    emit(what="particles", task=config.task, particles=count, problems=problems,
+    emit(what="particles", task=config.task, energy_model=config.energy_model, particles=count,
+         problems=problems,
          rows=problems * count, resample_tau=resample_tau, matmul_dtype=config.matmul_dtype,
          timesteps=config.diffusion_steps, inner_steps=inner_steps, median_ms=median,
          min_ms=min(times), instances_per_s=problems / (median * 1e-3), compile_s=compile_s,

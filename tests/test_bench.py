@@ -36,7 +36,7 @@ def test_bench_prints_one_json_record_per_measure(matmul_dtype):
   trains = [r for r in records if r["what"] == "train"]
   assert [r["strategy"] for r in trains] == ["none", "cd_full"]
   for r in trains + [by_kind["sampler"]]:
-    assert r["matmul_dtype"] == matmul_dtype
+    assert r["matmul_dtype"] == matmul_dtype and r["energy_model"] == "mlp"
     assert r["median_ms"] >= r["min_ms"] > 0 and r["flops_analytic"] > 0
     assert r["fraction_of_matmul_peak"] > 0
   for r in trains:  # this machine's CPU keeps no device statistics
@@ -90,9 +90,10 @@ def test_bench_gram_compares_the_two_last_layers(rank, differ):
 
 
 def test_bench_particles_times_each_count_on_one_evaluation_chunk():
-  """One record per K, on eval_chunk // K problems (the tiny config's chunk: 64 rows)."""
+  """One record per K, on eval_chunk // K problems (the tiny config's chunk: 64 rows), of the
+  energy named in the record (here the composed one)."""
   out = subprocess.run(
-      [sys.executable, "-m", "experiments.bench", "--config=configs/sat.py:tiny",
+      [sys.executable, "-m", "experiments.bench", "--config=configs/sat.py:tiny,clauses",
        "--what=particles", "--particles=1,4", "--resample_tau=1", "--steps=4",
        "--inner_steps=1"], cwd=REPO, capture_output=True, text=True, timeout=300, check=True)
   records = [json.loads(line) for line in out.stdout.splitlines()]
@@ -100,7 +101,8 @@ def test_bench_particles_times_each_count_on_one_evaluation_chunk():
   assert [(r["particles"], r["problems"], r["rows"]) for r in particles] == [(1, 64, 64),
                                                                             (4, 16, 64)]
   for r in particles:
-    assert r["task"] == "sat" and r["resample_tau"] == 1.0 and r["program_memory_bytes"] > 0
+    assert r["task"] == "sat" and r["energy_model"] == "clauses"
+    assert r["resample_tau"] == 1.0 and r["program_memory_bytes"] > 0
     assert r["instances_per_s"] == pytest.approx(r["problems"] / (r["median_ms"] * 1e-3))
 
 
