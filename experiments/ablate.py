@@ -29,7 +29,8 @@ and WORKDIR/ablation_particles.png.
 
 With --merge=A/ablation.json,B/ablation.json nothing trains: the reports of grids
 run apart on one protocol (stage by stage, or on several machines) become one
-report in WORKDIR, with every command that made it.
+report in WORKDIR, with every command that made it. --first_seed splits a grid seed
+by seed: --first_seed=2 --seeds=1 runs seed 2 alone.
 """
 
 import os
@@ -47,7 +48,10 @@ _CONFIG = config_flags.DEFINE_config_file("config", "configs/q204.py:cpu",
                                           "Config file (and :variant) every run starts from.")
 _STRATEGIES = flags.DEFINE_list("strategies", list(schema.STRATEGIES),
                                 "Strategies to compare (schema.apply_strategy).")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: 0 .. seeds-1.")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per strategy: first_seed .. first_seed+seeds-1.")
+_FIRST_SEED = flags.DEFINE_integer(
+    "first_seed", 0, "The first seed: a grid split by seed across machines or sessions "
+    "(--first_seed=2 --seeds=1 runs seed 2 alone), joined by --merge.")
 _WORKDIR = flags.DEFINE_string("workdir", "results/ablation", "Ablation directory.")
 _INNER = flags.DEFINE_list(
     "inner_steps", None, "Also score every completed run's final checkpoint with each of these "
@@ -107,7 +111,8 @@ def main(argv):
                                     matmul_dtype=_LANDSCAPE_DTYPE.value)
                   if _LANDSCAPE.value is not None else None)
       report = ablation.run_ablation(_CONFIG.value, _STRATEGIES.value, _SEEDS.value, workdir,
-                                     command, _REPORT_ONLY.value, inner, settings, particles)
+                                     command, _REPORT_ONLY.value, inner, settings, particles,
+                                     _FIRST_SEED.value)
   except schema.ConfigError as err:
     sys.exit(f"error: {err}")
   runs = report["runs"]

@@ -444,10 +444,11 @@ def _describe(record, info):
 
 
 def run_ablation(config, strategies, seeds, workdir, command=None, report_only=False,
-                 inner_steps=None, landscape_settings=None, particles=None):
+                 inner_steps=None, landscape_settings=None, particles=None, first_seed=0):
   """Runs (or skips) every (strategy, seed), then writes ablation.md / .json / .png.
 
-  ``seeds``: the number of seeds (0 .. seeds-1). Config and workdir problems
+  ``seeds``: the number of seeds, ``first_seed`` .. ``first_seed + seeds - 1`` (a grid split
+  by seed across machines, then joined by ``merge``). Config and workdir problems
   raise ConfigError before anything runs. ``report_only``: train nothing, report
   what has finished (a grid still running elsewhere). ``inner_steps``: also
   score each completed run with these numbers of descent steps
@@ -463,6 +464,8 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
                                  f"{list(strategies)}")
   if seeds < 1:
     raise schema.ConfigError(f"seeds: must be >= 1, got {seeds}")
+  if first_seed < 0:
+    raise schema.ConfigError(f"first_seed: must be >= 0, got {first_seed}")
   if landscape_settings:
     try:
       landscape.check_task(tasks.from_config(config), landscape_settings)
@@ -470,7 +473,7 @@ def run_ablation(config, strategies, seeds, workdir, command=None, report_only=F
       raise schema.ConfigError(f"--landscape_size: {err}") from err
   plan = []
   for strategy in strategies:
-    for seed in range(seeds):
+    for seed in range(first_seed, first_seed + seeds):
       c = base.run_config(config, strategy, seed=seed)
       subdir = run_dir(workdir, strategy, seed)
       loop.check_workdir(c, subdir)

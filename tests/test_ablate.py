@@ -316,3 +316,22 @@ def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
     ablation.merge([apart[0], other])
   with pytest.raises(ablation.schema.ConfigError, match="none seed 0 is in more than one"):
     ablation.merge([apart[0], apart[0]])
+
+
+def test_a_grid_split_by_seed_merges_into_the_grid(grid, tmp_path):
+  """--first_seed=1 --seeds=1 trains seed 1 alone, the same run as the grid's seed 1; merged
+  with a report of seed 0 it gives the grid's row."""
+  workdir, report = grid
+  alone = ablation.run_ablation(tiny(), ["none"], 1, str(tmp_path), first_seed=1)
+  assert alone["seeds"] == [1] and not os.path.exists(os.path.join(tmp_path, "none", "seed0"))
+  for key in ("eval/mse", "eval/mse_ood"):
+    assert summary(str(tmp_path), "none", 1)[key] == summary(workdir, "none", 1)[key]
+  runs = [r for r in report["runs"] if (r["strategy"], r["seed"]) == ("none", 0)]
+  seed0 = ablation.summarize(runs, ["none"], report["config"], report["base_config"],
+                             report["task"])
+  merged = ablation.merge([seed0, alone])
+  assert merged["seeds"] == [0, 1]
+  for key in ("eval/mse", "eval/mse_ood"):
+    assert merged["rows"]["none"][key] == report["rows"]["none"][key]
+  with pytest.raises(ablation.schema.ConfigError, match="first_seed: must be >= 0, got -1"):
+    ablation.run_ablation(tiny(), ["none"], 1, str(tmp_path), first_seed=-1)
