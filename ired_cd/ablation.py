@@ -33,6 +33,7 @@ from ired_cd import schema, tasks
 from ired_cd.tasks import SPLITS
 
 HEALTH_KEYS = ("train/score_norm", "train/energy_gap")  # last logged value of each run
+UNFINISHED = (None, "interrupted")  # a run's status before it completes, diverges or fails
 # The per-run measures reported beside the MSEs: (record key, column header, format).
 RUN_MEASURES = (("train/score_norm", "final ‖∇E‖", ".3g"),
                 ("train/energy_gap", "final energy gap", ".3g"),
@@ -533,8 +534,10 @@ def upgrade(report):
 
 def merge(reports, command=None):
   """One report from the reports (ablation.json) of grids run apart on one protocol (stage
-  by stage, or on several machines): all their runs, the strategies in order of first
-  appearance. ConfigError where the protocols differ or a (strategy, seed) repeats."""
+  by stage, seed by seed, or on several machines): all their runs, the strategies in order of
+  first appearance. A run one report holds unfinished (not run, interrupted) takes another's
+  finished record of it, in its place. ConfigError where the protocols differ or a (strategy,
+  seed) finished in more than one report."""
   reports = [upgrade(r) for r in reports]
   first = reports[0]
   for other in reports[1:]:
@@ -542,13 +545,16 @@ def merge(reports, command=None):
       if other[key] != first[key]:
         raise schema.ConfigError(f"--merge: the reports differ in {key} ({first[key]} against "
                                  f"{other[key]}): only grids of one protocol merge")
-  records = [run for report in reports for run in report["runs"]]
-  seen = set()
-  for run in records:
-    if (run["strategy"], run["seed"]) in seen:
-      raise schema.ConfigError(f"--merge: {run['strategy']} seed {run['seed']} is in more than "
-                               "one report")
-    seen.add((run["strategy"], run["seed"]))
+  kept = {}  # (strategy, seed) -> its record; a reassigned key keeps its first place
+  for run in (run for report in reports for run in report["runs"]):
+    key, finished = (run["strategy"], run["seed"]), run["status"] not in UNFINISHED
+    held = kept.get(key)
+    if held is None or (finished and held["status"] in UNFINISHED):
+      kept[key] = run
+    elif finished:
+      raise schema.ConfigError(f"--merge: {run['strategy']} seed {run['seed']} finished in more "
+                               "than one report")
+  records = list(kept.values())
   strategies = list(dict.fromkeys(s for report in reports for s in report["strategies"]))
   commands = [r["command"] for r in reports if r["command"]] + ([command] if command else [])
   merged = summarize(records, strategies, first["config"], first["base_config"], first["task"],

@@ -4,6 +4,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -314,24 +315,29 @@ def test_merge_of_grids_run_apart_is_the_grid_report(grid, tmp_path):
   other = dict(apart[1], config=dict(apart[1]["config"], learning_rate=3e-4))
   with pytest.raises(ablation.schema.ConfigError, match="differ in config"):
     ablation.merge([apart[0], other])
-  with pytest.raises(ablation.schema.ConfigError, match="none seed 0 is in more than one"):
+  with pytest.raises(ablation.schema.ConfigError, match="none seed 0 finished in more than one"):
     ablation.merge([apart[0], apart[0]])
 
 
 def test_a_grid_split_by_seed_merges_into_the_grid(grid, tmp_path):
   """--first_seed=1 --seeds=1 trains seed 1 alone, the same run as the grid's seed 1; merged
-  with a report of seed 0 it gives the grid's row."""
+  with a report whose seed 1 did not run, it takes that seed's place and gives the grid's row.
+  A seed finished in two reports is refused."""
   workdir, report = grid
-  alone = ablation.run_ablation(tiny(), ["none"], 1, str(tmp_path), first_seed=1)
-  assert alone["seeds"] == [1] and not os.path.exists(os.path.join(tmp_path, "none", "seed0"))
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  shutil.copytree(os.path.join(workdir, "none", "seed0"), os.path.join(first, "none", "seed0"))
+  unfinished = ablation.run_ablation(tiny(), ["none"], 2, first, report_only=True)
+  assert unfinished["rows"]["none"]["flags"] == ["1/2 seeds", "seed1 not run"]
+  alone = ablation.run_ablation(tiny(), ["none"], 1, second, first_seed=1)
+  assert alone["seeds"] == [1] and not os.path.exists(os.path.join(second, "none", "seed0"))
   for key in ("eval/mse", "eval/mse_ood"):
-    assert summary(str(tmp_path), "none", 1)[key] == summary(workdir, "none", 1)[key]
-  runs = [r for r in report["runs"] if (r["strategy"], r["seed"]) == ("none", 0)]
-  seed0 = ablation.summarize(runs, ["none"], report["config"], report["base_config"],
-                             report["task"])
-  merged = ablation.merge([seed0, alone])
-  assert merged["seeds"] == [0, 1]
+    assert summary(second, "none", 1)[key] == summary(workdir, "none", 1)[key]
+  merged = ablation.merge([unfinished, alone])
+  assert [(r["seed"], r["status"]) for r in merged["runs"]] == [(0, "completed"), (1, "completed")]
+  assert merged["rows"]["none"]["flags"] == []
   for key in ("eval/mse", "eval/mse_ood"):
     assert merged["rows"]["none"][key] == report["rows"]["none"][key]
+  with pytest.raises(ablation.schema.ConfigError, match="none seed 1 finished in more than one"):
+    ablation.merge([merged, alone])
   with pytest.raises(ablation.schema.ConfigError, match="first_seed: must be >= 0, got -1"):
     ablation.run_ablation(tiny(), ["none"], 1, str(tmp_path), first_seed=-1)
